@@ -1,0 +1,46 @@
+# dlenv developer targets. `make chainermn` runs the main job; `make test` runs every test tier.
+VENV   ?= .venv
+PYTHON ?= python3
+DLENV  := $(VENV)/bin/dlenv
+PYTEST := $(VENV)/bin/pytest
+
+.PHONY: help venv host chainermn test unit integration e2e golden lint clean-images
+
+help:
+	@echo "make chainermn   build the chainermn image (installs Docker and the venv first)"
+	@echo "make test        all tests: unit, integration and the chainermn e2e build (needs root for Docker)"
+	@echo "make unit        engine-free unit tests only"
+	@echo "make golden      regenerate tests/golden/*.Dockerfile on purpose"
+	@echo "make lint        hadolint on every rendered Dockerfile"
+
+$(DLENV): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	@touch $(DLENV)
+
+venv: $(DLENV)
+
+host:
+	scripts/setup-host.sh
+
+chainermn: venv host
+	$(DLENV) build chainermn
+
+test: venv host
+	DLENV_REQUIRE_ENGINE=1 $(PYTEST) tests -v -rs
+
+unit: venv
+	$(PYTEST) tests/unit -q
+
+integration: venv host
+	DLENV_REQUIRE_ENGINE=1 $(PYTEST) tests/integration -v -rs
+
+e2e: venv host
+	DLENV_REQUIRE_ENGINE=1 $(PYTEST) tests/e2e -v -rs
+
+golden: venv
+	$(VENV)/bin/python scripts/regen-golden.py
+
+lint: venv
+	$(VENV)/bin/python scripts/lint-dockerfiles.py

@@ -1,0 +1,252 @@
+"""The command line. Thin: parse options, call one library function, show its result.
+
+Only this module prints or exits. Every `DlenvError` becomes one red line on stderr and
+exit status 1 (tracebacks only with --debug); Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from . import __version__
+
+
+class Ctx:
+    def __init__(self, debug: bool, quiet: bool):
+        self.debug = debug
+        self.quiet = quiet
+        self._console = None
+        self._err = None
+
+    @property
+    def console(self):
+        if self._console is None:
+            from rich.console import Console
+            self._console = Console(highlight=False, soft_wrap=True)
+        return self._console
+
+    @property
+    def err(self):
+        if self._err is None:
+            from rich.console import Console
+            self._err = Console(stderr=True, highlight=False, soft_wrap=True)
+        return self._err
+
+    def info(self, msg: str) -> None:
+        if not self.quiet:
+            self.err.print(msg, markup=False)
+
+
+def _fail(ctx: Ctx, exc) -> None:
+    from rich.text import Text
+    ctx.err.print(Text("dlenv: error: ", style="bold red") + Text(exc.one_line(), style="red"))
+    from .errors import BuildError, VerifyError
+    if isinstance(exc, BuildError):
+        if exc.log_tail:
+            ctx.err.print(Text(f"last {len(exc.log_tail)} log lines:", style="dim"))
+            for line in exc.log_tail:
+                ctx.err.print(Text("  " + line, style="dim"))
+        if exc.log_path:
+            ctx.err.print(Text(f"full build log: {exc.log_path}", style="dim"))
+    if isinstance(exc, VerifyError) and exc.report is not None:
+        for r in exc.report.results:
+            if r.status == "failed":
+                ctx.err.print(Text(f"  FAILED {r.name}: {r.reason}", style="red"))
+                if r.command:
+                    ctx.err.print(Text(f"    $ {r.command}", style="dim"))
+                for line in r.output.splitlines()[-15:]:
+                    ctx.err.print(Text(f"    {line}", style="dim"))
+
+
+class DlenvGroup(click.Group):
+    def invoke(self, click_ctx):
+        from .errors import DlenvError
+        try:
+            return super().invoke(click_ctx)
+        except DlenvError as exc:
+            obj = click_ctx.obj or Ctx(False, False)
+            if obj.debug:
+                raise
+            _fail(obj, exc)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            obj = click_ctx.obj or Ctx(False, False)
+            obj.err.print("[red]dlenv: interrupted; no tag was moved[/red]")
+            sys.exit(130)
+
+
+@click.group(cls=DlenvGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dlenv")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only results and errors.")
+@click.pass_context
+def main(click_ctx, debug, quiet):
+    """dlenv: reproducible, verified deep-learning environments from short YAML stacks."""
+    click_ctx.obj = Ctx(debug, quiet)
+
+
+def _plan(ref: str):
+    from .build import plan
+    return plan(ref)
+
+
+@main.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def list_cmd(ctx: Ctx, as_json):
+    """The catalog's stacks."""
+    from . import paths
+    from .spec import catalog_stack_names
+    rows = []
+    for name in catalog_stack_names(paths.stacks_dir()):
+        p = _plan(name)
+        chain = p.resolved.merged.chain
+        rows.append({"stack": name, "extends": chain[-2].name if len(chain) > 1 else "",
+                     "versions": p.resolved.versions(), "hash": p.content_hash[:16],
+                     "description": p.resolved.merged.description})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+    table = Table("stack", "extends", "key versions", "content hash")
+    for r in rows:
+        keys = [f"{k} {v}" for k, v in r["versions"].items() if k in ("python", "chainer", "cupy", "cuda", "openmpi", "mpi4py")]
+        table.add_row(r["stack"], r["extends"], ", ".join(keys), r["hash"])
+    ctx.console.print(table)
+
+
+@main.command()
+@click.argument("stack")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def show(ctx: Ctx, stack, as_json):
+    """Resolved components of STACK, why each is there, and its content hash."""
+    p = _plan(stack)
+    data = {"stack": p.resolved.name, "chain": [str(s.path) for s in p.resolved.merged.chain],
+            "content_hash": p.content_hash, "image": p.hash_tag,
+            "components": [{"name": c.name, "version": c.version.text, "group": c.component.group, "reason": c.reason}
+                           for c in p.resolved.components],
+            "python_packages": [t for t, _ in p.resolved.merged.python_packages],
+            "apt_runtime": p.resolved.apt_runtime}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    from rich.table import Table
+    ctx.console.print(f"[bold]{data['stack']}[/bold]  {data['image']}")
+    ctx.console.print(f"content hash {data['content_hash']}")
+    table = Table("component", "version", "layer group", "why")
+    for c in data["components"]:
+        table.add_row(c["name"], c["version"], c["group"], c["reason"])
+    ctx.console.print(table)
+
+
+@main.command()
+@click.argument("stack")
+@click.pass_obj
+def render(ctx: Ctx, stack):
+    """Print the Dockerfile of STACK (deterministic; nothing is written)."""
+    p = _plan(stack)
+    click.echo(p.context.dockerfile, nl=False)
+
+
+@main.command()
+@click.option("--suite", default="bookworm", show_default=True)
+@click.option("--force", is_flag=True, help="Bootstrap again even when the base exists.")
+@click.pass_obj
+def base(ctx: Ctx, suite, force):
+    """Bootstrap the default Debian base image (mmdebstrap + docker import)."""
+    from . import base as base_mod
+    from . import engine
+    from .render import base_ref
+    spec = {"bootstrap": {"suite": suite, "variant": "minbase"}}
+    client = engine.connect()
+    start = time.monotonic()
+    ref = base_mod.ensure_base(client, spec, ctx.info, force=force)
+    click.echo(f"{ref} ready ({time.monotonic() - start:.1f}s)")
+
+
+def _print_check(ctx: Ctx, r) -> None:
+    if ctx.quiet:
+        return
+    mark = {"passed": "[green]ok[/green]  ", "failed": "[red]FAIL[/red]", "skipped": "[yellow]skip[/yellow]"}[r.status]
+    ctx.err.print(f"  {mark} {r.name} [dim]({r.seconds:.1f}s)[/dim]")
+
+
+@main.command()
+@click.argument("stack")
+@click.option("--no-verify", is_flag=True, help="Promote without running the checks.")
+@click.option("--no-cache", "nocache", is_flag=True, help="Build every layer again.")
+@click.option("--ca-bundle", type=click.Path(dir_okay=False), help="Extra CA bundle for pip inside the build stage.")
+@click.pass_obj
+def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle):
+    """Build STACK, verify it, then tag it by content hash and as latest."""
+    from . import build as build_mod
+    from . import engine
+    p = _plan(stack)
+    client = engine.connect()
+    last = {"step": 0}
+
+    def on_progress(progress, line):
+        if ctx.quiet or progress.step == last["step"]:
+            return
+        last["step"] = progress.step
+        ctx.err.print(f"[cyan]step {progress.step}/{progress.total}[/cyan] {progress.instruction[:110]}",
+                      markup=True, highlight=False)
+
+    if not ctx.quiet:
+        ctx.info(f"{p.resolved.name}: content hash {p.content_hash[:16]}")
+    result = build_mod.build(p, client, ca_bundle=ca_bundle, verify=not no_verify, nocache=nocache, log=ctx.info,
+                             on_progress=on_progress, on_check=lambda r: _print_check(ctx, r))
+    if result.noop:
+        click.echo(f"{p.hash_tag} is up to date ({result.seconds:.2f}s)")
+    else:
+        verified = f", {result.report.counts['passed']} checks passed" if result.report else ", not verified"
+        click.echo(f"built {p.hash_tag} and {p.latest_tag} in {result.seconds:.0f}s{verified}")
+
+
+@main.command()
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def verify(ctx: Ctx, target, as_json):
+    """Run the checks of STACK (or of the stack an IMAGE was built from) in a container."""
+    from . import engine
+    from .build import promoted_image
+    from .errors import VerifyError
+    from .verify import plan_checks, verify_image
+    client = engine.connect()
+    if ":" in target or "/" in target and not target.endswith((".yaml", ".yml")):
+        attrs = engine.image_attrs(client, target)
+        if attrs is None:
+            from .errors import EngineError
+            raise EngineError(f"image {target} not found")
+        stack = engine.image_labels(attrs).get("org.dlenv.stack")
+        if not stack:
+            from .errors import EngineError
+            raise EngineError(f"image {target} was not built by dlenv (no org.dlenv.stack label)")
+        p, image = _plan(stack), target
+    else:
+        p = _plan(target)
+        if promoted_image(client, p) is None:
+            from .errors import EngineError
+            raise EngineError(f"{p.hash_tag} does not exist", hint=f"build it with `dlenv build {target}`")
+        image = p.hash_tag
+    report = verify_image(client, image, plan_checks(p.resolved),
+                          on_result=None if as_json else (lambda r: _print_check(ctx, r)))
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+        if not report.passed:
+            sys.exit(1)
+        return
+    c = report.counts
+    if not report.passed:
+        raise VerifyError(f"{c['failed']} of {len(report.results)} checks failed on {image}", report=report)
+    click.echo(f"{image}: {c['passed']} passed, {c['failed']} failed, {c['skipped']} skipped in {report.seconds:.1f}s")
+
+
+if __name__ == "__main__":
+    main()

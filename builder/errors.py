@@ -1,0 +1,80 @@
+"""The one error tree. Every message says what went wrong and what to do next.
+
+The CLI turns any `DlenvError` into a single red line and exit status 1; nothing below
+the CLI prints or exits.
+"""
+
+from __future__ import annotations
+
+
+class DlenvError(Exception):
+    """Base of every error a user can cause or fix."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        text = " ".join(self.message.split())
+        if self.hint:
+            text += f" ({' '.join(self.hint.split())})"
+        return text
+
+
+class SpecError(DlenvError):
+    """A stack or component file is invalid. Names the file, the line and the field."""
+
+    def __init__(self, path, message: str, *, line: int | None = None, field: str | None = None,
+                 hint: str | None = None):
+        self.path = str(path)
+        self.line = line
+        self.field = field
+        where = self.path + (f":{line}" if line else "")
+        what = f"{field}: " if field else ""
+        super().__init__(f"{where}: {what}{message}", hint=hint)
+
+
+class CatalogError(DlenvError):
+    """A component is unknown or its data/template is missing."""
+
+
+class ResolveError(DlenvError):
+    """No set of versions satisfies every constraint; the message names both sides."""
+
+
+class RenderError(DlenvError):
+    """A template could not be rendered (a catalog bug, not a user error, but still explained)."""
+
+
+class EngineError(DlenvError):
+    """The Docker engine is unreachable, refuses us, or reported an error."""
+
+
+class BaseImageError(DlenvError):
+    """The base image could not be bootstrapped or found."""
+
+
+class BuildError(DlenvError):
+    """A Dockerfile step failed. Carries the step, the last log lines and the full log path."""
+
+    def __init__(self, message: str, *, step: str | None = None, log_tail: list[str] | None = None,
+                 log_path: str | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.step = step
+        self.log_tail = list(log_tail or [])
+        self.log_path = log_path
+
+
+class VerifyError(DlenvError):
+    """At least one check failed; carries the report."""
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report
+
+
+class ConfigError(DlenvError):
+    """A configuration value (CA bundle, mirror, index) is unusable."""

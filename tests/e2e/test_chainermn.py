@@ -1,0 +1,49 @@
+"""The main job for real: `dlenv build chainermn` builds, verifies (2-rank ChainerMN run included)
+and promotes; a second build is a no-op; `dlenv verify --json` reports every required check."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REQUIRED_CHECKS = {
+    "Open MPI is CUDA-aware",
+    "Open MPI is 4.1.4",
+    "chainer and chainermn import",
+    "chainer sees CUDA and cuDNN",
+    "mpi4py linked to the image's Open MPI",
+    "mpi4py built with the image's mpicc",
+    "libcudnn loadable",
+    "libnccl loadable",
+    "default user is not root",
+    "ChainerMN trains with 2 ranks",
+}
+
+
+def test_chainermn_builds_verifies_and_noops(docker_client, run_dlenv, tmp_path):
+    env = {"DLENV_STATE_DIR": str(tmp_path / "state")}
+    built = run_dlenv("build", "chainermn", env=env, timeout=3000)
+    print(built.stdout, built.stderr[-3000:])
+    assert built.returncode == 0, built.stderr[-5000:]
+    show = json.loads(run_dlenv("show", "chainermn", "--json", check=True).stdout)
+    attrs = docker_client.api.inspect_image(show["image"])
+    assert attrs["Config"]["Labels"]["org.dlenv.content-hash"] == show["content_hash"]
+    assert attrs["Config"]["User"] == "1000:1000"
+
+    again = run_dlenv("build", "chainermn", env=env)
+    assert again.returncode == 0 and "is up to date" in again.stdout, again.stderr
+
+    verified = run_dlenv("verify", "chainermn", "--json", env=env, timeout=900)
+    report = json.loads(verified.stdout)
+    assert verified.returncode == 0 and report["passed"], json.dumps(report, indent=1)[-5000:]
+    by_name = {c["name"]: c for c in report["checks"]}
+    missing = REQUIRED_CHECKS - set(by_name)
+    assert not missing, missing
+    assert all(by_name[n]["status"] == "passed" for n in REQUIRED_CHECKS)
+    smoke_lines = [ln for ln in by_name["ChainerMN trains with 2 ranks"]["output"].splitlines() if ln.startswith('{"size"')]
+    smoke = json.loads(smoke_lines[-1])
+    assert smoke["size"] == 2 and smoke["params_equal"] and smoke["last_loss"] < smoke["first_loss"]
+    print(f"verify: {report['counts']} in {report['seconds']}s; smoke {smoke}")
