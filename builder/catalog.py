@@ -86,7 +86,8 @@ def load_component(folder: Path) -> Component:
     versions.sort(key=lambda v: v.version, reverse=True)
     if data["default"] not in data["versions"]:
         raise SpecError(data_path, f"default {data['default']!r} is not one of the versions", field="default")
-    checks = tuple(Check.from_dict(c, data_path, folder) for c in data.get("checks", []))
+    checks = tuple(Check.from_dict(c, data_path, folder, line=lines.get(("checks", i)), field=f"checks[{i}]")
+                   for i, c in enumerate(data.get("checks", [])))
     return Component(
         name=data["name"], description=data.get("description", ""), group=data["group"], folder=folder,
         versions=tuple(versions), default=data["default"],

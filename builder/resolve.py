@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from packaging.specifiers import SpecifierSet
 
 from .catalog import GROUPS, Catalog, Component, ComponentVersion
-from .errors import ResolveError
+from .errors import CatalogError, ResolveError, SpecError
 from .spec import MergedStack, Origin
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -96,7 +96,12 @@ def _constraints(comp: Component, v: ComponentVersion) -> dict:
 
 def resolve(merged: MergedStack, catalog: Catalog) -> ResolvedStack:
     wanted: dict[str, tuple[SpecifierSet, str, Origin]] = dict(merged.components)
-    comps = {name: catalog.get(name) for name in wanted}
+    comps = {}
+    for name, (_, _, origin) in wanted.items():
+        try:
+            comps[name] = catalog.get(name)
+        except CatalogError as exc:
+            raise SpecError(origin.path, exc.message, line=origin.line, field=origin.field, hint=exc.hint) from None
     rejections: list[_Rejection] = []
     reasons: dict[str, str] = {name: str(origin) for name, (_, _, origin) in wanted.items()}
 
@@ -122,7 +127,10 @@ def resolve(merged: MergedStack, catalog: Catalog) -> ResolvedStack:
         for other, ov in assigned.items():
             spec = _constraints(comps[other], ov).get(name)
             if spec is not None and not spec.contains(v.version, prereleases=True):
-                return _Rejection(name, v.text, describe(other, ov), f"{other} {ov.text} needs {name}{spec}")
+                why = f"{other} {ov.text} needs {name}{spec}"
+                if name in wanted:
+                    why += f", but stack asks {name} {wanted[name][1]} ({wanted[name][2]})"
+                return _Rejection(name, v.text, describe(other, ov), why)
         for target, spec in _constraints(comps[name], v).items():
             if target in assigned and not spec.contains(assigned[target].version, prereleases=True):
                 side = (f"stack asks {target} {wanted[target][1]} ({wanted[target][2]})" if target in wanted
@@ -145,7 +153,7 @@ def resolve(merged: MergedStack, catalog: Catalog) -> ResolvedStack:
                 if target not in new_assigned and target not in rest and target not in added:
                     if target not in comps:
                         comps[target] = catalog.get(target)
-                    reasons.setdefault(target, f"required by {name} {v.text}")
+                    reasons[target] = f"required by {name} {v.text}"
                     added.append(target)
             result = solve(new_assigned, rest + added)
             if result is not None:
@@ -161,11 +169,21 @@ def resolve(merged: MergedStack, catalog: Catalog) -> ResolvedStack:
 
 
 def _explain(rejections: list, wanted: dict) -> str:
-    # Prefer a rejection that names a stack demand: it is the one a user can act on.
-    best = next((r for r in rejections if "stack asks" in r.why), rejections[-1] if rejections else None)
-    if best is None:
+    """One message naming both sides of the conflict and the files they come from."""
+    if not rejections:
         return "no combination of component versions satisfies every constraint"
-    return f"cannot resolve {best.name}: {best.why} (from {best.by})"
+    # Prefer a rejection that names a stack demand: it is the one a user can act on.
+    best = next((r for r in rejections if "stack asks" in r.why), None)
+    if best is not None:
+        return f"cannot resolve {best.name}: {best.why} (from {best.by})"
+    name = rejections[-1].name
+    reasons = []
+    for r in rejections:
+        if r.name == name and f"{r.why} ({r.by})" not in reasons:
+            reasons.append(f"{r.why} ({r.by})")
+    asked = [f"stack asks {n} {text} ({origin})" for n, (_, text, origin) in sorted(wanted.items())
+             if any(n in r for r in reasons)]
+    return f"cannot resolve {name}: " + "; ".join(reasons + asked)
 
 
 def _build_order(solution: dict, comps: dict, reasons: dict) -> tuple:

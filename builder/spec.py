@@ -19,6 +19,7 @@ from typing import Any
 import jsonschema
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from .errors import SpecError
@@ -216,24 +217,24 @@ class Check:
     timeout: int = 60
     login: bool = False
     ranks: int | None = None
+    device: bool = False      # needs a GPU: runs only where the engine has the NVIDIA runtime
     origin: str = ""          # the file that declared it
     base_dir: str = ""        # folder that `script:` paths are relative to
 
     @classmethod
-    def from_dict(cls, raw: dict, origin: Path, base_dir: Path) -> "Check":
+    def from_dict(cls, raw: dict, origin: Path, base_dir: Path, *, line: int | None = None,
+                  field: str = "checks") -> "Check":
         kinds = [k for k in ("command", "python", "file", "library", "package", "script") if k in raw]
         if len(kinds) != 1:
             raise SpecError(origin, f"check {raw.get('name')!r} must have exactly one of command, python, file, "
-                            "library, package, script", field="checks")
+                            "library, package, script", line=line, field=field)
         kind = kinds[0]
         if kind == "script":
-            script = Path(raw["script"])
-            if script.is_absolute() or ".." in script.parts:
-                raise SpecError(origin, f"script {raw['script']!r} must stay inside the folder of its file",
-                                field="checks")
+            _inside(origin, raw["script"], line, f"{field}.script")
         return cls(name=raw["name"], kind=kind, target=raw[kind], contains=raw.get("contains"),
                    matches=raw.get("matches"), exit=raw.get("exit", 0), timeout=raw.get("timeout", 60),
-                   login=raw.get("login", False), ranks=raw.get("ranks"), origin=str(origin),
+                   login=raw.get("login", False), ranks=raw.get("ranks"), device=raw.get("device", False),
+                   origin=str(origin),
                    base_dir=str(base_dir))
 
 
@@ -249,6 +250,7 @@ class StackSpec:
     apt_packages: tuple
     env: dict
     checks: tuple
+    testinfra: Path | None = None
     lines: dict = field(repr=False, compare=False, default_factory=dict)
 
     def line(self, *fpath) -> int | None:
@@ -265,13 +267,34 @@ def load_stack_file(path: Path) -> StackSpec:
         parse_requirement(text, path, lines.get(("python_packages", i)), f"python_packages[{i}]")
     for key, value in data.get("env", {}).items():
         _check_env_value(value, path, lines.get(("env", key)), f"env.{key}")
-    checks = tuple(Check.from_dict(c, path, path.parent) for c in data.get("checks", []))
+    if "description" in data:
+        _check_env_value(data["description"], path, lines.get(("description",)), "description")
+    checks = tuple(Check.from_dict(c, path, path.parent, line=lines.get(("checks", i)), field=f"checks[{i}]")
+                   for i, c in enumerate(data.get("checks", [])))
+    testinfra_file = None
+    if "testinfra" in data:
+        testinfra_file = _inside(path, data["testinfra"], lines.get(("testinfra",)), "testinfra")
     return StackSpec(
         path=path, name=data["name"], description=data.get("description", ""), extends=data.get("extends"),
         base=data.get("base"), components=dict(data.get("components", {})),
         python_packages=tuple(data.get("python_packages", [])), apt_packages=tuple(data.get("apt_packages", [])),
-        env=dict(data.get("env", {})), checks=checks, lines=lines,
+        env=dict(data.get("env", {})), checks=checks, testinfra=testinfra_file, lines=lines,
     )
+
+
+def _inside(stack_path: Path, relative: str, line: int | None, where: str) -> Path:
+    """A file named by a stack must lie inside the stack file's folder (no `..`, no symlink out)."""
+    folder = stack_path.parent.resolve()
+    candidate = Path(relative)
+    if candidate.is_absolute() or ".." in candidate.parts:
+        raise SpecError(stack_path, f"{relative!r} must be a path inside the stack's folder", line=line, field=where)
+    resolved = (folder / candidate).resolve()
+    if folder not in resolved.parents:
+        raise SpecError(stack_path, f"{relative!r} leaves the stack's folder (through a symlink)", line=line,
+                        field=where)
+    if not resolved.is_file():
+        raise SpecError(stack_path, f"{relative!r} does not exist", line=line, field=where)
+    return resolved
 
 
 def looks_like_path(ref: str) -> bool:
@@ -309,7 +332,7 @@ def load_chain(ref: str, stacks_dir: Path) -> list[StackSpec]:
     while True:
         real = path.resolve()
         if real in seen:
-            cycle = " -> ".join([s.name for s in reversed(chain)] + [seen[real]])
+            cycle = " -> ".join([s.name for s in chain] + [seen[real]])
             raise SpecError(chain[-1].path, f"extends cycle: {cycle}", line=chain[-1].line("extends"),
                             field="extends")
         spec = load_stack_file(path)
@@ -350,6 +373,7 @@ class MergedStack:
     apt_packages: tuple         # sorted names
     env: dict                   # name -> value
     checks: tuple
+    testinfra: tuple = ()       # pytest-testinfra files named by the chain
 
     @property
     def path(self) -> Path:
@@ -372,7 +396,7 @@ def merge_chain(chain: list[StackSpec]) -> MergedStack:
         for i, text in enumerate(spec.python_packages):
             origin = Origin(str(spec.path), spec.line("python_packages", i), f"python_packages[{i}]")
             req = Requirement(text)
-            python_packages[req.name.lower().replace("_", "-")] = (text, origin)
+            python_packages[canonicalize_name(req.name)] = (text, origin)
         apt.update(spec.apt_packages)
         env.update(spec.env)
         checks.extend(spec.checks)
@@ -381,7 +405,7 @@ def merge_chain(chain: list[StackSpec]) -> MergedStack:
         name=leaf.name, description=leaf.description or next((s.description for s in reversed(chain) if s.description), ""),
         chain=tuple(chain), base=base or DEFAULT_BASE, components=components,
         python_packages=tuple(python_packages.values()), apt_packages=tuple(sorted(apt)), env=env,
-        checks=tuple(checks),
+        checks=tuple(checks), testinfra=tuple(s.testinfra for s in chain if s.testinfra),
     )
 
 

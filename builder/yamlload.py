@@ -96,11 +96,11 @@ def _construct(node, loader, path, fpath, lines, counter):
             raise SpecError(path, f"unsupported YAML tag {node.tag!r}", line=line, field=field_name(fpath))
         out: dict = {}
         for knode, vnode in node.value:
+            if knode.tag == "tag:yaml.org,2002:merge" or (isinstance(knode, yaml.ScalarNode) and knode.value == "<<"):
+                raise SpecError(path, "YAML merge keys (<<) are not supported", line=knode.start_mark.line + 1,
+                                field=field_name(fpath))
             if not isinstance(knode, yaml.ScalarNode) or knode.tag not in _SCALAR_TAGS:
                 raise SpecError(path, "mapping keys must be plain strings", line=knode.start_mark.line + 1,
-                                field=field_name(fpath))
-            if knode.tag == "tag:yaml.org,2002:merge" or knode.value == "<<":
-                raise SpecError(path, "YAML merge keys (<<) are not supported", line=knode.start_mark.line + 1,
                                 field=field_name(fpath))
             key = loader.construct_object(knode, deep=True)
             if not isinstance(key, str):
