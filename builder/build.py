@@ -121,7 +121,8 @@ def build(p: Plan, client, *, ca_bundle: str | None = None, verify: bool = True,
             shutil.rmtree(workdir, ignore_errors=True)
         report = None
         if verify:
-            report = verify_image(client, p.candidate_tag, plan_checks(p.resolved), on_result=on_check)
+            report = verify_image(client, p.candidate_tag, plan_checks(p.resolved), on_result=on_check,
+                                  testinfra_files=p.resolved.merged.testinfra)
             if not report.passed:
                 failed = [r.name for r in report.results if r.status == "failed"]
                 raise VerifyError(f"{len(failed)} check(s) failed on {p.candidate_tag}: {', '.join(failed)}; "

@@ -210,42 +210,62 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle):
 
 @main.command()
 @click.argument("target")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--nodes", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="Run the MPI checks across this many containers on a private network (ssh launcher).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @click.pass_obj
-def verify(ctx: Ctx, target, as_json):
+def verify(ctx: Ctx, target, nodes, as_json):
     """Run the checks of STACK (or of the stack an IMAGE was built from) in a container."""
     from . import engine
     from .build import promoted_image
-    from .errors import VerifyError
+    from .errors import EngineError, VerifyError
     from .verify import plan_checks, verify_image
     client = engine.connect()
-    if ":" in target or "/" in target and not target.endswith((".yaml", ".yml")):
+    if _is_image_ref(target):
         attrs = engine.image_attrs(client, target)
         if attrs is None:
-            from .errors import EngineError
             raise EngineError(f"image {target} not found")
         stack = engine.image_labels(attrs).get("org.dlenv.stack")
         if not stack:
-            from .errors import EngineError
             raise EngineError(f"image {target} was not built by dlenv (no org.dlenv.stack label)")
         p, image = _plan(stack), target
     else:
         p = _plan(target)
         if promoted_image(client, p) is None:
-            from .errors import EngineError
             raise EngineError(f"{p.hash_tag} does not exist", hint=f"build it with `dlenv build {target}`")
         image = p.hash_tag
-    report = verify_image(client, image, plan_checks(p.resolved),
-                          on_result=None if as_json else (lambda r: _print_check(ctx, r)))
+    report = verify_image(client, image, plan_checks(p.resolved), nodes=nodes,
+                          testinfra_files=p.resolved.merged.testinfra,
+                          on_result=None if as_json or not ctx.err.is_terminal else (lambda r: _print_check(ctx, r)))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
         if not report.passed:
             sys.exit(1)
         return
+    _print_report(ctx, report)
     c = report.counts
     if not report.passed:
         raise VerifyError(f"{c['failed']} of {len(report.results)} checks failed on {image}", report=report)
     click.echo(f"{image}: {c['passed']} passed, {c['failed']} failed, {c['skipped']} skipped in {report.seconds:.1f}s")
+
+
+def _is_image_ref(target: str) -> bool:
+    """`repo:tag` or `repo/name` that is not a stack file: an image reference."""
+    import os
+    if target.endswith((".yaml", ".yml")) or os.path.exists(target):
+        return False
+    return ":" in target or "/" in target
+
+
+def _print_report(ctx: Ctx, report) -> None:
+    if ctx.quiet:
+        return
+    from rich.table import Table
+    table = Table("check", "result", "time", "note")
+    style = {"passed": "green", "failed": "red", "skipped": "yellow"}
+    for r in report.results:
+        table.add_row(r.name, f"[{style[r.status]}]{r.status}[/]", f"{r.seconds:.1f}s", r.reason)
+    ctx.console.print(table)
 
 
 if __name__ == "__main__":

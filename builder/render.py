@@ -141,7 +141,9 @@ def render_context(resolved: ResolvedStack) -> BuildContext:
         "apt_build": resolved.apt_build,
         "apt_runtime": resolved.apt_runtime,
         "groups": [{"name": g, "blocks": [b for b in blocks if b["group"] == g]} for g in GROUPS],
-        "has_python": any(b["group"] == "python" for b in blocks) or bool(leaf_packages),
+        # The venv is made by the python component (system group); any stack with it ships the venv.
+        "has_python": resolved.get("python") is not None or any(b["group"] == "python" for b in blocks)
+        or bool(leaf_packages),
         "leaf_packages": leaf_packages,
         "venv": VENV,
         "user": RUNTIME_USER,

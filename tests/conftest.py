@@ -21,6 +21,11 @@ def dlenv_bin() -> str:
 
 
 @pytest.fixture(scope="session")
+def dlenv_path() -> str:
+    return dlenv_bin()
+
+
+@pytest.fixture(scope="session")
 def docker_client():
     import docker
 

@@ -47,3 +47,30 @@ def test_chainermn_builds_verifies_and_noops(docker_client, run_dlenv, tmp_path)
     smoke = json.loads(smoke_lines[-1])
     assert smoke["size"] == 2 and smoke["params_equal"] and smoke["last_loss"] < smoke["first_loss"]
     print(f"verify: {report['counts']} in {report['seconds']}s; smoke {smoke}")
+
+
+def test_chainermn_across_two_containers(docker_client, run_dlenv, tmp_path):
+    """`verify --nodes 2`: two containers on a private network, Open MPI launching over ssh with keys
+    made for the run; afterwards no container or network of the run is left."""
+    networks_before = {n.id for n in docker_client.networks.list()}
+    result = run_dlenv("verify", "chainermn", "--nodes", "2", "--json", timeout=900)
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["passed"], json.dumps(report, indent=1)[-5000:]
+    assert report["nodes"] == 2
+    smoke = next(c for c in report["checks"] if c["name"] == "ChainerMN trains with 2 ranks (2 containers)")
+    assert smoke["status"] == "passed"
+    line = next(ln for ln in smoke["output"].splitlines() if ln.startswith('{"size"'))
+    data = json.loads(line)
+    assert data["size"] == 2 and data["params_equal"]
+    assert "--host" in smoke["command"] and "plm_rsh_agent" in smoke["command"]
+    assert {n.id for n in docker_client.networks.list()} == networks_before
+    assert not docker_client.containers.list(all=True, filters={"label": "org.dlenv.role=verify"})
+    # The keys of the run lived in the containers only: the image has no private key anywhere.
+    out = docker_client.containers.run(show_image(run_dlenv), ["bash", "-c",
+                                       "grep -rl 'PRIVATE KEY' /etc /home /opt /workspace 2>/dev/null | wc -l"],
+                                       remove=True)
+    assert out.decode().strip() == "0"
+
+
+def show_image(run_dlenv) -> str:
+    return json.loads(run_dlenv("show", "chainermn", "--json", check=True).stdout)["image"]

@@ -1,0 +1,114 @@
+"""Faults with the real engine: SIGINT during a build, two builds of one stack at once, and a
+registry base image that cannot be pulled. Each leaves earlier tags, containers and files alone."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+
+def write_stack(folder: Path, body: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "stack.yaml"
+    path.write_text(textwrap.dedent(body).lstrip())
+    return path
+
+
+def tags_of(client, repo: str) -> set:
+    return {t for image in client.images.list(name=repo) for t in image.tags}
+
+
+def remove_repo(client, repo: str) -> None:
+    for tag in tags_of(client, repo):
+        client.images.remove(tag)
+
+
+def test_sigint_during_build_exits_130_and_moves_nothing(docker_client, dlenv_path, tmp_path):
+    repo = "dlenv/dlenv-itest-sigint"
+    state = tmp_path / "state"
+    stack = write_stack(tmp_path, f"""
+        schema: 1
+        name: dlenv-itest-sigint
+        extends: python
+        env: {{RUN_TOKEN: "{secrets.token_hex(8)}"}}
+        python_packages: ["numpy==1.26.4", "scipy==1.13.1"]
+    """)
+    containers_before = {c.id for c in docker_client.containers.list(all=True)}
+    env = dict(os.environ, DLENV_STATE_DIR=str(state), NO_COLOR="1")
+    proc = subprocess.Popen([dlenv_path, "build", str(stack)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        seen = ""
+        deadline = time.monotonic() + 600
+        while "pip install numpy" not in seen and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen += line
+        assert "pip install numpy" in seen, seen
+        time.sleep(2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    try:
+        assert proc.returncode == 130, err
+        assert "interrupted" in err and "Traceback" not in err
+        assert not tags_of(docker_client, repo)
+        assert not [p for p in state.iterdir() if p.name.startswith("context-")], "temporary build context left"
+        for _ in range(30):  # the daemon cancels the step when the client goes away
+            if {c.id for c in docker_client.containers.list(all=True)} <= containers_before:
+                break
+            time.sleep(1)
+        assert {c.id for c in docker_client.containers.list(all=True)} <= containers_before
+    finally:
+        remove_repo(docker_client, repo)
+
+
+def test_two_builds_of_one_stack_at_once(docker_client, dlenv_path, tmp_path):
+    repo = "dlenv/dlenv-itest-concurrent"
+    stack = write_stack(tmp_path, f"""
+        schema: 1
+        name: dlenv-itest-concurrent
+        extends: python
+        env: {{RUN_TOKEN: "{secrets.token_hex(8)}"}}
+    """)
+    env = dict(os.environ, DLENV_STATE_DIR=str(tmp_path / "state"), NO_COLOR="1")
+    procs = [subprocess.Popen([dlenv_path, "build", str(stack)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for _ in range(2)]
+    try:
+        outs = [p.communicate(timeout=900) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        stdout = [o[0] for o in outs]
+        # One built; the other waited on the stack's lock and found the promoted image.
+        assert sum("built " in s for s in stdout) == 1 and sum("up to date" in s for s in stdout) == 1, stdout
+        tags = tags_of(docker_client, repo)
+        assert len(tags) == 2 and f"{repo}:latest" in tags
+        ids = {docker_client.images.get(t).id for t in tags}
+        assert len(ids) == 1
+    finally:
+        remove_repo(docker_client, repo)
+
+
+def test_unreachable_registry_base_fails_clearly(docker_client, run_dlenv, tmp_path):
+    stack = write_stack(tmp_path, """
+        schema: 1
+        name: dlenv-itest-registry-base
+        extends: python
+        base:
+          image: 127.0.0.1:9/nvidia/cuda:12.6.3-runtime-ubuntu22.04
+    """)
+    result = run_dlenv("build", str(stack))
+    assert result.returncode == 1
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "127.0.0.1:9/nvidia/cuda:12.6.3-runtime-ubuntu22.04" in lines[0]
+    assert "could not be pulled" in lines[0]
+    assert not tags_of(docker_client, "dlenv/dlenv-itest-registry-base")
