@@ -35,9 +35,11 @@ RUN /opt/venv/bin/pip install Cython==3.0.12
 
 FROM dlenv/base:bookworm-minbase-1276fbca1838 AS runtime
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# Host keys that packages generate at install time would be shared by every container (and stay in
+# this layer): they go in the same step; keys are made per run where ssh is used.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates python3 \
- && rm -rf /var/lib/apt/lists/* \
+ && rm -rf /var/lib/apt/lists/* /etc/ssh/ssh_host_* \
  && useradd --create-home --uid 1000 --user-group --shell /bin/bash dlenv \
  && install -d -o dlenv -g dlenv /workspace
 COPY --from=build /opt/venv /opt/venv

@@ -72,9 +72,11 @@ RUN MPICC=/opt/openmpi/bin/mpicc /opt/venv/bin/pip install --no-build-isolation 
 
 FROM dlenv/base:bookworm-minbase-1276fbca1838 AS runtime
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# Host keys that packages generate at install time would be shared by every container (and stay in
+# this layer): they go in the same step; keys are made per run where ssh is used.
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates openssh-client python3 zlib1g \
- && rm -rf /var/lib/apt/lists/* \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates openssh-client openssh-server python3 zlib1g \
+ && rm -rf /var/lib/apt/lists/* /etc/ssh/ssh_host_* \
  && useradd --create-home --uid 1000 --user-group --shell /bin/bash dlenv \
  && install -d -o dlenv -g dlenv /workspace
 COPY --from=build /opt/openmpi /opt/openmpi
@@ -102,9 +104,10 @@ LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
       org.dlenv.component.nccl="2.21.5" \
       org.dlenv.component.numpy="1.26.4" \
       org.dlenv.component.openmpi="4.1.4" \
+      org.dlenv.component.openssh="9.2" \
       org.dlenv.component.python="3.11" \
       org.dlenv.component.setuptools="69.5.1" \
-      org.dlenv.components="python=3.11,cuda-headers=12.6,openmpi=4.1.4,cuda=12.6,cudnn=8.9.7.29,nccl=2.21.5,numpy=1.26.4,setuptools=69.5.1,chainer=7.8.1,cupy=13.6.0,cython=3.0.12,mpi4py=3.1.6" \
+      org.dlenv.components="openssh=9.2,python=3.11,cuda-headers=12.6,openmpi=4.1.4,cuda=12.6,cudnn=8.9.7.29,nccl=2.21.5,numpy=1.26.4,setuptools=69.5.1,chainer=7.8.1,cupy=13.6.0,cython=3.0.12,mpi4py=3.1.6" \
       org.dlenv.dlenv-version="0.1.0" \
       org.dlenv.stack="chainermn" \
       org.opencontainers.image.description="ChainerMN (Chainer 7.8.1, CuPy 13, CUDA 12, cuDNN 8, NCCL) with CUDA-aware Open MPI 4.1 and mpi4py." \

@@ -18,16 +18,17 @@ ENV PIP_CERT=/etc/dlenv-build/ca.crt PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_
 
 # --- python 3.11 [system]
 RUN python3 -m venv /opt/venv
-COPY dlenv-build/constraints.txt /etc/dlenv-build/constraints.txt
-ENV PIP_CONSTRAINT=/etc/dlenv-build/constraints.txt
 
 FROM dlenv/base:bookworm-minbase-1276fbca1838 AS runtime
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# Host keys that packages generate at install time would be shared by every container (and stay in
+# this layer): they go in the same step; keys are made per run where ssh is used.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates python3 \
- && rm -rf /var/lib/apt/lists/* \
+ && rm -rf /var/lib/apt/lists/* /etc/ssh/ssh_host_* \
  && useradd --create-home --uid 1000 --user-group --shell /bin/bash dlenv \
  && install -d -o dlenv -g dlenv /workspace
+COPY --from=build /opt/venv /opt/venv
 COPY dlenv-runtime/profile.sh /etc/profile.d/dlenv.sh
 COPY dlenv-runtime/ld.so.conf /etc/ld.so.conf.d/dlenv.conf
 RUN ldconfig
