@@ -12,6 +12,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import docker.errors
+
 from . import engine, paths
 from .config import debian_sources
 from .errors import BaseImageError
@@ -34,9 +36,14 @@ def ensure_base(client, base: dict, log=lambda msg: None, force: bool = False) -
             log(f"pulling base image {ref}")
             try:
                 client.images.pull(ref)
-            except Exception as exc:  # docker-py raises several types for an unreachable registry
+            except docker.errors.APIError as exc:
+                reason = exc.explanation if isinstance(exc.explanation, str) and exc.explanation else str(exc)
                 raise BaseImageError(f"base image {ref} is not available locally and could not be pulled: "
-                                     f"{' '.join(str(exc).split())[:160]}",
+                                     f"{' '.join(reason.split())[:200]}",
+                                     hint="pull or load it yourself, or use the default bootstrapped base") from None
+            except docker.errors.DockerException as exc:
+                raise BaseImageError(f"base image {ref} is not available locally and could not be pulled: "
+                                     f"{' '.join(str(exc).split())[:200]}",
                                      hint="pull or load it yourself, or use the default bootstrapped base") from None
         return ref
     if not force and engine.image_attrs(client, ref) is not None:

@@ -169,6 +169,7 @@ def test_failing_check_blocks_promotion(docker_client, run_dlenv, tmp_path, clea
         schema: 1
         name: dlenv-itest-check
         extends: python
+        env: {VARIANT: "candidate"}   # another image: checks alone do not change the content hash
         checks:
           - name: deliberately failing
             command: echo about to fail; exit 3

@@ -107,8 +107,8 @@ def test_unreachable_registry_base_fails_clearly(docker_client, run_dlenv, tmp_p
     """)
     result = run_dlenv("build", str(stack))
     assert result.returncode == 1
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "127.0.0.1:9/nvidia/cuda:12.6.3-runtime-ubuntu22.04" in lines[0]
-    assert "could not be pulled" in lines[0]
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("dlenv: error:")]
+    assert len(errors) == 1, result.stderr
+    assert "base image 127.0.0.1:9/nvidia/cuda:12.6.3-runtime-ubuntu22.04 is not available locally" in errors[0]
+    assert "could not be pulled" in errors[0] and "Traceback" not in result.stderr
     assert not tags_of(docker_client, "dlenv/dlenv-itest-registry-base")
