@@ -161,7 +161,6 @@ def base(ctx: Ctx, suite, force):
     """Bootstrap the default Debian base image (mmdebstrap + docker import)."""
     from . import base as base_mod
     from . import engine
-    from .render import base_ref
     spec = {"bootstrap": {"suite": suite, "variant": "minbase"}}
     client = engine.connect()
     start = time.monotonic()
@@ -266,6 +265,102 @@ def _print_report(ctx: Ctx, report) -> None:
     for r in report.results:
         table.add_row(r.name, f"[{style[r.status]}]{r.status}[/]", f"{r.seconds:.1f}s", r.reason)
     ctx.console.print(table)
+
+
+def _image_for_use(ctx: Ctx, client, stack: str, build: bool) -> str:
+    """The stack's promoted image for this content hash; offer (or, with --build, run) the build."""
+    from . import build as build_mod
+    from .errors import EngineError
+    p = _plan(stack)
+    if build_mod.promoted_image(client, p) is not None:
+        return p.hash_tag
+    if not build:
+        if sys.stdin.isatty() and sys.stderr.isatty():
+            build = click.confirm(f"{p.hash_tag} does not exist yet. Build it now?", default=True, err=True)
+        if not build:
+            raise EngineError(f"{p.hash_tag} does not exist yet",
+                              hint=f"run `dlenv build {stack}` or pass --build")
+    build_mod.build(p, client, log=ctx.info, on_check=lambda r: _print_check(ctx, r))
+    return p.hash_tag
+
+
+def _container_options(shm_size, ipc, env, ports, volumes, workspace=True):
+    from . import engine
+    from .cluster import ContainerOptions, gpu_runtime
+    from .session import parse_env, parse_ports, parse_volumes
+    from .settings import load_settings
+    import os
+    settings = load_settings({"shm_size": shm_size})
+    client = engine.connect()
+    opts = ContainerOptions(shm_size=settings.get("shm_size"), ipc_host=(ipc == "host"),
+                            gpu=gpu_runtime(client.info()), workspace=os.getcwd() if workspace else None,
+                            env=parse_env(env), ports=parse_ports(ports), volumes=parse_volumes(volumes),
+                            on_warning=_warn_once)
+    return client, opts
+
+
+_WARNED: set = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        click.echo(f"dlenv: warning: {message}", err=True)
+
+
+_use_options = [
+    click.option("--shm-size", help="Size of /dev/shm (default 8g, or the shm_size setting)."),
+    click.option("--ipc", type=click.Choice(["private", "host"]), default="private", show_default=True,
+                 help="`host` shares the host's IPC namespace instead of a private /dev/shm."),
+    click.option("-e", "--env", "env", multiple=True, metavar="NAME=VALUE", help="Set a variable (repeatable)."),
+    click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST:CONTAINER[:ro]",
+                 help="Extra mount (repeatable); the Docker socket is refused."),
+    click.option("--build", is_flag=True, help="Build the stack first if its image does not exist."),
+]
+
+
+def use_options(func):
+    for option in reversed(_use_options):
+        func = option(func)
+    return func
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("stack")
+@use_options
+@click.option("-p", "--publish", "ports", multiple=True, metavar="[HOSTPORT:]PORT",
+              help="Publish a container port on 127.0.0.1 (repeatable).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def shell(ctx: Ctx, stack, shm_size, ipc, env, volumes, build, ports, command):
+    """Open a shell in STACK's image with the current folder at /workspace, as you.
+
+    `dlenv shell STACK -- CMD...` runs CMD instead and exits with its status.
+    """
+    from .session import host_identity, shell as run_shell
+    client, opts = _container_options(shm_size, ipc, env, ports, volumes)
+    image = _image_for_use(ctx, client, stack, build)
+    code = run_shell(client, image, opts, host_identity(), list(command) or None)
+    sys.exit(code)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("stack")
+@click.option("-n", "--np", "ranks", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Number of MPI ranks.")
+@click.option("--nodes", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Containers on a private network; ranks are spread over them and started over ssh.")
+@click.option("--all-ranks", is_flag=True, help="Show the output of every rank (default: rank 0 only).")
+@use_options
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_obj
+def run(ctx: Ctx, stack, ranks, nodes, all_ranks, shm_size, ipc, env, volumes, build, command):
+    """Run COMMAND under mpiexec in STACK's image, e.g. `dlenv run chainermn -n 4 -- python train.py`."""
+    from .session import host_identity, run_mpi
+    client, opts = _container_options(shm_size, ipc, env, (), volumes)
+    image = _image_for_use(ctx, client, stack, build)
+    code = run_mpi(client, image, opts, host_identity(), list(command), ranks, nodes=nodes, all_ranks=all_ranks)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

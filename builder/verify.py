@@ -6,13 +6,10 @@ the report. Containers started here are always removed, also on Ctrl-C.
 
 from __future__ import annotations
 
-import io
 import re
-import secrets
 import shlex
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -20,11 +17,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import docker.errors
-import docker.types
 import testinfra
 
-from .errors import EngineError
+from .cluster import Cluster, ContainerOptions, gpu_runtime, image_env_names, mpi_launch, put_file
 from .spec import Check
 
 CHECKS_DIR = "/tmp/dlenv-checks"
@@ -167,101 +162,7 @@ def _run_one(host, container, planned: PlannedCheck, hosts=None, env_names=()) -
     return result(True, command, output)
 
 
-def _put_file(container, local: Path, dest: str) -> None:
-    data = local.read_bytes()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo(Path(dest).name)
-        info.size = len(data)
-        info.mode = 0o644
-        tar.addfile(info, io.BytesIO(data))
-    container.exec_run(["mkdir", "-p", str(Path(dest).parent)])
-    container.put_archive(str(Path(dest).parent), buf.getvalue())
-
-
 NO_GPU_REASON = "no NVIDIA container runtime registered in the Docker engine"
-
-
-def gpu_runtime(info: dict) -> str | None:
-    """The engine's GPU runtime name, from `docker info` (`Runtimes`), or None."""
-    runtimes = info.get("Runtimes") or {}
-    return "nvidia" if "nvidia" in runtimes else None
-
-
-def _start(client, image: str, *, name: str | None = None, network: str | None = None, gpu: str | None = None,
-           shm_size: str = "1g"):
-    kwargs = dict(detach=True, shm_size=shm_size, labels={"org.dlenv.role": "verify"})
-    if network:
-        kwargs.update(network=network, hostname=name, name=name)
-    if gpu:
-        kwargs.update(runtime=gpu, device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])])
-    try:
-        return client.containers.run(image, ["sleep", "infinity"], **kwargs)
-    except docker.errors.ImageNotFound:
-        raise EngineError(f"image {image} not found", hint="build it first with `dlenv build`") from None
-    except docker.errors.APIError as exc:
-        raise EngineError(f"cannot start a container from {image}: {exc.explanation}") from None
-
-
-SSH_DIR = "/tmp/dlenv-ssh"
-SSH_PORT = 2222
-_SSHD_CONFIG = f"""Port {SSH_PORT}
-HostKey {SSH_DIR}/host_key
-AuthorizedKeysFile {SSH_DIR}/authorized_keys
-PidFile {SSH_DIR}/sshd.pid
-UsePAM no
-StrictModes no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitUserEnvironment no
-"""
-_SSH_CONFIG = f"""Host *
-  Port {SSH_PORT}
-  IdentityFile {SSH_DIR}/id
-  StrictHostKeyChecking no
-  UserKnownHostsFile /dev/null
-  LogLevel ERROR
-"""
-_SSH_SETUP = (
-    f"set -e; mkdir -p {SSH_DIR}; chmod 700 {SSH_DIR}; cd {SSH_DIR}; "
-    "ssh-keygen -q -t ed25519 -N '' -f id; ssh-keygen -q -t ed25519 -N '' -f host_key; "
-    "cp id.pub authorized_keys; "
-    f"printf %s {shlex.quote(_SSHD_CONFIG)} > sshd_config; printf %s {shlex.quote(_SSH_CONFIG)} > ssh_config"
-)
-
-
-def _exec(container, command: str, what: str) -> str:
-    code, out = container.exec_run(["bash", "-c", command])
-    text = out.decode("utf-8", "replace") if out else ""
-    if code != 0:
-        raise EngineError(f"{what} failed in {container.name}: {' '.join(text.split())[-300:]}")
-    return text
-
-
-def setup_ssh(containers: list) -> None:
-    """Keys made for this run only, in each container's /tmp (never in the image); sshd runs as the
-    image's user on an unprivileged port."""
-    first = containers[0]
-    _exec(first, _SSH_SETUP, "making ssh keys")
-    bits, _ = first.get_archive(SSH_DIR)
-    archive = b"".join(bits)
-    for other in containers[1:]:
-        other.put_archive("/tmp", archive)
-    for c in containers:
-        _exec(c, f"/usr/sbin/sshd -f {SSH_DIR}/sshd_config -E {SSH_DIR}/sshd.log", "starting sshd")
-    for c in containers:
-        for peer in containers:
-            _exec(c, f"ssh -F {SSH_DIR}/ssh_config {peer.name} true", f"ssh from {c.name} to {peer.name}")
-
-
-def mpi_launch(ranks: int, hosts: list | None, env_names: list) -> str:
-    """The mpiexec prefix: one container, or ranks spread over `hosts` and launched through ssh."""
-    if not hosts:
-        return f"mpiexec -n {int(ranks)}"
-    per_host = -(-int(ranks) // len(hosts))
-    exports = " ".join(f"-x {name}" for name in env_names)
-    return (f"mpiexec -n {int(ranks)} --host {','.join(f'{h}:{per_host}' for h in hosts)} "
-            f"--mca plm_rsh_agent {shlex.quote(f'ssh -F {SSH_DIR}/ssh_config')} {exports}").strip()
 
 
 def verify_image(client, image: str, planned: list, on_result=None, shm_size: str = "1g",
@@ -269,9 +170,6 @@ def verify_image(client, image: str, planned: list, on_result=None, shm_size: st
     report = Report(image=image, nodes=nodes)
     start = time.monotonic()
     gpu = gpu_runtime(client.info())
-    containers: list = []
-    network = None
-    hosts = None
 
     def record(res: CheckResult) -> None:
         report.results.append(res)
@@ -279,58 +177,33 @@ def verify_image(client, image: str, planned: list, on_result=None, shm_size: st
             on_result(res)
 
     try:
-        if nodes > 1:
-            token = secrets.token_hex(4)
-            network = client.networks.create(f"dlenv-verify-{token}", driver="bridge",
-                                             labels={"org.dlenv.role": "verify"})
-            for i in range(nodes):
-                containers.append(_start(client, image, name=f"dlenv-verify-{token}-node{i}",
-                                         network=network.name, gpu=gpu, shm_size=shm_size))
-            setup_ssh(containers)
-            hosts = [c.name for c in containers]
-        else:
-            containers.append(_start(client, image, gpu=gpu, shm_size=shm_size))
-        main_container = containers[0]
-        env_names = _image_env_names(client, image)
-        host = testinfra.get_host(f"docker://{main_container.id}")
-        for item in planned:
-            if item.check.device and not gpu:
-                record(CheckResult(item.name, item.check.kind, "skipped", 0.0, reason=NO_GPU_REASON))
-                continue
-            if item.check.kind == "script":
-                local = Path(item.check.base_dir) / item.check.target
-                for c in containers:
-                    _put_file(c, local, f"{CHECKS_DIR}/{local.name}")
-            watchdog = threading.Timer(item.check.timeout + 30, _kill_all, args=(containers,))
-            watchdog.start()  # a hung check must not hang verify: the containers die, the check fails
-            try:
-                res = _run_one(host, main_container, item, hosts if item.check.ranks else None, env_names)
-            finally:
-                watchdog.cancel()
-            if hosts and item.check.ranks:
-                res.name = f"{res.name} ({len(hosts)} containers)"
-            record(res)
-        for path in testinfra_files:
-            for res in run_testinfra_file(main_container, Path(path)):
+        with Cluster(client, image, ContainerOptions(shm_size=shm_size, gpu=gpu), "verify", nodes) as cluster:
+            env_names = image_env_names(client, image)
+            host = testinfra.get_host(f"docker://{cluster.main.id}")
+            for item in planned:
+                if item.check.device and not gpu:
+                    record(CheckResult(item.name, item.check.kind, "skipped", 0.0, reason=NO_GPU_REASON))
+                    continue
+                if item.check.kind == "script":
+                    local = Path(item.check.base_dir) / item.check.target
+                    for c in cluster.containers:
+                        put_file(c, local.read_bytes(), f"{CHECKS_DIR}/{local.name}")
+                watchdog = threading.Timer(item.check.timeout + 30, cluster.kill)
+                watchdog.start()  # a hung check must not hang verify: the containers die, the check fails
+                try:
+                    hosts = cluster.hosts if item.check.ranks else None
+                    res = _run_one(host, cluster.main, item, hosts, env_names)
+                finally:
+                    watchdog.cancel()
+                if hosts:
+                    res.name = f"{res.name} ({len(hosts)} containers)"
                 record(res)
+            for path in testinfra_files:
+                for res in run_testinfra_file(cluster.main, Path(path)):
+                    record(res)
     finally:
-        for c in containers:
-            try:
-                c.remove(force=True)
-            except docker.errors.APIError:
-                pass
-        if network is not None:
-            try:
-                network.remove()
-            except docker.errors.APIError:
-                pass
         report.seconds = time.monotonic() - start
     return report
-
-
-def _image_env_names(client, image: str) -> list:
-    env = (client.api.inspect_image(image).get("Config") or {}).get("Env") or []
-    return sorted(e.split("=", 1)[0] for e in env if e.split("=", 1)[0] not in ("HOME", "HOSTNAME"))
 
 
 def run_testinfra_file(container, path: Path) -> list:
@@ -358,11 +231,3 @@ def run_testinfra_file(container, path: Path) -> list:
             results.append(CheckResult(f"testinfra {path.name}", "testinfra", "failed", time.monotonic() - start,
                                        f"pytest {path}", _clip(proc.stdout + proc.stderr), "no test collected"))
         return results
-
-
-def _kill_all(containers) -> None:
-    for c in containers:
-        try:
-            c.kill()
-        except docker.errors.APIError:
-            pass

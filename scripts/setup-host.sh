@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Install and start what dlenv needs on a fresh Debian host: the Docker engine (Debian's docker.io),
-# mmdebstrap (bootstraps the default base) and docker-registry (push/pull tests). Needs root.
+# mmdebstrap (bootstraps the default base) and the tools the tests drive. Needs root.
 # Idempotent: installs only what is missing, starts dockerd only when no engine answers.
 set -euo pipefail
 
+# command -> Debian package. tmux drives the interactive shell test, docker-registry and
+# htpasswd (apache2-utils) the push/pull tests, openssl makes the CA-bundle test's certificate.
 need=()
-command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 [ -x /usr/bin/docker ] || need+=(docker.io)
-command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+for pair in dockerd:docker.io mmdebstrap:mmdebstrap tmux:tmux docker-registry:docker-registry \
+            htpasswd:apache2-utils openssl:openssl; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u | sed '/^$/d')
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup-host: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

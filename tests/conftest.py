@@ -43,13 +43,13 @@ def docker_client():
 def run_dlenv(tmp_path):
     """Run the real CLI in a subprocess, with an isolated state dir unless told otherwise."""
 
-    def run(*args, env=None, timeout=3600, check=False, input=None):
+    def run(*args, env=None, timeout=3600, check=False, input=None, cwd=None):
         full_env = dict(os.environ, NO_COLOR="1", COLUMNS="200")
         full_env.setdefault("DLENV_STATE_DIR", str(tmp_path / "state"))
         if env:
             full_env.update(env)
         proc = subprocess.run([dlenv_bin(), *args], capture_output=True, text=True, env=full_env,
-                              timeout=timeout, input=input)
+                              timeout=timeout, input=input, cwd=cwd)
         if check and proc.returncode != 0:
             raise AssertionError(f"dlenv {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc

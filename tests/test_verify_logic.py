@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from builder import verify
+from builder import cluster, verify
 from builder.build import plan
-from builder.verify import gpu_runtime, mpi_launch, plan_checks
+from builder.cluster import gpu_runtime, mpi_launch
+from builder.verify import plan_checks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,7 +64,7 @@ class _FakeClient:
 
 def test_device_checks_are_skipped_with_reason_without_gpu_runtime(monkeypatch):
     container = _FakeContainer()
-    monkeypatch.setattr(verify, "_start", lambda *a, **k: container)
+    monkeypatch.setattr(cluster, "start_container", lambda *a, **k: container)
     monkeypatch.setattr(verify.testinfra, "get_host", lambda spec: None)
     planned = [p for p in plan_checks(plan("chainermn").resolved) if p.check.device]
     report = verify.verify_image(_FakeClient({"runc": {}}), "img", planned)

@@ -74,3 +74,39 @@ def test_chainermn_across_two_containers(docker_client, run_dlenv, tmp_path):
 
 def show_image(run_dlenv) -> str:
     return json.loads(run_dlenv("show", "chainermn", "--json", check=True).stdout)["image"]
+
+
+TRAIN = '''
+import os, sys
+from mpi4py import MPI
+comm = MPI.COMM_WORLD
+print(f"rank {comm.rank} of {comm.size} on {os.uname().nodename}", flush=True)
+total = comm.allreduce(comm.rank + 1)
+with open(f"rank-{comm.rank}.txt", "w") as f:
+    f.write(str(total))
+sys.exit(int(os.environ.get("EXIT_WITH", "0")) if comm.rank == 1 else 0)
+'''
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_dlenv_run_mpi(docker_client, run_dlenv, tmp_path, nodes):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    ws.chmod(0o777)
+    (ws / "train.py").write_text(TRAIN)
+    proc = run_dlenv("run", "chainermn", "-n", "4", "--nodes", str(nodes), "--", "python", "train.py", cwd=ws,
+                     timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [proc.stdout.splitlines()[0]] and proc.stdout.startswith("rank 0 of 4")
+    assert sorted(p.name for p in ws.glob("rank-*.txt")) == [f"rank-{i}.txt" for i in range(4)]
+    assert {p.read_text() for p in ws.glob("rank-*.txt")} == {"10"}
+    every = run_dlenv("run", "chainermn", "-n", "4", "--nodes", str(nodes), "--all-ranks", "--", "python",
+                      "train.py", cwd=ws, timeout=600)
+    hosts = {line.split(" on ")[1] for line in every.stdout.splitlines() if " on " in line}
+    assert sum(line.startswith("[rank ") for line in every.stdout.splitlines()) == 4
+    assert len(hosts) == nodes
+    failing = run_dlenv("run", "chainermn", "-n", "2", "--nodes", str(nodes), "-e", "EXIT_WITH=3", "--", "python",
+                        "train.py", cwd=ws, timeout=600)
+    assert failing.returncode == 3, (failing.args, failing.stdout, failing.stderr)
+    assert not docker_client.containers.list(all=True, filters={"label": "org.dlenv.role=run"})
+    assert not docker_client.networks.list(filters={"label": "org.dlenv.role=run"})

@@ -1,0 +1,145 @@
+"""`dlenv shell` and `dlenv run` against the real engine: the interactive shell driven through
+tmux, one-shot commands and their exit status, the host user's identity, refused mounts, and
+Ctrl-C removing every container. MPI runs across containers are in tests/e2e."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from builder import engine
+from builder.cluster import ContainerOptions, container_kwargs
+from builder.session import host_identity, show_rank_line, shell
+
+
+@pytest.fixture(scope="module")
+def python_image(docker_client, dlenv_path):
+    """The catalog `python` stack, built (or found) once for this module."""
+    proc = subprocess.run([dlenv_path, "build", "python"], capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    show = subprocess.run([dlenv_path, "show", "python", "--json"], capture_output=True, text=True, check=True)
+    import json
+    return json.loads(show.stdout)["image"]
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    os.chmod(folder, 0o777)  # tests run as root; the image's user (uid 1000) writes here
+    return folder
+
+
+def shell_containers(client):
+    return client.containers.list(all=True, filters={"label": "org.dlenv.role=shell"})
+
+
+def test_shell_command_runs_in_workspace_and_returns_its_status(docker_client, python_image, run_dlenv, workspace):
+    (workspace / "input.txt").write_text("from the host\n")
+    proc = run_dlenv("shell", "python", "--", "bash", "-c",
+                     "cat input.txt; id -u; pwd; echo made > output.txt; exit 7", cwd=workspace)
+    assert proc.returncode == 7, proc.stderr
+    assert "from the host" in proc.stdout and "/workspace" in proc.stdout
+    assert proc.stdout.splitlines()[1] == "1000"  # host user root -> the image's own user
+    assert (workspace / "output.txt").read_text() == "made\n"
+    assert not shell_containers(docker_client)
+
+
+def test_shell_runs_as_the_host_uid_with_a_home(docker_client, python_image, workspace):
+    client = engine.connect()
+    code = shell(client, python_image, ContainerOptions(workspace=workspace), host_identity(4242, 4343),
+                 ["bash", "-lc", "test \"$(id -u):$(id -g)\" = 4242:4343 && test -w \"$HOME\" "
+                                 "&& test \"$(whoami)\" = dlenv-host && touch mine"], interactive=False)
+    assert code == 0
+    stat = (workspace / "mine").stat()
+    assert (stat.st_uid, stat.st_gid) == (4242, 4343)
+    assert not shell_containers(docker_client)
+
+
+def test_docker_socket_mount_is_refused(docker_client, python_image, run_dlenv, workspace):
+    proc = run_dlenv("shell", "python", "-v", "/var/run/docker.sock:/var/run/docker.sock", "--", "true",
+                     cwd=workspace)
+    assert proc.returncode == 1
+    assert "refusing to mount the Docker socket" in proc.stderr and "Traceback" not in proc.stderr
+    assert not shell_containers(docker_client)
+
+
+def test_container_options_are_never_privileged_and_carry_limits(tmp_path):
+    kwargs = container_kwargs(ContainerOptions(workspace=tmp_path, env={"A": "1"}), "shell")
+    assert kwargs["privileged"] is False and kwargs["init"] is True
+    assert kwargs["shm_size"] == "8g"
+    assert {u["Name"] for u in kwargs["ulimits"]} == {"memlock", "stack"}
+    assert all("docker.sock" not in host for host in kwargs["volumes"])
+    assert "ipc_mode" not in kwargs
+    host_ipc = container_kwargs(ContainerOptions(ipc_host=True), "run")
+    assert host_ipc["ipc_mode"] == "host" and "shm_size" not in host_ipc
+
+
+def test_rank_output_filter():
+    assert show_rank_line("[1,0]<stdout>:loss 0.5", False) == ("stdout", "loss 0.5")
+    assert show_rank_line("[1,1]<stdout>:loss 0.5", False) is None
+    assert show_rank_line("[1,1]<stderr>:oops", True) == ("stderr", "[rank 1] oops")
+    assert show_rank_line("mpiexec noticed that process rank 1 exited", False)[1].startswith("mpiexec")
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None and os.environ.get("DLENV_REQUIRE_ENGINE") != "1",
+                    reason="tmux not installed")
+def test_interactive_shell_through_tmux(docker_client, python_image, dlenv_path, workspace):
+    assert shutil.which("tmux"), "tmux is required for the interactive shell test (scripts/setup-host.sh installs it)"
+    session = f"dlenv-test-{os.getpid()}"
+    env = dict(os.environ, NO_COLOR="1")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "40", "-c", str(workspace),
+                    f"{dlenv_path} shell python"], check=True, env=env)
+    try:
+        def screen() -> str:
+            return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+                                  text=True).stdout
+
+        def wait_for(text: str, seconds: float = 60) -> str:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                shown = screen()
+                if text in shown:
+                    return shown
+                time.sleep(0.3)
+            raise AssertionError(f"{text!r} never appeared on the screen:\n{screen()}")
+
+        wait_for("dlenv@")  # the login prompt of the image's user
+        subprocess.run(["tmux", "send-keys", "-t", session, "echo answer=$((6*7)); whoami; pwd", "Enter"], check=True)
+        shown = wait_for("answer=42")
+        assert "/workspace" in shown and "dlenv" in shown
+        subprocess.run(["tmux", "send-keys", "-t", session, "echo typed > typed.txt; exit", "Enter"], check=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and subprocess.run(["tmux", "has-session", "-t", session],
+                                                             capture_output=True).returncode == 0:
+            time.sleep(0.3)
+        assert (workspace / "typed.txt").read_text() == "typed\n"
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    assert not shell_containers(docker_client)
+
+
+def test_ctrl_c_during_run_removes_every_container(docker_client, python_image, dlenv_path, workspace):
+    """`dlenv run` on the python stack has no MPI, so interrupt a `dlenv shell -- sleep` through its
+    launcher instead: SIGINT reaches the command, dlenv removes the container."""
+    env = dict(os.environ, NO_COLOR="1")
+    proc = subprocess.Popen([dlenv_path, "shell", "python", "--", "sleep", "300"], cwd=workspace, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not shell_containers(docker_client):
+        time.sleep(0.2)
+    assert shell_containers(docker_client)
+    time.sleep(1)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and shell_containers(docker_client):
+        time.sleep(0.3)
+    assert not shell_containers(docker_client)
