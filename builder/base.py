@@ -18,6 +18,7 @@ from . import engine, paths
 from .config import debian_sources
 from .errors import BaseImageError
 from .render import base_recipe, base_ref
+from .settings import load_settings
 
 RECIPE_LABEL = "org.dlenv.base-recipe"
 
@@ -59,7 +60,7 @@ def bootstrap(client, base: dict, log=lambda msg: None) -> str:
         raise BaseImageError("mmdebstrap is not installed; it bootstraps the default Debian base",
                              hint="apt-get install mmdebstrap")
     ref = base_ref(base)
-    sources = debian_sources(recipe["suite"])
+    sources = debian_sources(recipe["suite"], mirror=load_settings().get("debian_mirror"))
     workdir = Path(tempfile.mkdtemp(prefix="base-", dir=paths.state_dir()))
     try:
         sources_file = workdir / "debian.sources"

@@ -22,6 +22,7 @@ from .config import find_ca_bundle, pip_build_args
 from .errors import VerifyError
 from .render import CA_BUNDLE_PATH, BuildContext, content_hash, render_context
 from .resolve import ResolvedStack, resolve
+from .settings import load_settings
 from .spec import load_stack
 from .verify import Report, plan_checks, verify_image
 
@@ -108,7 +109,8 @@ def build(p: Plan, client, *, ca_bundle: str | None = None, verify: bool = True,
         if attrs and not nocache:
             engine.tag(client, attrs["Id"], p.latest_tag)
             return BuildResult(p, attrs["Id"], True, [p.hash_tag, p.latest_tag], time.monotonic() - started)
-        bundle = find_ca_bundle(ca_bundle)
+        settings = load_settings({"ca_bundle": ca_bundle})
+        bundle = find_ca_bundle(settings.get("ca_bundle"), source=settings.source("ca_bundle"))
         base_mod.ensure_base(client, p.resolved.base, log)
         log_path = paths.state_dir() / "logs" / f"{p.resolved.name}-{p.content_hash[:TAG_CHARS]}.log"
         workdir = Path(tempfile.mkdtemp(prefix="context-", dir=paths.state_dir()))

@@ -363,5 +363,11 @@ def run(ctx: Ctx, stack, ranks, nodes, all_ranks, shm_size, ipc, env, volumes, b
     sys.exit(code)
 
 
+from .cli_doctor import config_cmd, doctor  # noqa: E402  (commands defined in their own modules)
+
+main.add_command(doctor)
+main.add_command(config_cmd, "config")
+
+
 if __name__ == "__main__":
     main()

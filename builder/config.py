@@ -27,9 +27,9 @@ class CABundle:
         return self.path.read_bytes() if self.path else b""
 
 
-def find_ca_bundle(explicit: str | None = None, environ=os.environ) -> CABundle:
-    """--ca-bundle, then DLENV_CA_BUNDLE, PIP_CERT, SSL_CERT_FILE, REQUESTS_CA_BUNDLE."""
-    candidates = [("--ca-bundle", explicit)] + [(var, environ.get(var)) for var in CA_ENV_VARS]
+def find_ca_bundle(explicit: str | None = None, environ=os.environ, source: str = "--ca-bundle") -> CABundle:
+    """--ca-bundle (or the ca_bundle setting), then DLENV_CA_BUNDLE, PIP_CERT, SSL_CERT_FILE, REQUESTS_CA_BUNDLE."""
+    candidates = [(source, explicit)] + [(var, environ.get(var)) for var in CA_ENV_VARS]
     for source, value in candidates:
         if not value:
             continue
@@ -63,9 +63,10 @@ def pip_build_args(environ=os.environ) -> dict:
     return out
 
 
-def debian_sources(suite: str, environ=os.environ) -> str:
-    """deb822 sources (deb and deb-src) for `suite`, from DLENV_DEBIAN_MIRROR or the host's apt config."""
-    mirror = environ.get("DLENV_DEBIAN_MIRROR")
+def debian_sources(suite: str, environ=os.environ, mirror: str | None = None) -> str:
+    """deb822 sources (deb and deb-src) for `suite`: the debian_mirror setting, DLENV_DEBIAN_MIRROR,
+    or the host's apt config."""
+    mirror = mirror or environ.get("DLENV_DEBIAN_MIRROR")
     keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
     if mirror:
         if not re.match(r"^https?://[^\s]+$", mirror):

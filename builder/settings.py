@@ -54,6 +54,9 @@ class Settings:
 def _read_file(path: Path) -> dict:
     if not path.is_file():
         return {}
+    text = path.read_text("utf-8", errors="replace")
+    if not any(ln.strip() and not ln.lstrip().startswith("#") for ln in text.splitlines()):
+        return {}  # an empty or commented-out config file sets nothing
     data, lines = load_yaml(path)
     if not isinstance(data, dict):
         raise SpecError(path, "expected a mapping of settings", line=1)
@@ -67,7 +70,9 @@ def _read_file(path: Path) -> dict:
 
 def _validate(key: str, value, where: str) -> None:
     pattern = KEYS[key][2]
-    if not isinstance(value, str) or not re.match(pattern, value):
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {key}: {value!r} must be a quoted string", hint=KEYS[key][3])
+    if not re.match(pattern, value):
         raise ConfigError(f"{where}: {key}: {value!r} is not a valid value", hint=KEYS[key][3])
 
 
