@@ -220,12 +220,14 @@ def run_testinfra_file(container, path: Path) -> list:
                                 f"pytest {path}", _clip(proc.stdout + proc.stderr), "pytest did not run")]
         results = []
         for case in ET.parse(junit).getroot().iter("testcase"):
+            # testinfra parametrizes each test by host; the container id changes every run.
+            test = re.sub(r"\[docker://[^\]]+\]$", "", case.get("name") or "")
             detail = next((case.find(tag) for tag in ("failure", "error", "skipped") if case.find(tag) is not None),
                           None)
             status = "passed" if detail is None else ("skipped" if detail.tag == "skipped" else "failed")
             results.append(CheckResult(
-                f"{path.name}::{case.get('name')}", "testinfra", status, float(case.get("time") or 0),
-                f"pytest {path.name}::{case.get('name')}", _clip(detail.text or "") if detail is not None else "",
+                f"{path.name}::{test}", "testinfra", status, float(case.get("time") or 0),
+                f"pytest {path.name}::{test}", _clip(detail.text or "") if detail is not None else "",
                 (detail.get("message") or "")[:300] if detail is not None else ""))
         if not results:
             results.append(CheckResult(f"testinfra {path.name}", "testinfra", "failed", time.monotonic() - start,
