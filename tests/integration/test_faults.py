@@ -112,3 +112,34 @@ def test_unreachable_registry_base_fails_clearly(docker_client, run_dlenv, tmp_p
     assert "base image 127.0.0.1:9/nvidia/cuda:12.6.3-runtime-ubuntu22.04 is not available locally" in errors[0]
     assert "could not be pulled" in errors[0] and "Traceback" not in result.stderr
     assert not tags_of(docker_client, "dlenv/dlenv-itest-registry-base")
+
+
+def test_sigint_during_verify_removes_its_containers(docker_client, dlenv_path, run_dlenv, tmp_path):
+    repo = "dlenv/dlenv-itest-verify-sigint"
+    stack = write_stack(tmp_path, """
+        schema: 1
+        name: dlenv-itest-verify-sigint
+        extends: python
+        env: {PURPOSE: "verify interrupted"}
+        checks:
+          - name: slow check
+            command: sleep 120
+            timeout: 300
+    """)
+    try:
+        assert run_dlenv("build", str(stack), "--no-verify").returncode == 0
+        env = dict(os.environ, DLENV_STATE_DIR=str(tmp_path / "state"), NO_COLOR="1")
+        proc = subprocess.Popen([dlenv_path, "verify", str(stack)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
+        label = {"label": "org.dlenv.role=verify"}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not docker_client.containers.list(filters=label):
+            time.sleep(0.2)
+        assert docker_client.containers.list(filters=label), "verify never started its container"
+        time.sleep(2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert not docker_client.containers.list(all=True, filters=label)
+    finally:
+        remove_repo(docker_client, repo)
