@@ -218,6 +218,7 @@ class Check:
     login: bool = False
     ranks: int | None = None
     device: bool = False      # needs a GPU: runs only where the engine has the NVIDIA runtime
+    as_root: bool = False     # inspects what only root may read (e.g. /etc/shadow)
     origin: str = ""          # the file that declared it
     base_dir: str = ""        # folder that `script:` paths are relative to
 
@@ -234,6 +235,7 @@ class Check:
         return cls(name=raw["name"], kind=kind, target=raw[kind], contains=raw.get("contains"),
                    matches=raw.get("matches"), exit=raw.get("exit", 0), timeout=raw.get("timeout", 60),
                    login=raw.get("login", False), ranks=raw.get("ranks"), device=raw.get("device", False),
+                   as_root=raw.get("as_root", False),
                    origin=str(origin),
                    base_dir=str(base_dir))
 

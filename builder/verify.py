@@ -180,6 +180,7 @@ def verify_image(client, image: str, planned: list, on_result=None, shm_size: st
         with Cluster(client, image, ContainerOptions(shm_size=shm_size, gpu=gpu), "verify", nodes) as cluster:
             env_names = image_env_names(client, image)
             host = testinfra.get_host(f"docker://{cluster.main.id}")
+            root_host = testinfra.get_host(f"docker://root@{cluster.main.id}")
             for item in planned:
                 if item.check.device and not gpu:
                     record(CheckResult(item.name, item.check.kind, "skipped", 0.0, reason=NO_GPU_REASON))
@@ -192,7 +193,7 @@ def verify_image(client, image: str, planned: list, on_result=None, shm_size: st
                 watchdog.start()  # a hung check must not hang verify: the containers die, the check fails
                 try:
                     hosts = cluster.hosts if item.check.ranks else None
-                    res = _run_one(host, cluster.main, item, hosts, env_names)
+                    res = _run_one(root_host if item.check.as_root else host, cluster.main, item, hosts, env_names)
                 finally:
                     watchdog.cancel()
                 if hosts:
