@@ -82,7 +82,7 @@ def main() -> None:
             if "error" in chunk:
                 raise SystemExit(f"build stage: {chunk['error']}")
         figures["build_stage_bytes"] = client.images.get(build_tag).attrs["Size"]
-        client.images.remove(build_tag)
+        client.images.remove(build_tag, noprune=True)  # untag only: keep the layer cache
     du = client.containers.run(p.hash_tag, ["bash", "-c", "du -sb /opt/* 2>/dev/null"], remove=True).decode()
     figures["payload_bytes"] = {line.split("\t")[1]: int(line.split("\t")[0]) for line in du.splitlines() if "\t" in line}
     base = client.images.get(p.context.dockerfile.split("FROM ", 1)[1].split()[0])

@@ -180,12 +180,18 @@ def _print_check(ctx: Ctx, r) -> None:
 @click.option("--no-verify", is_flag=True, help="Promote without running the checks.")
 @click.option("--no-cache", "nocache", is_flag=True, help="Build every layer again.")
 @click.option("--ca-bundle", type=click.Path(dir_okay=False), help="Extra CA bundle for pip inside the build stage.")
+@click.option("--registry", metavar="HOST[:PORT][/PREFIX]",
+              help="Try to pull this content hash from the registry before building (default: the registry setting).")
+@click.option("--no-pull", is_flag=True, help="Do not try the registry; always build here.")
 @click.pass_obj
-def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle):
+def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull):
     """Build STACK, verify it, then tag it by content hash and as latest."""
     from . import build as build_mod
     from . import engine
+    from .cli_registry import LayerProgress
+    from .settings import load_settings
     p = _plan(stack)
+    registry = None if no_pull else load_settings({"registry": registry}).get("registry")
     client = engine.connect()
     last = {"step": 0}
 
@@ -198,9 +204,14 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle):
 
     if not ctx.quiet:
         ctx.info(f"{p.resolved.name}: content hash {p.content_hash[:16]}")
-    result = build_mod.build(p, client, ca_bundle=ca_bundle, verify=not no_verify, nocache=nocache, log=ctx.info,
-                             on_progress=on_progress, on_check=lambda r: _print_check(ctx, r))
-    if result.noop:
+    import contextlib
+    with LayerProgress(ctx, "pull") if registry else contextlib.nullcontext() as pull_progress:
+        result = build_mod.build(p, client, ca_bundle=ca_bundle, verify=not no_verify, nocache=nocache,
+                                 log=ctx.info, on_progress=on_progress, on_check=lambda r: _print_check(ctx, r),
+                                 registry=registry, on_pull=pull_progress.update if pull_progress else None)
+    if result.pulled:
+        click.echo(f"pulled {p.hash_tag} from {registry} instead of building ({result.seconds:.0f}s)")
+    elif result.noop:
         click.echo(f"{p.hash_tag} is up to date ({result.seconds:.2f}s)")
     else:
         verified = f", {result.report.counts['passed']} checks passed" if result.report else ", not verified"
@@ -364,9 +375,12 @@ def run(ctx: Ctx, stack, ranks, nodes, all_ranks, shm_size, ipc, env, volumes, b
 
 
 from .cli_doctor import config_cmd, doctor  # noqa: E402  (commands defined in their own modules)
+from .cli_registry import pull, push  # noqa: E402
 
 main.add_command(doctor)
 main.add_command(config_cmd, "config")
+main.add_command(push)
+main.add_command(pull)
 
 
 if __name__ == "__main__":

@@ -76,5 +76,15 @@ class VerifyError(DlenvError):
         self.report = report
 
 
+class RegistryError(DlenvError):
+    """A push or pull failed. `kind` says why: unauthorized, unreachable, not_found, mismatch,
+    broken (the transfer broke off), tls (HTTP/HTTPS or certificate trouble), config (unusable
+    registry name or credentials) or other."""
+
+    def __init__(self, message: str, *, kind: str = "other", hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.kind = kind
+
+
 class ConfigError(DlenvError):
     """A configuration value (CA bundle, mirror, index) is unusable."""

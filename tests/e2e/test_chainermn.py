@@ -4,6 +4,7 @@ and promotes; a second build is a no-op; `dlenv verify --json` reports every req
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,38 @@ def test_dlenv_run_mpi(docker_client, run_dlenv, tmp_path, nodes):
     assert failing.returncode == 3, (failing.args, failing.stdout, failing.stderr)
     assert not docker_client.containers.list(all=True, filters={"label": "org.dlenv.role=run"})
     assert not docker_client.networks.list(filters={"label": "org.dlenv.role=run"})
+
+
+def test_ca_bundle_of_the_build_is_in_no_runtime_layer(docker_client, run_dlenv, tmp_path):
+    """The host CA bundle the build used (its certificates that no public bundle in the image has)
+    is in the build stage (the scan's positive control) and nowhere in the runtime image."""
+    import pip._vendor.certifi
+
+    from builder.build import plan, write_context
+    from builder.config import find_ca_bundle, pip_build_args
+    from builder.security import private_certificates, scan_image
+
+    bundle = find_ca_bundle()
+    if bundle.path is None:
+        pytest.skip("no CA bundle configured on this host: the build used the image's own certificates")
+    image = show_image(run_dlenv)
+    public = docker_client.containers.run(image, ["cat", "/etc/ssl/certs/ca-certificates.crt"], remove=True)
+    public += Path(pip._vendor.certifi.where()).read_bytes()
+    needles = private_certificates(bundle.read(), public) or [bundle.read()]
+    findings, layers = scan_image(docker_client, image, needles)
+    assert layers >= 5 and not findings, findings
+
+    p = plan("chainermn")
+    build_tag = f"dlenv-test/chainermn-build:{p.content_hash[:16]}"
+    context = tmp_path / "context"
+    context.mkdir()
+    write_context(p.context, context, bundle.read())
+    for chunk in docker_client.api.build(path=str(context), tag=build_tag, target="build", decode=True, rm=True,
+                                         buildargs={"DLENV_CONTENT_HASH": p.content_hash, **pip_build_args()}):
+        assert "error" not in chunk, chunk
+    try:
+        control, _ = scan_image(docker_client, build_tag, needles)
+        assert any("/etc/dlenv-build/ca.crt" in f.where for f in control), control
+    finally:
+        docker_client.images.remove(build_tag, noprune=True)  # untag only: keep the layer cache
+    print(f"scanned {layers} runtime layers for {len(needles)} private certificate(s): none found")
