@@ -374,6 +374,31 @@ def run(ctx: Ctx, stack, ranks, nodes, all_ranks, shm_size, ipc, env, volumes, b
     sys.exit(code)
 
 
+@main.command()
+@click.option("--keep", type=click.IntRange(0, 100), default=1, show_default=True,
+              help="Hash tags to keep per stack besides latest (newest first).")
+@click.option("--build-cache", is_flag=True, help="Also remove dangling build-stage layers built on a dlenv base.")
+@click.option("--dry-run", "-n", is_flag=True, help="Only say what would be removed.")
+@click.pass_obj
+def gc(ctx: Ctx, keep, build_cache, dry_run):
+    """Remove old candidate and hash tags of dlenv images (and, asked, their build cache)."""
+    from . import engine
+    from .gc import apply_gc, list_images, plan_gc
+    client = engine.connect()
+    plan = plan_gc(list_images(client), keep=keep, build_cache=build_cache)
+    verb = "would remove" if dry_run else "removing"
+    for ref in plan.untag:
+        ctx.info(f"{verb} {ref}")
+    if plan.cache:
+        ctx.info(f"{verb} {len(plan.cache)} cached build layer chain(s), {plan.reclaim_bytes / 1e9:.2f} GB or more")
+    failed = [] if dry_run else apply_gc(client, plan)
+    for line in failed:
+        ctx.err.print(f"[yellow]dlenv: warning: could not remove {line}[/yellow]")
+    done = "would remove" if dry_run else "removed"
+    click.echo(f"{done} {len(plan.untag) - len(failed)} tag(s) and {len(plan.cache)} build cache chain(s); "
+               f"kept {len(plan.keep)} tag(s)")
+
+
 from .cli_doctor import config_cmd, doctor  # noqa: E402  (commands defined in their own modules)
 from .cli_registry import pull, push  # noqa: E402
 

@@ -146,3 +146,30 @@ def test_ca_bundle_of_the_build_is_in_no_runtime_layer(docker_client, run_dlenv,
     finally:
         docker_client.images.remove(build_tag, noprune=True)  # untag only: keep the layer cache
     print(f"scanned {layers} runtime layers for {len(needles)} private certificate(s): none found")
+
+
+def test_ctrl_c_stops_an_mpi_run_across_containers(docker_client, dlenv_path, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    ws.chmod(0o777)
+    label = {"label": "org.dlenv.role=run"}
+    proc = subprocess.Popen([dlenv_path, "run", "chainermn", "-n", "2", "--nodes", "2", "--", "python", "-c",
+                             "import time; print('started', flush=True); time.sleep(600)"],
+                            cwd=ws, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, NO_COLOR="1"))
+    assert proc.stdout.readline().strip() == "started"
+    assert len(docker_client.containers.list(filters=label)) == 2
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and docker_client.containers.list(all=True, filters=label):
+        time.sleep(0.3)
+    assert not docker_client.containers.list(all=True, filters=label)
+    assert not docker_client.networks.list(filters=label)

@@ -540,3 +540,30 @@ def test_a_bare_word_is_not_taken_for_a_registry(tmp_path):
     from builder.registry import RegistryError
     with pytest.raises(RegistryError, match="does not name a registry host"):
         remote_ref(new_stack(tmp_path).plan, "myhost/prefix")
+
+
+def test_a_registry_base_image_is_pulled_and_built_on(docker_client, plain, dlenv, tmp_path, janitor):
+    """`base: {image: ...}` where a registry can be reached: the base is pulled, then built on.
+    The registry here serves dlenv's own bootstrapped Debian base under another name."""
+    from builder.render import base_ref
+    from builder.spec import DEFAULT_BASE
+
+    local_base = base_ref(DEFAULT_BASE)
+    assert image_id(docker_client, local_base), "the bootstrapped base must exist (dlenv base)"
+    remote_base = f"{plain.address}/mirror/debian:bookworm-{secrets.token_hex(4)}"
+    janitor.repo(remote_base)
+    tag(docker_client, image_id(docker_client, local_base), remote_base)
+    for chunk in docker_client.api.push(remote_base, stream=True, decode=True):
+        assert "error" not in chunk, chunk
+    docker_client.images.remove(remote_base)
+    assert image_id(docker_client, remote_base) is None
+
+    stack = tmp_path / "registry-base.yaml"
+    stack.write_text(f"schema: 1\nname: dlenv-itest-regbase\nextends: python\nbase:\n  image: {remote_base}\n")
+    janitor.repo("dlenv/dlenv-itest-regbase")
+    built = dlenv("build", str(stack), timeout=900)
+    assert built.returncode == 0, built.stderr
+    assert f"pulling base image {remote_base}" in built.stderr
+    assert image_id(docker_client, remote_base) is not None
+    attrs = docker_client.api.inspect_image("dlenv/dlenv-itest-regbase:latest")
+    assert attrs["Config"]["Labels"]["org.dlenv.base"] == remote_base

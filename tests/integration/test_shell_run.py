@@ -143,3 +143,21 @@ def test_ctrl_c_during_run_removes_every_container(docker_client, python_image, 
     while time.monotonic() < deadline and shell_containers(docker_client):
         time.sleep(0.3)
     assert not shell_containers(docker_client)
+
+
+def test_shell_without_an_image_refuses_or_builds(docker_client, run_dlenv, tmp_path, workspace):
+    import secrets
+    stack = tmp_path / "stack.yaml"
+    stack.write_text(f"schema: 1\nname: dlenv-itest-shellbuild\nextends: python\n"
+                     f"env: {{TOKEN: \"{secrets.token_hex(6)}\"}}\n")
+    try:
+        refused = run_dlenv("shell", str(stack), "--", "true", cwd=workspace)
+        assert refused.returncode == 1
+        assert "does not exist yet" in refused.stderr and "--build" in refused.stderr
+        built = run_dlenv("shell", str(stack), "--build", "--", "printenv", "TOKEN", cwd=workspace)
+        assert built.returncode == 0, built.stderr
+        assert built.stdout.strip() == stack.read_text().split('"')[1]
+    finally:
+        for image in docker_client.images.list(name="dlenv/dlenv-itest-shellbuild"):
+            for tag in image.tags:
+                docker_client.images.remove(tag)

@@ -1,0 +1,42 @@
+"""`dlenv gc` decides from image listings: candidate tags and old hash tags go, latest and the
+newest hash tags stay, other repositories are never touched, build cache only below a dlenv base."""
+
+from builder.gc import plan_gc
+
+
+def img(id_, tags=(), parent="", created="2026-01-01T00:00:00Z", size=100):
+    return {"Id": id_, "RepoTags": list(tags), "Parent": parent, "Created": created, "Size": size}
+
+
+IMAGES = [
+    img("base", ["dlenv/base:bookworm-minbase-abc"]),
+    img("old", ["dlenv/chainermn:1111111111111111"], "base", "2026-01-01T00:00:00Z"),
+    img("mid", ["dlenv/chainermn:2222222222222222"], "base", "2026-02-01T00:00:00Z"),
+    img("new", ["dlenv/chainermn:3333333333333333", "dlenv/chainermn:latest"], "base", "2026-03-01T00:00:00Z"),
+    img("cand", ["dlenv/chainermn:4444444444444444-candidate"], "base", "2026-04-01T00:00:00Z"),
+    img("other", ["someone/else:latest", "dlenv-like/name:1"]),
+    # build cache: a leaf chain on the base, a leaf on another image, a layer that is a parent
+    img("layer1", [], "base"), img("leaf1", ["<none>:<none>"], "layer1", size=5000),
+    img("foreign-leaf", [], "other"),
+    img("inner", [], "base"), img("tagged-child", ["dlenv/python:latest"], "inner"),
+]
+
+
+def test_tags_kept_and_removed():
+    plan = plan_gc(IMAGES, keep=1)
+    assert sorted(plan.untag) == ["dlenv/chainermn:1111111111111111", "dlenv/chainermn:2222222222222222",
+                                  "dlenv/chainermn:4444444444444444-candidate"]
+    assert "dlenv/chainermn:3333333333333333" in plan.keep and "dlenv/chainermn:latest" in plan.keep
+    assert not any(ref.startswith(("someone/", "dlenv-like/", "dlenv/base")) for ref in plan.untag)
+    assert plan.cache == []
+
+
+def test_keep_more_hash_tags():
+    plan = plan_gc(IMAGES, keep=2)
+    assert sorted(plan.untag) == ["dlenv/chainermn:1111111111111111", "dlenv/chainermn:4444444444444444-candidate"]
+
+
+def test_build_cache_only_untagged_leaves_below_a_dlenv_base():
+    plan = plan_gc(IMAGES, keep=1, build_cache=True)
+    assert plan.cache == ["leaf1"]
+    assert plan.reclaim_bytes == 5000
