@@ -10,7 +10,7 @@ help:
 	@echo "make chainermn   build the chainermn image (installs Docker and the venv first)"
 	@echo "make test        all tests: unit, integration and the chainermn e2e build (needs root for Docker)"
 	@echo "make unit        engine-free unit tests only"
-	@echo "make golden      regenerate tests/golden/*.Dockerfile on purpose"
+	@echo "make golden      regenerate tests/golden/*.Dockerfile and tests/golden/exports/* on purpose"
 	@echo "make lint        hadolint on every rendered Dockerfile"
 
 $(DLENV): pyproject.toml
@@ -41,6 +41,7 @@ e2e: venv host
 
 golden: venv
 	$(VENV)/bin/python scripts/regen-golden.py
+	$(VENV)/bin/python scripts/regen-export-golden.py
 
 lint: venv
 	$(VENV)/bin/python scripts/lint-dockerfiles.py

@@ -400,12 +400,19 @@ def gc(ctx: Ctx, keep, build_cache, dry_run):
 
 
 from .cli_doctor import config_cmd, doctor  # noqa: E402  (commands defined in their own modules)
+from .cli_export import export, load, save  # noqa: E402
 from .cli_registry import pull, push  # noqa: E402
+from .cli_sbom import diff_cmd, sbom  # noqa: E402
 
 main.add_command(doctor)
 main.add_command(config_cmd, "config")
 main.add_command(push)
 main.add_command(pull)
+main.add_command(export)
+main.add_command(save)
+main.add_command(load)
+main.add_command(sbom)
+main.add_command(diff_cmd, "diff")
 
 
 if __name__ == "__main__":

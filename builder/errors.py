@@ -88,3 +88,16 @@ class RegistryError(DlenvError):
 
 class ConfigError(DlenvError):
     """A configuration value (CA bundle, mirror, index) is unusable."""
+
+
+class ExportError(DlenvError):
+    """An export cannot be made as asked: an option out of range, a missing registry, an output
+    file that would be overwritten."""
+
+
+class ArchiveError(DlenvError):
+    """A `dlenv save` archive is unusable or does not hold what its manifest says."""
+
+
+class UsageError(DlenvError):
+    """A command-line value (-e, -p, -v) that cannot be used."""

@@ -22,17 +22,13 @@ from pathlib import Path
 import docker.types
 
 from .cluster import Cluster, ContainerOptions, image_env_names, mpi_launch
-from .errors import DlenvError, EngineError
+from .errors import EngineError, UsageError
 
 HOST_USER = "dlenv-host"
 HOST_HOME = "/home/dlenv-host"
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=.*$", re.S)
 _PORT_RE = re.compile(r"^(?:(\d{1,5}):)?(\d{1,5})(/(tcp|udp))?$")
 _TAGGED = re.compile(r"^\[(\d+),(\d+)\]<(stdout|stderr)>:(.*)$", re.S)
-
-
-class UsageError(DlenvError):
-    """A -e/-p/-v value that cannot be used."""
 
 
 @dataclass(frozen=True)

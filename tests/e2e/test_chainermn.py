@@ -4,7 +4,6 @@ and promotes; a second build is a no-op; `dlenv verify --json` reports every req
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -116,8 +115,6 @@ def test_dlenv_run_mpi(docker_client, run_dlenv, tmp_path, nodes):
 def test_ca_bundle_of_the_build_is_in_no_runtime_layer(docker_client, run_dlenv, tmp_path):
     """The host CA bundle the build used (its certificates that no public bundle in the image has)
     is in the build stage (the scan's positive control) and nowhere in the runtime image."""
-    import pip._vendor.certifi
-
     from builder.build import plan, write_context
     from builder.config import find_ca_bundle, pip_build_args
     from builder.security import private_certificates, scan_image
@@ -126,8 +123,10 @@ def test_ca_bundle_of_the_build_is_in_no_runtime_layer(docker_client, run_dlenv,
     if bundle.path is None:
         pytest.skip("no CA bundle configured on this host: the build used the image's own certificates")
     image = show_image(run_dlenv)
-    public = docker_client.containers.run(image, ["cat", "/etc/ssl/certs/ca-certificates.crt"], remove=True)
-    public += Path(pip._vendor.certifi.where()).read_bytes()
+    # Public bundles the image ships on purpose (Debian's, and certifi's inside pip and friends):
+    # a host certificate found in one of those is public, not a leak.
+    public = docker_client.containers.run(image, ["bash", "-c", "cat /etc/ssl/certs/ca-certificates.crt "
+                                                  "$(find /opt -path '*certifi/cacert.pem')"], remove=True)
     needles = private_certificates(bundle.read(), public) or [bundle.read()]
     findings, layers = scan_image(docker_client, image, needles)
     assert layers >= 5 and not findings, findings
