@@ -10,7 +10,6 @@ with other contents is replaced only with `--force`. Registered in cli.py with
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import click
@@ -44,6 +43,7 @@ def write_output(ctx, text: str, output: str | None, force: bool) -> None:
         click.echo(text, nl=False)
         return
     from .exports import ExportError
+    from .fileio import write_text_atomic
     target = Path(output)
     if target.is_dir():
         raise ExportError(f"{target} is a directory", hint="give a file name")
@@ -54,15 +54,7 @@ def write_output(ctx, text: str, output: str | None, force: bool) -> None:
         if not force:
             raise ExportError(f"{target} exists and differs from this export", hint="pass --force to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(target, text)
     ctx.info(f"wrote {target}")
 
 

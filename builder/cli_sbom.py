@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
@@ -49,26 +48,6 @@ def now_timestamp() -> str:
     return format_time(time.time())
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    from .errors import DlenvError
-    path = path.resolve()
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    except OSError as exc:
-        raise DlenvError(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 @click.command()
 @click.argument("target", metavar="IMAGE|STACK")
 @click.option("--format", "fmt", type=click.Choice(["cyclonedx", "spdx"]), default="cyclonedx",
@@ -93,7 +72,8 @@ def sbom(ctx, target, fmt, output, timestamp):
     if not output:
         click.echo(text, nl=False)
         return
-    _write_atomically(Path(output), text)
+    from .fileio import write_text_atomic
+    write_text_atomic(Path(output).resolve(), text)
     counts = {eco: sum(1 for p in inv.packages if p.ecosystem == eco) for eco in sbom_mod.ECOSYSTEMS}
     label = "CycloneDX 1.5" if fmt == "cyclonedx" else "SPDX 2.3"
     click.echo(f"wrote {output}: {label} SBOM of {inv.name} {inv.content_hash[:16]} "
