@@ -99,23 +99,31 @@ def _plan(ref: str):
 @click.pass_obj
 def list_cmd(ctx: Ctx, as_json):
     """The catalog's stacks."""
-    from . import paths
+    from . import engine, paths
+    from .build import promoted_image
+    from .errors import DlenvError
     from .spec import catalog_stack_names
+    try:
+        client = engine.connect(timeout=5)
+    except DlenvError:
+        client = None  # the catalog needs no engine; "built" is then unknown
     rows = []
     for name in catalog_stack_names(paths.stacks_dir()):
         p = _plan(name)
         chain = p.resolved.merged.chain
         rows.append({"stack": name, "extends": chain[-2].name if len(chain) > 1 else "",
                      "versions": p.resolved.versions(), "hash": p.content_hash[:16],
+                     "built": None if client is None else promoted_image(client, p) is not None,
                      "description": p.resolved.merged.description})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     from rich.table import Table
-    table = Table("stack", "extends", "key versions", "content hash")
+    table = Table("stack", "extends", "key versions", "content hash", "built")
     for r in rows:
         keys = [f"{k} {v}" for k, v in r["versions"].items() if k in ("python", "chainer", "cupy", "cuda", "openmpi", "mpi4py")]
-        table.add_row(r["stack"], r["extends"], ", ".join(keys), r["hash"])
+        built = {True: "yes", False: "no", None: "?"}[r["built"]]
+        table.add_row(r["stack"], r["extends"], ", ".join(keys), r["hash"], built)
     ctx.console.print(table)
 
 

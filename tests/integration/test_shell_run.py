@@ -161,3 +161,12 @@ def test_shell_without_an_image_refuses_or_builds(docker_client, run_dlenv, tmp_
         for image in docker_client.images.list(name="dlenv/dlenv-itest-shellbuild"):
             for tag in image.tags:
                 docker_client.images.remove(tag)
+
+
+def test_list_says_which_stacks_are_built(python_image, run_dlenv):
+    import json
+    rows = {r["stack"]: r for r in json.loads(run_dlenv("list", "--json", check=True).stdout)}
+    assert rows["python"]["built"] is True
+    unknown = json.loads(run_dlenv("list", "--json", env={"DOCKER_HOST": "unix:///nonexistent.sock"},
+                                   check=True).stdout)
+    assert {r["built"] for r in unknown} == {None}  # the catalog still lists without an engine
