@@ -97,6 +97,7 @@ def write_context(ctx: BuildContext, directory: Path, ca_bundle: bytes) -> None:
         target = directory / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
+        target.chmod(ctx.modes.get(rel, 0o644))
     ca = directory / CA_BUNDLE_PATH
     ca.parent.mkdir(parents=True, exist_ok=True)
     ca.write_bytes(ca_bundle)

@@ -77,6 +77,16 @@ class DlenvGroup(click.Group):
             obj = click_ctx.obj or Ctx(False, False)
             obj.err.print("[red]dlenv: interrupted; no tag was moved[/red]")
             sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - the engine's own errors, unexpected: still one line
+            import docker.errors
+            import requests.exceptions
+            obj = click_ctx.obj or Ctx(False, False)
+            if obj.debug or not isinstance(exc, (docker.errors.DockerException, requests.exceptions.RequestException)):
+                raise
+            explanation = getattr(exc, "explanation", None) or str(exc)
+            _fail(obj, DlenvError(f"the Docker engine reported: {' '.join(str(explanation).split())[:300]}",
+                                  hint="run it again; --debug shows where it happened"))
+            sys.exit(1)
 
 
 @click.group(cls=DlenvGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -128,7 +138,7 @@ def list_cmd(ctx: Ctx, as_json):
 
 
 @main.command()
-@click.argument("stack")
+@click.argument("stack", required=False, default=".")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def show(ctx: Ctx, stack, as_json):
@@ -153,7 +163,7 @@ def show(ctx: Ctx, stack, as_json):
 
 
 @main.command()
-@click.argument("stack")
+@click.argument("stack", required=False, default=".")
 @click.pass_obj
 def render(ctx: Ctx, stack):
     """Print the Dockerfile of STACK (deterministic; nothing is written)."""
@@ -184,7 +194,7 @@ def _print_check(ctx: Ctx, r) -> None:
 
 
 @main.command()
-@click.argument("stack")
+@click.argument("stack", required=False, default=".")
 @click.option("--no-verify", is_flag=True, help="Promote without running the checks.")
 @click.option("--no-cache", "nocache", is_flag=True, help="Build every layer again.")
 @click.option("--ca-bundle", type=click.Path(dir_okay=False), help="Extra CA bundle for pip inside the build stage.")
@@ -227,7 +237,7 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull):
 
 
 @main.command()
-@click.argument("target")
+@click.argument("target", required=False, default=".")
 @click.option("--nodes", type=click.IntRange(1, 8), default=1, show_default=True,
               help="Run the MPI checks across this many containers on a private network (ssh launcher).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
@@ -405,6 +415,47 @@ def gc(ctx: Ctx, keep, build_cache, dry_run):
     done = "would remove" if dry_run else "removed"
     click.echo(f"{done} {len(plan.untag) - len(failed)} tag(s) and {len(plan.cache)} build cache chain(s); "
                f"kept {len(plan.keep)} tag(s)")
+
+
+@main.command("init")
+@click.option("--from", "parent", default="chainermn", show_default=True, metavar="STACK",
+              help="The stack to extend (a catalog name or a path).")
+@click.option("--name", help="Stack name (default: the folder's name).")
+@click.option("--no-detect", is_flag=True, help="Do not take over requirements files.")
+@click.option("-y", "--yes", is_flag=True, help="Take over detected requirements without asking.")
+@click.option("--force", is_flag=True, help="Replace an existing dlenv.yaml.")
+@click.pass_obj
+def init_cmd(ctx: Ctx, parent, name, no_detect, yes, force):
+    """Write a commented starter dlenv.yaml here, taking over requirements files it finds."""
+    import os
+    from pathlib import Path
+    from .errors import SpecError
+    from .fileio import write_text_atomic
+    from .init import detect, init_text, target_path
+    from .spec import find_stack
+    from . import paths
+    folder = Path(os.getcwd())
+    target = target_path(folder)
+    if target.exists() and not force:
+        raise SpecError(target, "already exists", hint="pass --force to replace it")
+    find_stack(parent, paths.stacks_dir(), relative_to=folder)  # refuse an unknown parent now
+    take = not no_detect
+    found = detect(folder) if take else []
+    if take and any(d.packages for d in found) and not yes and sys.stdin.isatty():
+        summary = ", ".join(f"{len(d.packages)} from {d.source}" for d in found if d.packages)
+        take = click.confirm(f"Take over Python requirements ({summary})?", default=True, err=True)
+    text, found = init_text(folder, parent, take_over=take, name=name)
+    if name is not None:
+        from .spec import validate_document
+        import yaml
+        validate_document(yaml.safe_load(text), {}, target, "stack")
+    write_text_atomic(target, text)
+    for d in found:
+        if d.packages:
+            ctx.info(f"took over {len(d.packages)} package(s) from {d.source}")
+        for entry, why in d.skipped:
+            ctx.info(f"not taken from {d.source}: {entry} ({why})")
+    click.echo(f"wrote {target}; next: dlenv build")
 
 
 from .cli_doctor import config_cmd, doctor  # noqa: E402  (commands defined in their own modules)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import jinja2
 
-from . import __version__, paths
+from . import __version__, paths, projectfiles
 from .catalog import GROUPS
 from .errors import RenderError
 from .resolve import ResolvedStack
@@ -26,6 +26,7 @@ RUNTIME_UID = 1000
 WORKDIR = "/workspace"
 BUILD_FILES = "dlenv-build"        # context folder, copied into the build stage only
 RUNTIME_FILES = "dlenv-runtime"    # context folder, copied into the runtime stage
+COPIED_FILES = "dlenv-files"       # the stack's own files (`files:`), copied last into the runtime stage
 CA_BUNDLE_PATH = f"{BUILD_FILES}/ca.crt"   # written by the engine; never hashed, never in the runtime stage
 LABEL_PREFIX = "org.dlenv"
 
@@ -65,6 +66,7 @@ class BuildContext:
     stack: str
     dockerfile: str
     files: dict = field(default_factory=dict)   # relative path -> bytes (CA bundle not included)
+    modes: dict = field(default_factory=dict)   # relative path -> mode, where not 0644
     versions: dict = field(default_factory=dict)
     base: dict = field(default_factory=dict)
 
@@ -157,6 +159,11 @@ def render_context(resolved: ResolvedStack) -> BuildContext:
         "runtime_files": RUNTIME_FILES,
         "label_prefix": LABEL_PREFIX,
     }
+    copy_blocks = projectfiles.collect(resolved.merged.files, prefix=COPIED_FILES)
+    context["copies"] = [
+        {"source": f"{COPIED_FILES}/{b.index}/" if b.is_dir else next(iter(b.files), f"{COPIED_FILES}/{b.index}/"),
+         "dest": b.dest.rstrip("/") + "/" if b.is_dir else b.dest}
+        for b in copy_blocks if b.files]
     try:
         dockerfile = env.get_template("Dockerfile.j2").render(**context)
     except jinja2.TemplateError as exc:
@@ -164,8 +171,13 @@ def render_context(resolved: ResolvedStack) -> BuildContext:
     files = {f"{BUILD_FILES}/constraints.txt": constraints.encode(),
              f"{RUNTIME_FILES}/profile.sh": profile.encode(),
              f"{RUNTIME_FILES}/ld.so.conf": ld_conf.encode()}
+    modes = {}
+    for block in copy_blocks:
+        for rel, (data, mode) in block.files.items():
+            files[rel] = data
+            modes[rel] = mode
     return BuildContext(stack=resolved.name, dockerfile=dockerfile, files=files, versions=versions,
-                        base=resolved.base)
+                        base=resolved.base, modes=modes)
 
 
 def content_hash(ctx: BuildContext) -> str:
@@ -174,7 +186,8 @@ def content_hash(ctx: BuildContext) -> str:
     doc = {
         "format": 1,
         "dockerfile": hashlib.sha256(ctx.dockerfile.encode()).hexdigest(),
-        "files": {k: hashlib.sha256(v).hexdigest() for k, v in sorted(ctx.files.items())},
+        "files": {k: hashlib.sha256(v).hexdigest() + (f":{ctx.modes[k]:o}" if ctx.modes.get(k, 0o644) != 0o644 else "")
+                  for k, v in sorted(ctx.files.items())},
         "versions": dict(sorted(ctx.versions.items())),
         "base": base,
     }

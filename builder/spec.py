@@ -253,6 +253,7 @@ class StackSpec:
     env: dict
     checks: tuple
     testinfra: Path | None = None
+    files: tuple = ()           # CopiedFile, from this file's folder
     lines: dict = field(repr=False, compare=False, default_factory=dict)
 
     def line(self, *fpath) -> int | None:
@@ -273,6 +274,8 @@ def load_stack_file(path: Path) -> StackSpec:
         _check_env_value(data["description"], path, lines.get(("description",)), "description")
     checks = tuple(Check.from_dict(c, path, path.parent, line=lines.get(("checks", i)), field=f"checks[{i}]")
                    for i, c in enumerate(data.get("checks", [])))
+    files = tuple(_copied_file(path, entry, lines.get(("files", i)), f"files[{i}]")
+                  for i, entry in enumerate(data.get("files", [])))
     testinfra_file = None
     if "testinfra" in data:
         testinfra_file = _inside(path, data["testinfra"], lines.get(("testinfra",)), "testinfra")
@@ -280,31 +283,62 @@ def load_stack_file(path: Path) -> StackSpec:
         path=path, name=data["name"], description=data.get("description", ""), extends=data.get("extends"),
         base=data.get("base"), components=dict(data.get("components", {})),
         python_packages=tuple(data.get("python_packages", [])), apt_packages=tuple(data.get("apt_packages", [])),
-        env=dict(data.get("env", {})), checks=checks, testinfra=testinfra_file, lines=lines,
+        env=dict(data.get("env", {})), checks=checks, testinfra=testinfra_file, files=files, lines=lines,
     )
 
 
-def _inside(stack_path: Path, relative: str, line: int | None, where: str) -> Path:
+def _inside(stack_path: Path, relative: str, line: int | None, where: str, allow_dir: bool = False) -> Path:
     """A file named by a stack must lie inside the stack file's folder (no `..`, no symlink out)."""
     folder = stack_path.parent.resolve()
     candidate = Path(relative)
     if candidate.is_absolute() or ".." in candidate.parts:
         raise SpecError(stack_path, f"{relative!r} must be a path inside the stack's folder", line=line, field=where)
     resolved = (folder / candidate).resolve()
-    if folder not in resolved.parents:
+    if folder not in resolved.parents and not (allow_dir and resolved == folder):
         raise SpecError(stack_path, f"{relative!r} leaves the stack's folder (through a symlink)", line=line,
                         field=where)
-    if not resolved.is_file():
+    if not (resolved.is_file() or (allow_dir and resolved.is_dir())):
         raise SpecError(stack_path, f"{relative!r} does not exist", line=line, field=where)
     return resolved
+
+
+@dataclass(frozen=True)
+class CopiedFile:
+    """A file or folder from the stack's folder, copied into the image (owned by the image user)."""
+    source: Path        # resolved, inside `root`
+    root: Path          # the stack file's folder: ignore patterns and symlink checks are relative to it
+    dest: str           # absolute path in the image
+
+
+_DEST_RE = re.compile(r"^/[A-Za-z0-9._+@-][A-Za-z0-9._/+@-]*$")
+
+
+def _copied_file(stack_path: Path, entry, line: int | None, where: str) -> CopiedFile:
+    src, dest = (entry, None) if isinstance(entry, str) else (entry["src"], entry.get("dest"))
+    source = _inside(stack_path, src, line, where, allow_dir=True)
+    if dest is None:
+        dest = "/workspace/" + Path(src).as_posix().strip("/")
+    if not _DEST_RE.match(dest) or "/../" in dest + "/" or "//" in dest:
+        raise SpecError(stack_path, f"destination {dest!r} must be a plain absolute path", line=line, field=where)
+    return CopiedFile(source=source, root=stack_path.parent.resolve(), dest=dest)
 
 
 def looks_like_path(ref: str) -> bool:
     return "/" in ref or ref.endswith((".yaml", ".yml")) or ref.startswith(".")
 
 
-def find_stack(ref: str, stacks_dir: Path, relative_to: Path | None = None) -> Path:
-    """A stack reference is a catalog name (`chainermn`) or a path to a YAML file."""
+PROJECT_FILE = "dlenv.yaml"
+
+
+def find_stack(ref: str | None, stacks_dir: Path, relative_to: Path | None = None) -> Path:
+    """A stack reference is a catalog name (`chainermn`), a path to a YAML file, or nothing / `.`:
+    the project file ./dlenv.yaml."""
+    if ref in (None, "", "."):
+        candidate = Path.cwd() / PROJECT_FILE
+        if not candidate.is_file():
+            raise SpecError(candidate, "no stack given and no dlenv.yaml in this folder",
+                            hint="name a stack (see `dlenv list`) or write one with `dlenv init`")
+        return candidate
     if looks_like_path(ref):
         candidate = Path(ref)
         if relative_to is not None and not candidate.is_absolute():
@@ -376,6 +410,7 @@ class MergedStack:
     env: dict                   # name -> value
     checks: tuple
     testinfra: tuple = ()       # pytest-testinfra files named by the chain
+    files: tuple = ()           # CopiedFile from every stack of the chain, root first
 
     @property
     def path(self) -> Path:
@@ -408,6 +443,7 @@ def merge_chain(chain: list[StackSpec]) -> MergedStack:
         chain=tuple(chain), base=base or DEFAULT_BASE, components=components,
         python_packages=tuple(python_packages.values()), apt_packages=tuple(sorted(apt)), env=env,
         checks=tuple(checks), testinfra=tuple(s.testinfra for s in chain if s.testinfra),
+        files=tuple(f for s in chain for f in s.files),
     )
 
 

@@ -172,3 +172,38 @@ def test_ctrl_c_stops_an_mpi_run_across_containers(docker_client, dlenv_path, tm
         time.sleep(0.3)
     assert not docker_client.containers.list(all=True, filters=label)
     assert not docker_client.networks.list(filters=label)
+
+
+def test_a_users_project_extending_chainermn(docker_client, run_dlenv, tmp_path):
+    """The README's worked example: a repository with train.py and a dlenv.yaml extending chainermn,
+    built with `dlenv build`, verified, and run with `dlenv run . -n 2` from its folder."""
+    import shutil
+    from pathlib import Path
+
+    repo = tmp_path / "repo"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "fixtures" / "projects" / "chainermn-project", repo)
+    repo.chmod(0o777)  # the image's user writes here when the host user is root
+    for image in docker_client.images.list(name="dlenv/chainermn-project"):
+        for tag in image.tags:
+            docker_client.images.remove(tag)  # a real build, not a no-op from an earlier run
+    built = run_dlenv("build", cwd=repo, timeout=1800)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "checks passed" in built.stdout
+    verified = run_dlenv("verify", "--json", cwd=repo, timeout=600)
+    report = json.loads(verified.stdout)
+    assert verified.returncode == 0 and report["passed"]
+    assert {"the project's extra package is installed", "ChainerMN trains with 2 ranks"} <= {
+        c["name"] for c in report["checks"] if c["status"] == "passed"}
+    ran = run_dlenv("run", ".", "-n", "2", "--", "python", "train.py", cwd=repo, timeout=600)
+    assert ran.returncode == 0, ran.stderr
+    line = ran.stdout.strip().splitlines()[-1]
+    assert line.startswith("ranks=2 accuracy=") and float(line.split("=")[-1]) > 0.8
+    show = json.loads(run_dlenv("show", "--json", cwd=repo, check=True).stdout)
+    try:
+        (repo / "train.py").write_text((repo / "train.py").read_text() + "\n# changed\n")
+        changed = json.loads(run_dlenv("show", "--json", cwd=repo, check=True).stdout)
+        assert changed["content_hash"] != show["content_hash"]  # copied files are part of the hash
+    finally:
+        for image in docker_client.images.list(name="dlenv/chainermn-project"):
+            for tag in image.tags:
+                docker_client.images.remove(tag)

@@ -135,9 +135,11 @@ def test_render_unknown_stack_name_suggests(cli):
     assert result.stderr == "dlenv: error: chainr: unknown stack (did you mean 'chainer'?)\n"
 
 
-def test_render_missing_argument_is_a_usage_error(cli):
+def test_render_without_a_stack_wants_a_project_file(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no dlenv.yaml here: the default stack is missing, said in one line
     result = cli("render")
-    assert result.exit_code == 2 and "Missing argument" in result.stderr
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+    assert "no stack given and no dlenv.yaml in this folder" in result.stderr
 
 
 def test_show_of_a_bad_stack_is_one_line_too(cli):
