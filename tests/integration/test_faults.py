@@ -7,7 +7,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -39,10 +38,14 @@ def test_sigint_during_build_exits_130_and_moves_nothing(docker_client, dlenv_pa
         env: {{RUN_TOKEN: "{secrets.token_hex(8)}"}}
         python_packages: ["numpy==1.26.4", "scipy==1.13.1"]
     """)
+    # A CA bundle unique to this run changes the build stage from its COPY on, so the pip step really
+    # runs (a cached step would finish before the signal arrives).
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text(Path("/etc/ssl/certs/ca-certificates.crt").read_text() + f"\n# run {secrets.token_hex(8)}\n")
     containers_before = {c.id for c in docker_client.containers.list(all=True)}
     env = dict(os.environ, DLENV_STATE_DIR=str(state), NO_COLOR="1")
-    proc = subprocess.Popen([dlenv_path, "build", str(stack)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen([dlenv_path, "build", str(stack), "--ca-bundle", str(bundle)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
     try:
         seen = ""
         deadline = time.monotonic() + 600
@@ -61,6 +64,7 @@ def test_sigint_during_build_exits_130_and_moves_nothing(docker_client, dlenv_pa
     try:
         assert proc.returncode == 130, err
         assert "interrupted" in err and "Traceback" not in err
+        assert "ok   " not in err, "the build finished and verify ran: the signal came too late"
         assert not tags_of(docker_client, repo)
         assert not [p for p in state.iterdir() if p.name.startswith("context-")], "temporary build context left"
         for _ in range(30):  # the daemon cancels the step when the client goes away
