@@ -206,6 +206,30 @@ def _split(ref: str) -> tuple[str, str]:
     return repo, tag_
 
 
+def _follow(start, verb: str, remote: str, registry: str, plan: Plan, auth, layers: dict,
+            on_progress: ProgressCallback | None, lost_hint: str):
+    """Yield the daemon's JSON chunks of a push or pull, turning every error it reports (inside the
+    stream, where docker-py does not raise, or before it) into a RegistryError, and recording and
+    reporting per-layer progress."""
+    try:
+        for chunk in start():
+            message = _chunk_error(chunk)
+            if message is not None:
+                raise _explain(message, verb=verb, remote=remote, registry=registry, plan=plan, auth=auth,
+                               midway=_moving(layers))
+            event = _event(chunk)
+            if event:
+                layers[event.layer] = event.status
+                if on_progress:
+                    on_progress(event)
+            yield chunk
+    except docker.errors.APIError as exc:
+        raise _explain(str(exc.explanation or exc), verb=verb, remote=remote, registry=registry, plan=plan,
+                       auth=auth, status_code=exc.status_code) from None
+    except requests.exceptions.RequestException:
+        raise EngineError(f"lost the connection to the Docker engine during the {verb}", hint=lost_hint) from None
+
+
 # ---------------------------------------------------------------------------------------- push
 
 def push(client, plan: Plan, registry: str, on_progress: ProgressCallback | None = None) -> TransferResult:
@@ -223,27 +247,12 @@ def push(client, plan: Plan, registry: str, on_progress: ProgressCallback | None
     layers: dict = {}
     digest = None
     try:
-        try:
-            stream = client.api.push(*_split(remote), stream=True, decode=True, auth_config=auth)
-            for chunk in stream:
-                message = _chunk_error(chunk)
-                if message is not None:
-                    raise _explain(message, verb="push", remote=remote, registry=registry, plan=plan, auth=auth,
-                                   midway=_moving(layers))
-                aux = chunk.get("aux")
-                if isinstance(aux, dict) and aux.get("Digest"):
-                    digest = aux["Digest"]
-                event = _event(chunk)
-                if event:
-                    layers[event.layer] = event.status
-                    if on_progress:
-                        on_progress(event)
-        except docker.errors.APIError as exc:
-            raise _explain(str(exc.explanation or exc), verb="push", remote=remote, registry=registry, plan=plan,
-                           auth=auth, status_code=exc.status_code) from None
-        except requests.exceptions.RequestException:
-            raise EngineError("lost the connection to the Docker engine during the push",
-                              hint="check that dockerd is still running") from None
+        start = lambda: client.api.push(*_split(remote), stream=True, decode=True, auth_config=auth)  # noqa: E731
+        for chunk in _follow(start, "push", remote, registry, plan, auth, layers, on_progress,
+                             lost_hint="check that dockerd is still running"):
+            aux = chunk.get("aux")
+            if isinstance(aux, dict) and aux.get("Digest"):
+                digest = aux["Digest"]
     finally:
         _restore_tag(client, remote, remote_before, image_id)
     if not digest:
@@ -299,29 +308,14 @@ def _pull(client, plan: Plan, registry: str, on_progress: ProgressCallback | Non
     remote_before = engine.image_attrs(client, remote)
     layers: dict = {}
     digest = confirmation = None
-    try:
-        stream = client.api.pull(*_split(remote), stream=True, decode=True, auth_config=auth)
-        for chunk in stream:
-            message = _chunk_error(chunk)
-            if message is not None:
-                raise _explain(message, verb="pull", remote=remote, registry=registry, plan=plan, auth=auth,
-                               midway=_moving(layers))
-            status = chunk.get("status") or ""
-            if status.startswith("Digest: "):
-                digest = status.split(" ", 1)[1].strip()
-            elif status.startswith("Status: "):
-                confirmation = status
-            event = _event(chunk)
-            if event:
-                layers[event.layer] = event.status
-                if on_progress:
-                    on_progress(event)
-    except docker.errors.APIError as exc:
-        raise _explain(str(exc.explanation or exc), verb="pull", remote=remote, registry=registry, plan=plan,
-                       auth=auth, status_code=exc.status_code) from None
-    except requests.exceptions.RequestException:
-        raise EngineError("lost the connection to the Docker engine during the pull",
-                          hint="check that dockerd is still running; no tag was moved") from None
+    start = lambda: client.api.pull(*_split(remote), stream=True, decode=True, auth_config=auth)  # noqa: E731
+    for chunk in _follow(start, "pull", remote, registry, plan, auth, layers, on_progress,
+                         lost_hint="check that dockerd is still running; no tag was moved"):
+        status = chunk.get("status") or ""
+        if status.startswith("Digest: "):
+            digest = status.split(" ", 1)[1].strip()
+        elif status.startswith("Status: "):
+            confirmation = status
     if not digest or not confirmation:
         raise RegistryError(f"the pull of {remote} ended before the engine confirmed it", kind="broken",
                             hint="no tag was moved; run it again")
