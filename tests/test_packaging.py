@@ -29,5 +29,5 @@ def test_wheel_ships_catalog_and_hashes_match(tmp_path):
     checkout = subprocess.run([str(Path(sys.executable).parent / "dlenv"), "list", "--json"], env=env,
                               capture_output=True, text=True, check=True)
     rows = json.loads(installed.stdout)
-    assert [r["stack"] for r in rows] == ["chainer", "chainer-gpu", "chainermn", "python"]
+    assert [r["stack"] for r in rows] == ["chainer", "chainer-gpu", "chainermn", "datascience", "python"]
     assert {r["stack"]: r["hash"] for r in rows} == {r["stack"]: r["hash"] for r in json.loads(checkout.stdout)}

@@ -12,7 +12,7 @@ STACK_FIXTURES = ROOT / "tests" / "fixtures" / "stacks"
 BAD = STACK_FIXTURES / "bad"
 GOOD = STACK_FIXTURES / "good"
 # The four stacks the catalog ships with (the catalog may grow; tests use the list it has).
-SHIPPED_STACKS = ["chainer", "chainer-gpu", "chainermn", "python"]
+SHIPPED_STACKS = ["chainer", "chainer-gpu", "chainermn", "datascience", "python"]
 CATALOG_NAMES = sorted(p.stem for p in (ROOT / "stacks").glob("*.yaml"))
 
 # What a plain, non-interactive terminal looks like: no forced colour, no catalog overrides.
