@@ -121,7 +121,8 @@ def build(p: Plan, client, *, ca_bundle: str | None = None, verify: bool = True,
                                    time.monotonic() - started, pulled=True)
         settings = load_settings({"ca_bundle": ca_bundle})
         bundle = find_ca_bundle(settings.get("ca_bundle"), source=settings.source("ca_bundle"))
-        base_mod.ensure_base(client, p.resolved.base, log)
+        with stack_lock("_base"):  # builds of different stacks must not bootstrap the same base twice
+            base_mod.ensure_base(client, p.resolved.base, log)
         log_path = paths.state_dir() / "logs" / f"{p.resolved.name}-{p.content_hash[:TAG_CHARS]}.log"
         workdir = Path(tempfile.mkdtemp(prefix="context-", dir=paths.state_dir()))
         try:
