@@ -197,3 +197,40 @@ def test_hadolint_clean():
     proc = subprocess.run([str(Path(__import__("sys").executable).parent / "python"),
                            str(ROOT / "scripts" / "lint-dockerfiles.py")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_index_token_given_to_the_build_reaches_no_layer(docker_client, run_dlenv, tmp_path, cleanup_repo):
+    """A pip index URL with credentials goes to the build stage as a build argument only: the
+    promoted image carries it in no layer, history entry, env or label."""
+    from builder.security import scan_image
+
+    token = "tok" + secrets.token_hex(16)
+    stack = write_stack(tmp_path, "itest-token", f"""
+        schema: 1
+        name: dlenv-itest-token
+        extends: python
+        env: {{RUN: "{secrets.token_hex(4)}"}}
+    """)
+    cleanup_repo("dlenv/dlenv-itest-token")
+    # 127.0.0.1:9 answers nothing; this stack's build runs no pip install, so it is never contacted.
+    result = run_dlenv("build", str(stack), env={"PIP_EXTRA_INDEX_URL": f"https://ci:{token}@127.0.0.1:9/simple"})
+    assert result.returncode == 0, result.stderr
+    assert token not in result.stdout + result.stderr
+    findings, layers = scan_image(docker_client, "dlenv/dlenv-itest-token:latest", [token.encode()])
+    assert layers >= 3 and not findings, findings
+
+    # Positive control: the build stage did receive it (its history records the build argument).
+    from builder.build import plan, write_context
+    from builder.config import find_ca_bundle
+    p = plan(str(stack))
+    context = tmp_path / "context"
+    context.mkdir()
+    write_context(p.context, context, find_ca_bundle().read())
+    args = {"DLENV_CONTENT_HASH": p.content_hash, "PIP_EXTRA_INDEX_URL": f"https://ci:{token}@127.0.0.1:9/simple"}
+    tag_ = f"dlenv-test/token-build:{p.content_hash[:16]}"
+    for chunk in docker_client.api.build(path=str(context), tag=tag_, target="build", decode=True, buildargs=args):
+        assert "error" not in chunk, chunk
+    try:
+        assert token in json.dumps(docker_client.api.history(tag_))
+    finally:
+        docker_client.images.remove(tag_, noprune=True)
