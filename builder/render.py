@@ -21,6 +21,7 @@ from .errors import RenderError
 from .resolve import ResolvedStack
 
 VENV = "/opt/venv"
+LEAF = "/opt/leaf"                 # the stack's own python_packages (a prefix on PYTHONPATH)
 RUNTIME_USER = "dlenv"
 RUNTIME_UID = 1000
 WORKDIR = "/workspace"
@@ -119,9 +120,20 @@ def render_context(resolved: ResolvedStack) -> BuildContext:
     leaf_packages = [text for text, _ in resolved.merged.python_packages]
     versions = resolved.versions()
     runtime_env = resolved.env
+    path = resolved.path
+    leaf_site = ""
+    if leaf_packages:
+        python = resolved.get("python")
+        if python is None:
+            raise RenderError(f"stack {resolved.name!r} has python_packages but no python component")
+        # The stack's own packages live in their own prefix: changing them re-copies only this small
+        # layer into the runtime stage, never the venv with the components' packages.
+        leaf_site = f"{LEAF}/lib/python{python.version.text}/site-packages"
+        runtime_env = dict(sorted({**runtime_env, "PYTHONPATH": leaf_site}.items()))
+        path = f"{LEAF}/bin:{path}"
     ld_conf = "".join(f"{p}\n" for p in resolved.ld_paths)
     profile_lines = ["# dlenv: the image's environment for login shells (/etc/profile resets PATH).",
-                     f"export PATH={shlex.quote(resolved.path)}"]
+                     f"export PATH={shlex.quote(path)}"]
     profile_lines += [f"export {k}={shlex.quote(v)}" for k, v in runtime_env.items()]
     profile = "\n".join(profile_lines) + "\n"
 
@@ -147,11 +159,12 @@ def render_context(resolved: ResolvedStack) -> BuildContext:
         "has_python": resolved.get("python") is not None or any(b["group"] == "python" for b in blocks)
         or bool(leaf_packages),
         "leaf_packages": leaf_packages,
+        "leaf": LEAF,
         "venv": VENV,
         "user": RUNTIME_USER,
         "uid": RUNTIME_UID,
         "workdir": WORKDIR,
-        "path": resolved.path,
+        "path": path,
         "env": runtime_env,
         "labels": dict(sorted(labels.items())),
         "has_ld_conf": bool(ld_conf),
