@@ -25,7 +25,7 @@ ENV PIP_CONSTRAINT=/etc/dlenv-build/constraints.txt
 RUN /opt/venv/bin/pip install numpy==1.26.4
 
 # --- the stack's own Python packages (last: changing them reuses every layer above)
-RUN /opt/venv/bin/pip install jupyter-server==2.14.2 scikit-learn==1.5.2 scipy==1.13.1 pandas==2.2.3 matplotlib==3.9.2 numba==0.60.0 librosa==0.10.2.post1
+RUN /opt/venv/bin/pip install --prefix /opt/leaf jupyter-server==2.14.2 scikit-learn==1.5.2 scipy==1.13.1 pandas==2.2.3 matplotlib==3.9.2 numba==0.60.0 librosa==0.10.2.post1
 
 FROM dlenv/base:bookworm-minbase-1276fbca1838 AS runtime
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -37,12 +37,14 @@ RUN apt-get update \
  && useradd --create-home --uid 1000 --user-group --shell /bin/bash dlenv \
  && install -d -o dlenv -g dlenv /workspace
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/leaf /opt/leaf
 COPY dlenv-runtime/profile.sh /etc/profile.d/dlenv.sh
 COPY dlenv-runtime/ld.so.conf /etc/ld.so.conf.d/dlenv.conf
 RUN ldconfig
-ENV PATH="/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+ENV PATH="/opt/leaf/bin:/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
     MPLBACKEND="Agg" \
-    NUMBA_CACHE_DIR="/tmp/numba-cache"
+    NUMBA_CACHE_DIR="/tmp/numba-cache" \
+    PYTHONPATH="/opt/leaf/lib/python3.11/site-packages"
 ARG DLENV_CONTENT_HASH=unset
 LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
       org.dlenv.base="dlenv/base:bookworm-minbase-1276fbca1838" \
