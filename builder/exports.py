@@ -97,13 +97,14 @@ def _environment() -> jinja2.Environment:
     # The export templates belong to dlenv, not to a catalog: a DLENV_TEMPLATES_DIR catalog
     # without them still finds the shipped ones.
     folders = [paths.templates_dir() / "exports", paths._data_dir("templates") / "exports"]
+    # No HTML autoescaping (Jinja's default): these are shell scripts and YAML, and every value is
+    # quoted for its target language in Python before it reaches a template.
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(f) for f in folders]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
-        autoescape=False,
     )
 
 
