@@ -234,3 +234,28 @@ def test_index_token_given_to_the_build_reaches_no_layer(docker_client, run_dlen
         assert token in json.dumps(docker_client.api.history(tag_))
     finally:
         docker_client.images.remove(tag_, noprune=True)
+
+
+def test_gc_removes_candidates_and_old_hash_tags_only(docker_client, run_dlenv, tmp_path, cleanup_repo):
+    cleanup_repo("dlenv/dlenv-itest-gc")
+    refs = []
+    for variant in ("old", "new"):
+        stack = write_stack(tmp_path / variant, "stack", f"""
+            schema: 1
+            name: dlenv-itest-gc
+            extends: python
+            env: {{VARIANT: "{variant}-{secrets.token_hex(4)}"}}
+        """)
+        assert run_dlenv("build", str(stack)).returncode == 0
+        refs.append(json.loads(run_dlenv("show", str(stack), "--json", check=True).stdout)["image"])
+    old, new = refs
+    docker_client.api.tag(old, "dlenv/dlenv-itest-gc", old.split(":")[1] + "-candidate")
+    latest_before = {t for i in docker_client.images.list(name="dlenv/*") for t in i.tags if t.endswith(":latest")}
+    dry = run_dlenv("gc", "--dry-run")
+    assert dry.returncode == 0 and f"would remove {old}" in dry.stderr
+    assert image_id(docker_client, old) is not None  # a dry run removes nothing
+    result = run_dlenv("gc")
+    assert result.returncode == 0, result.stderr
+    assert image_id(docker_client, old) is None and image_id(docker_client, old + "-candidate") is None
+    assert image_id(docker_client, new) == image_id(docker_client, "dlenv/dlenv-itest-gc:latest") is not None
+    assert latest_before <= {t for i in docker_client.images.list(name="dlenv/*") for t in i.tags}
