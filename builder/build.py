@@ -19,7 +19,7 @@ from . import base as base_mod
 from . import engine, paths
 from .catalog import Catalog
 from .config import find_ca_bundle, pip_build_args
-from .errors import VerifyError
+from .errors import EngineError, VerifyError
 from .render import CA_BUNDLE_PATH, BuildContext, content_hash, render_context
 from .resolve import ResolvedStack, resolve
 from .settings import load_settings
@@ -89,6 +89,15 @@ def promoted_image(client, p: Plan) -> dict | None:
     if attrs and engine.image_labels(attrs).get(HASH_LABEL) == p.content_hash:
         return attrs
     return None
+
+
+def require_promoted(client, p: Plan, ref: str | None = None) -> dict:
+    """The promoted image of `p` (its attrs), or an EngineError telling how to build it."""
+    attrs = promoted_image(client, p)
+    if attrs is None:
+        raise EngineError(f"{p.hash_tag} does not exist",
+                          hint=f"build it with `dlenv build {ref or p.resolved.name}`")
+    return attrs
 
 
 def write_context(ctx: BuildContext, directory: Path, ca_bundle: bytes) -> None:

@@ -245,7 +245,7 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull):
 def verify(ctx: Ctx, target, nodes, as_json):
     """Run the checks of STACK (or of the stack an IMAGE was built from) in a container."""
     from . import engine
-    from .build import promoted_image
+    from .build import require_promoted
     from .errors import EngineError, VerifyError
     from .verify import plan_checks, verify_image
     client = engine.connect()
@@ -259,8 +259,7 @@ def verify(ctx: Ctx, target, nodes, as_json):
         p, image = _plan(stack), target
     else:
         p = _plan(target)
-        if promoted_image(client, p) is None:
-            raise EngineError(f"{p.hash_tag} does not exist", hint=f"build it with `dlenv build {target}`")
+        require_promoted(client, p, target)
         image = p.hash_tag
     report = verify_image(client, image, plan_checks(p.resolved), nodes=nodes,
                           testinfra_files=p.resolved.merged.testinfra,

@@ -18,7 +18,7 @@ def image_for(client, target: str) -> str:
     """TARGET as an image: an image reference (`repo:tag`, `repo/name`, an id) is used as given;
     a stack name or stack file means the promoted image of its current content hash."""
     from . import engine, paths
-    from .build import plan, promoted_image
+    from .build import plan, require_promoted
     from .cli import _is_image_ref
     from .errors import EngineError
     from .spec import catalog_stack_names
@@ -27,8 +27,7 @@ def image_for(client, target: str) -> str:
         or os.path.exists(target) or engine.image_attrs(client, target) is None)
     if stack_like:
         p = plan(target)
-        if promoted_image(client, p) is None:
-            raise EngineError(f"{p.hash_tag} does not exist", hint=f"build it with `dlenv build {target}`")
+        require_promoted(client, p, target)
         return p.hash_tag
     if engine.image_attrs(client, target) is None:
         raise EngineError(f"image {target} not found", hint="build it with `dlenv build STACK` or pull it")

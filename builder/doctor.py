@@ -163,7 +163,7 @@ def _disk_check(info: dict, environ) -> DoctorCheck:
 
 
 def _gpu_check(info: dict) -> DoctorCheck:
-    from .verify import gpu_runtime
+    from .cluster import gpu_runtime
     runtime = gpu_runtime(info)
     if runtime:
         path = ((info.get("Runtimes") or {}).get(runtime) or {}).get("path") or "?"

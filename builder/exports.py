@@ -492,7 +492,7 @@ def save_image(client, plan: Plan, output, *, force: bool = False,
     import docker.errors
     import requests.exceptions
 
-    from .build import promoted_image
+    from .build import require_promoted
     started = time.monotonic()
     output = Path(output)
     if output.is_dir():
@@ -501,10 +501,7 @@ def save_image(client, plan: Plan, output, *, force: bool = False,
         raise ExportError(f"{output} already exists", hint="pass --force to replace it")
     if not output.parent.is_dir():
         raise ExportError(f"folder {output.parent} does not exist")
-    attrs = promoted_image(client, plan)
-    if attrs is None:
-        raise EngineError(f"{plan.hash_tag} does not exist", hint=f"build it with `dlenv build {plan.resolved.name}`")
-    image_id = attrs["Id"]
+    image_id = require_promoted(client, plan)["Id"]
     manifest = json.dumps(manifest_for(plan, image_id), indent=2, sort_keys=True).encode() + b"\n"
     partial = _partial(output)
     written = {"n": 0}
