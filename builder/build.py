@@ -19,7 +19,9 @@ from . import base as base_mod
 from . import engine, paths
 from .catalog import Catalog
 from .config import find_ca_bundle, pip_build_args
-from .errors import EngineError, VerifyError
+from .errors import EngineError, LockError, VerifyError
+from .lock import Lock, digest, explain_stale, lock_inputs, lock_path
+from .lock import load as load_lock
 from .render import CA_BUNDLE_PATH, BuildContext, content_hash, render_context
 from .resolve import ResolvedStack, resolve
 from .settings import load_settings
@@ -35,6 +37,13 @@ class Plan:
     resolved: ResolvedStack
     context: BuildContext
     content_hash: str
+    lock: Lock | None = None
+    lock_state: str = "missing"     # "locked", "missing" or "stale"
+    stale_reason: str = ""
+
+    @property
+    def lock_file(self) -> Path:
+        return lock_path(self.resolved.merged.path)
 
     @property
     def repo(self) -> str:
@@ -53,11 +62,73 @@ class Plan:
         return f"{self.repo}:latest"
 
 
+def lock_status(resolved: ResolvedStack) -> tuple[Lock | None, str, str]:
+    """(lock, state, why stale) of a resolved stack: its lock file is read when it exists."""
+    path = lock_path(resolved.merged.path)
+    if not path.is_file():
+        return None, "missing", ""
+    lock = load_lock(path)
+    inputs = lock_inputs(resolved)
+    if lock.stack != resolved.name:
+        return lock, "stale", f"it locks stack {lock.stack!r}, not {resolved.name!r}"
+    if digest(inputs) != lock.inputs_digest:
+        return lock, "stale", explain_stale(lock.inputs, inputs) or "its inputs changed"
+    return lock, "locked", ""
+
+
 def plan(ref: str, stacks_dir: Path | None = None, catalog: Catalog | None = None) -> Plan:
+    """Resolve and render a stack; with a lock that matches it, every install is pinned."""
     merged = load_stack(ref, Path(stacks_dir or paths.stacks_dir()))
     resolved = resolve(merged, catalog or Catalog())
-    ctx = render_context(resolved)
-    return Plan(resolved, ctx, content_hash(ctx))
+    lock, state, why = lock_status(resolved)
+    ctx = render_context(resolved, lock if state == "locked" else None)
+    return Plan(resolved, ctx, content_hash(ctx), lock, state, why)
+
+
+def stale_error(p: Plan) -> LockError:
+    return LockError(f"{p.lock_file} no longer matches {p.resolved.merged.path}: {p.stale_reason}",
+                     hint=f"`dlenv lock {p.resolved.name}` updates it (pins that still apply are kept), "
+                          "or build with --relock")
+
+
+def ensure_lock(p: Plan, client, *, relock: bool = False, frozen: bool = False, ca_bundle: str | None = None,
+                log=lambda msg: None, on_written=None) -> Plan:
+    """The plan of a locked build: the lock as it is, or a new one (missing, or stale with relock)."""
+    if p.lock_state == "locked" and not relock:
+        return p
+    if frozen:
+        if p.lock_state == "missing":
+            raise LockError(f"{p.resolved.name} has no lock ({p.lock_file} is missing) and --locked forbids writing one",
+                            hint=f"run `dlenv lock {p.resolved.name}` and commit the file")
+        if p.lock_state == "stale":
+            raise stale_error(p)
+    if p.lock_state == "stale" and not relock:
+        raise stale_error(p)
+    new_plan, _report = write_lock(p, client, ca_bundle=ca_bundle, log=log)
+    if on_written:
+        on_written(new_plan, _report)
+    return new_plan
+
+
+def write_lock(p: Plan, client, *, upgrade=(), upgrade_all: bool = False, ca_bundle: str | None = None,
+               log=lambda msg: None):
+    """Resolve the pins of `p` (keeping the previous lock's where they still apply), write the lock
+    file atomically and return the plan rendered from it, with the lock run's report."""
+    from . import locker
+    from .fileio import write_text_atomic
+    from .lock import dump
+    previous = p.lock
+    with stack_lock(p.resolved.name):
+        lock, report = locker.make_lock(client, p.resolved, previous=previous, upgrade=upgrade,
+                                        upgrade_all=upgrade_all, ca_bundle=ca_bundle, log=log)
+        try:
+            write_text_atomic(p.lock_file, dump(lock))
+        except Exception as exc:  # noqa: BLE001 - a read-only catalog: say where the lock should go
+            raise LockError(f"cannot write {p.lock_file}: {getattr(exc, 'message', exc)}",
+                            hint="copy the stack into your own folder (a dlenv.yaml extending it) and lock that") from None
+    lock = load_lock(p.lock_file)
+    ctx = render_context(p.resolved, lock)
+    return Plan(p.resolved, ctx, content_hash(ctx), lock, "locked", ""), report
 
 
 @dataclass
@@ -131,7 +202,13 @@ def build(p: Plan, client, *, ca_bundle: str | None = None, verify: bool = True,
         settings = load_settings({"ca_bundle": ca_bundle})
         bundle = find_ca_bundle(settings.get("ca_bundle"), source=settings.source("ca_bundle"))
         with stack_lock("_base"):  # builds of different stacks must not bootstrap the same base twice
-            base_mod.ensure_base(client, p.resolved.base, log)
+            base_mod.ensure_base(client, p.resolved.base, log, pins=p.context.base_pins or None)
+            if p.lock is not None and p.lock_state == "locked" and "image" not in p.resolved.base:
+                want = p.lock.base.get("rootfs_sha256", "")
+                got = base_mod.rootfs_sha256(client, p.context.base_ref)
+                if want and got and want != got:
+                    log(f"note: the base rootfs (sha256 {got[:16]}) differs from the lock's ({want[:16]}) although "
+                        "its packages are the locked ones")
         log_path = paths.state_dir() / "logs" / f"{p.resolved.name}-{p.content_hash[:TAG_CHARS]}.log"
         workdir = Path(tempfile.mkdtemp(prefix="context-", dir=paths.state_dir()))
         try:
@@ -143,7 +220,7 @@ def build(p: Plan, client, *, ca_bundle: str | None = None, verify: bool = True,
             shutil.rmtree(workdir, ignore_errors=True)
         report = None
         if verify:
-            report = verify_image(client, p.candidate_tag, plan_checks(p.resolved), on_result=on_check,
+            report = verify_image(client, p.candidate_tag, plan_checks(p.resolved, p.lock if p.lock_state == "locked" else None), on_result=on_check,
                                   testinfra_files=p.resolved.merged.testinfra)
             if not report.passed:
                 failed = [r.name for r in report.results if r.status == "failed"]

@@ -44,6 +44,7 @@ class Component:
     pip: tuple          # requirement templates with {version} / {vars}
     pip_options: tuple
     prefix: str | None
+    source: dict | None     # Debian source package {package, version, file} templates
     env: dict
     path: tuple
     ld_paths: tuple
@@ -94,7 +95,7 @@ def load_component(folder: Path) -> Component:
         requires={k: _spec(s, data_path, f"requires.{k}") for k, s in data.get("requires", {}).items()},
         apt_build=tuple(data.get("apt", {}).get("build", [])), apt_runtime=tuple(data.get("apt", {}).get("runtime", [])),
         pip=tuple(data.get("pip", [])), pip_options=tuple(data.get("pip_options", [])), prefix=data.get("prefix"),
-        env=dict(data.get("env", {})), path=tuple(data.get("path", [])), ld_paths=tuple(data.get("ld_paths", [])),
+        source=dict(data["source"]) if data.get("source") else None, env=dict(data.get("env", {})), path=tuple(data.get("path", [])), ld_paths=tuple(data.get("ld_paths", [])),
         checks=checks, has_runtime_fragment=(folder / "runtime.j2").is_file(),
     )
 

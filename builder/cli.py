@@ -201,16 +201,27 @@ def _print_check(ctx: Ctx, r) -> None:
 @click.option("--registry", metavar="HOST[:PORT][/PREFIX]",
               help="Try to pull this content hash from the registry before building (default: the registry setting).")
 @click.option("--no-pull", is_flag=True, help="Do not try the registry; always build here.")
+@click.option("--relock", is_flag=True, help="Lock again first (a stale lock is otherwise refused).")
+@click.option("--locked", "frozen", is_flag=True,
+              help="Never write the lock: fail when it is missing or stale (for CI).")
 @click.pass_obj
-def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull):
-    """Build STACK, verify it, then tag it by content hash and as latest."""
+def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, relock, frozen):
+    """Build STACK from its lock, verify it, then tag it by content hash and as latest.
+
+    A stack without a lock is locked first (the lock file is written next to the stack: commit it)."""
     from . import build as build_mod
     from . import engine
     from .cli_registry import LayerProgress
+    from .errors import UsageError
     from .settings import load_settings
+    if relock and frozen:
+        raise UsageError("--relock and --locked contradict each other")
     p = _plan(stack)
     registry = None if no_pull else load_settings({"registry": registry}).get("registry")
     client = engine.connect()
+    if p.lock_state != "locked" or relock:
+        p = build_mod.ensure_lock(p, client, relock=relock, frozen=frozen, ca_bundle=ca_bundle, log=ctx.info,
+                                  on_written=lambda new, report: _print_lock_written(ctx, p, new, report))
     last = {"step": 0}
 
     def on_progress(progress, line):
@@ -234,6 +245,72 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull):
     else:
         verified = f", {result.report.counts['passed']} checks passed" if result.report else ", not verified"
         click.echo(f"built {p.hash_tag} and {p.latest_tag} in {result.seconds:.0f}s{verified}")
+
+
+def _lock_changes(old, new) -> list[str]:
+    """Pins that differ between two locks, as 'name old -> new' lines."""
+    if old is None:
+        return []
+    out = []
+    def table(lock):
+        rows = {f"deb {k}": v for k, v in {**lock.base_packages, **lock.apt_build, **lock.apt_runtime}.items()}
+        rows.update({f"py {k}": v for k, v in lock.python_pins().items()})
+        rows.update({f"src {k}": f"{v['version']} {v['sha256'][:12]}" for k, v in lock.sources.items()})
+        return rows
+    a, b = table(old), table(new)
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            out.append(f"{key} {a.get(key, '(none)')} -> {b.get(key, '(none)')}")
+    return out
+
+
+def _print_lock_written(ctx: Ctx, old_plan, new_plan, report) -> None:
+    lock = new_plan.lock
+    counts = lock.counts()
+    ctx.info(f"wrote {new_plan.lock_file}: {counts['debian']} Debian packages, {counts['python']} Python packages, "
+             f"{counts['sources']} source package(s); commit it next to the stack")
+    changes = _lock_changes(old_plan.lock, lock)
+    if old_plan.lock is not None:
+        ctx.info(f"{len(changes)} pin(s) changed, {report.kept} kept" + (":" if changes else ""))
+        for line in changes[:40]:
+            ctx.info(f"  {line}")
+        if len(changes) > 40:
+            ctx.info(f"  ... and {len(changes) - 40} more")
+    for note in report.notes:
+        ctx.info(f"note: {note}")
+
+
+@main.command()
+@click.argument("stack", required=False, default=".")
+@click.option("--upgrade", "upgrade", multiple=True, metavar="PKG",
+              help="Resolve this Python or Debian package again (repeatable); other pins are kept.")
+@click.option("--upgrade-all", is_flag=True, help="Resolve every pin again, as if there were no lock.")
+@click.option("--check", is_flag=True, help="Only say whether the lock matches the stack (exit 1 if not).")
+@click.option("--ca-bundle", type=click.Path(dir_okay=False), help="Extra CA bundle for pip in the lock container.")
+@click.pass_obj
+def lock(ctx: Ctx, stack, upgrade, upgrade_all, check, ca_bundle):
+    """Pin every package STACK installs: Debian packages, Python files with sha256, sources, the base.
+
+    The lock is written next to the stack file (stacks/NAME.lock, ./dlenv.lock). Pins of an
+    existing lock are kept where they still apply, unless --upgrade PKG or --upgrade-all."""
+    from . import build as build_mod
+    from . import engine
+    from .errors import LockError
+    p = _plan(stack)
+    if check:
+        if p.lock_state == "locked":
+            click.echo(f"{p.lock_file} matches {p.resolved.merged.path}")
+            return
+        if p.lock_state == "missing":
+            raise LockError(f"{p.lock_file} is missing", hint=f"run `dlenv lock {stack}`")
+        raise build_mod.stale_error(p)
+    client = engine.connect()
+    start = time.monotonic()
+    new_plan, report = build_mod.write_lock(p, client, upgrade=upgrade, upgrade_all=upgrade_all,
+                                            ca_bundle=ca_bundle, log=ctx.info)
+    _print_lock_written(ctx, p, new_plan, report)
+    click.echo(f"locked {new_plan.resolved.name} in {time.monotonic() - start:.0f}s: {new_plan.lock_file} "
+               f"(image {new_plan.hash_tag})")
 
 
 @main.command()
@@ -261,7 +338,7 @@ def verify(ctx: Ctx, target, nodes, as_json):
         p = _plan(target)
         require_promoted(client, p, target)
         image = p.hash_tag
-    report = verify_image(client, image, plan_checks(p.resolved), nodes=nodes,
+    report = verify_image(client, image, plan_checks(p.resolved, p.lock if p.lock_state == "locked" else None), nodes=nodes,
                           testinfra_files=p.resolved.merged.testinfra,
                           on_result=None if as_json or not ctx.err.is_terminal else (lambda r: _print_check(ctx, r)))
     if as_json:

@@ -97,6 +97,7 @@ def build(client, context_dir: Path, tag_ref: str, buildargs: dict, log_path: Pa
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", encoding="utf-8") as log:
         def emit(line: str):
+            line = _ANSI.sub("", line)  # the classic builder colours a step's stderr
             log.write(line + "\n")
             tail.append(line)
             if on_progress:
@@ -118,7 +119,7 @@ def build(client, context_dir: Path, tag_ref: str, buildargs: dict, log_path: Pa
                     emit(message)
                     step = f"step {progress.step}/{progress.total}: {progress.instruction}" if progress.step else None
                     raise BuildError(_short_build_error(message, progress), step=step, log_tail=list(tail),
-                                     log_path=str(log_path), hint=_build_hint(message))
+                                     log_path=str(log_path), hint=_build_hint(message, list(tail)))
         except docker.errors.APIError as exc:
             raise EngineError(f"build request failed: {exc.explanation or exc}") from None
         except requests.exceptions.ConnectionError:
@@ -139,7 +140,30 @@ def _short_build_error(message: str, progress: BuildProgress) -> str:
     return f"build failed: {text[:300]}"
 
 
-def _build_hint(message: str) -> str | None:
+_MISSING_APT = re.compile(r"Version '([^']+)' for '([^']+)' was not found")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_MISSING_PIP = re.compile(r"No matching distribution found for (\S+)")
+
+
+def _pin_hint(lines: list) -> str | None:
+    """A locked build whose pins are gone says which ones, and how to resolve them again."""
+    missing = [f"{m[2]}={m[1]}" for ln in lines for m in [_MISSING_APT.search(ln)] if m]
+    missing += [m[1] for ln in lines for m in [_MISSING_PIP.search(ln)] if m]
+    fix = ("`dlenv lock STACK` resolves them again and lists what changes (or `dlenv build --relock`); "
+           "a registry copy of the image keeps the old environment byte for byte")
+    if missing:
+        return f"pinned versions no longer available: {', '.join(missing[:8])}; {fix}"
+    if any("DO NOT MATCH THE HASHES" in ln for ln in lines):
+        return "a downloaded file does not match the sha256 in the lock: the index serves different bytes; " + fix
+    if any(re.search(r"orig\.tar\.\w+: FAILED", ln) for ln in lines):
+        return "a Debian source tarball does not match the sha256 in the lock; " + fix
+    return None
+
+
+def _build_hint(message: str, lines: list | None = None) -> str | None:
+    pinned = _pin_hint((lines or []) + [message])
+    if pinned:
+        return pinned
     if "pull access denied" in message or "manifest unknown" in message or "no such host" in message \
             or "dial tcp" in message:
         return "the base image must exist locally or come from a reachable registry; run `dlenv base` for the default base"

@@ -68,6 +68,10 @@ class BuildError(DlenvError):
         self.log_path = log_path
 
 
+class LockError(DlenvError):
+    """A lock file is missing, damaged or stale, or a pin can no longer be installed."""
+
+
 class VerifyError(DlenvError):
     """At least one check failed; carries the report."""
 

@@ -18,6 +18,7 @@ import jinja2
 from . import __version__, paths, projectfiles
 from .catalog import GROUPS
 from .errors import RenderError
+from .lock import APT_BUILD_FILE, APT_RUNTIME_FILE, LEAF_STEP, PYLOCK_DIR, Lock, debian_sources
 from .resolve import ResolvedStack
 
 VENV = "/opt/venv"
@@ -40,10 +41,12 @@ def dockerfile_string(value: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
 
 
-def base_ref(base: dict) -> str:
+def base_ref(base: dict, pins: dict | None = None, digest: str | None = None) -> str:
+    """The FROM of both stages: a registry image (by digest when the lock knows it) or the
+    bootstrapped base named by its recipe and, when locked, its pinned package set."""
     if "image" in base:
-        return base["image"]
-    return f"dlenv/base:{base_tag(base)}"
+        return f"{base['image'].split('@')[0]}@{digest}" if digest else base["image"]
+    return f"dlenv/base:{base_tag(base, pins)}"
 
 
 def base_recipe(base: dict) -> dict:
@@ -56,9 +59,21 @@ def base_recipe(base: dict) -> dict:
 DEFAULT_EPOCH = 1735689600  # 2025-01-01T00:00:00Z: a fixed SOURCE_DATE_EPOCH makes the rootfs bit-identical
 
 
-def base_tag(base: dict) -> str:
+def packages_digest(packages: dict) -> str:
+    return hashlib.sha256("".join(f"{k}={v}\n" for k, v in sorted(packages.items())).encode()).hexdigest()
+
+
+def base_identity(base: dict, pins: dict | None = None) -> dict:
+    """What names a bootstrapped base: its recipe, plus the locked package set when there is one."""
     recipe = base_recipe(base)
-    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    if pins:
+        recipe = {**recipe, "packages": packages_digest(pins)}
+    return recipe
+
+
+def base_tag(base: dict, pins: dict | None = None) -> str:
+    recipe = base_recipe(base)
+    digest = hashlib.sha256(json.dumps(base_identity(base, pins), sort_keys=True).encode()).hexdigest()[:12]
     return f"{recipe['suite']}-{recipe['variant']}-{digest}"
 
 
@@ -70,6 +85,13 @@ class BuildContext:
     modes: dict = field(default_factory=dict)   # relative path -> mode, where not 0644
     versions: dict = field(default_factory=dict)
     base: dict = field(default_factory=dict)
+    base_pins: dict = field(default_factory=dict)   # locked Debian packages of a bootstrapped base
+    base_digest: str = ""                           # locked digest of a registry base
+    lock_digest: str = ""                           # empty: rendered without a lock
+
+    @property
+    def base_ref(self) -> str:
+        return base_ref(self.base, self.base_pins or None, self.base_digest or None)
 
 
 def _environment() -> jinja2.Environment:
@@ -86,7 +108,7 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def _pip_requirements(comp, version) -> list:
+def pip_requirements(comp, version) -> list:
     values = {"version": version.text, **version.vars}
     try:
         return [tmpl.format(**values) for tmpl in comp.pip]
@@ -94,15 +116,45 @@ def _pip_requirements(comp, version) -> list:
         raise RenderError(f"component {comp.name!r}: pip requirement uses unknown variable {exc}") from None
 
 
-def render_context(resolved: ResolvedStack) -> BuildContext:
+def _locked_pip(step: str, lock: Lock, mode: str, options: list) -> tuple[list, list]:
+    """(pip_options, pip_requirements) that install exactly the lock's files for one step."""
+    path = f"{PYLOCK_DIR}/{step}.txt"
+    if mode == "venv":
+        # The lock holds the whole dependency set of the step: pip must not resolve again.
+        return [*options, "--no-deps"], ["--require-hashes", "-r", path]
+    return list(options), ["--require-hashes", "-r", path]
+
+
+def render_context(resolved: ResolvedStack, lock: Lock | None = None) -> BuildContext:
+    """The build context of a stack; with `lock`, every apt, pip and source install is pinned."""
     env = _environment()
+    sources = debian_sources(resolved)
+    if lock is not None:
+        for comp, src in sources.items():
+            locked = lock.sources.get(comp)
+            if locked is None or any(locked.get(k) != src[k] for k in ("package", "version", "file")):
+                raise RenderError(f"{lock.path}: sources.{comp}: the lock does not match the stack",
+                                  hint="run `dlenv lock` again")
+            src["sha256"] = locked["sha256"]
+    pylock_files = {}
     blocks = []
     for rc in resolved.components:
         comp, version = rc.component, rc.version
+        requirements = pip_requirements(comp, version)
+        options = list(comp.pip_options)
+        pylock = ""
+        if lock is not None and requirements:
+            if comp.name not in lock.python:
+                raise RenderError(f"{lock.path}: python.{comp.name}: missing from the lock", hint="run `dlenv lock` again")
+            options, requirements = _locked_pip(comp.name, lock, "target" if comp.prefix else "venv", options)
+            pylock = f"{PYLOCK_DIR}/{comp.name}.txt"
+            pylock_files[f"{BUILD_FILES}/pylock/{comp.name}.txt"] = lock.requirements_text(comp.name).encode()
+        src = sources.get(comp.name)
         fragment_vars = {
             "name": comp.name, "version": version.text, "vars": dict(sorted(version.vars.items())),
-            "pip_requirements": _pip_requirements(comp, version), "pip_options": list(comp.pip_options),
+            "pip_requirements": requirements, "pip_options": options,
             "prefix": comp.prefix or "", "venv": VENV, "versions": resolved.versions(),
+            "source": {"sha256": "", **src} if src else {},
         }
         try:
             build = env.get_template(f"components/{comp.name}/build.j2").render(**fragment_vars)
@@ -111,13 +163,21 @@ def render_context(resolved: ResolvedStack) -> BuildContext:
         except jinja2.TemplateError as exc:
             raise RenderError(f"component {comp.name!r}: template error: {exc}") from None
         blocks.append({"name": comp.name, "version": version.text, "group": comp.group,
-                       "build": build.strip("\n"), "runtime": runtime.strip("\n")})
+                       "build": build.strip("\n"), "runtime": runtime.strip("\n"),
+                       "pylock": pylock, "pylock_source": f"{BUILD_FILES}/pylock/{comp.name}.txt"})
 
-    python_pins = sorted(
-        {req for rc in resolved.components if rc.component.group == "python"
-         for req in _pip_requirements(rc.component, rc.version) if "==" in req}, key=str.lower)
+    python_pins = constraint_lines(resolved)
     constraints = "".join(f"{req}\n" for req in python_pins)
     leaf_packages = [text for text, _ in resolved.merged.python_packages]
+    leaf_install = []
+    if leaf_packages:
+        if lock is not None:
+            if LEAF_STEP not in lock.python:
+                raise RenderError(f"{lock.path}: python.{LEAF_STEP}: missing from the lock", hint="run `dlenv lock` again")
+            leaf_install = ["--no-deps", "--require-hashes", "-r", f"{PYLOCK_DIR}/{LEAF_STEP}.txt"]
+            pylock_files[f"{BUILD_FILES}/pylock/{LEAF_STEP}.txt"] = lock.requirements_text(LEAF_STEP).encode()
+        else:
+            leaf_install = leaf_packages
     versions = resolved.versions()
     runtime_env = resolved.env
     path = resolved.path
@@ -137,13 +197,22 @@ def render_context(resolved: ResolvedStack) -> BuildContext:
     profile_lines += [f"export {k}={shlex.quote(v)}" for k, v in runtime_env.items()]
     profile = "\n".join(profile_lines) + "\n"
 
+    base_pins = {}
+    base_digest = ""
+    if lock is not None:
+        if "image" in resolved.base:
+            base_digest = str(lock.base.get("digest") or "")
+        else:
+            base_pins = lock.base_packages
+    from_ref = base_ref(resolved.base, base_pins or None, base_digest or None)
     labels = {
         "org.opencontainers.image.title": f"dlenv/{resolved.name}",
         "org.opencontainers.image.description": resolved.merged.description or f"dlenv stack {resolved.name}",
         f"{LABEL_PREFIX}.stack": resolved.name,
         f"{LABEL_PREFIX}.dlenv-version": __version__,
-        f"{LABEL_PREFIX}.base": base_ref(resolved.base),
+        f"{LABEL_PREFIX}.base": from_ref,
         f"{LABEL_PREFIX}.components": ",".join(f"{k}={v}" for k, v in versions.items()),
+        f"{LABEL_PREFIX}.lock": lock.digest if lock is not None else "unlocked",
     }
     labels.update({f"{LABEL_PREFIX}.component.{k}": v for k, v in versions.items()})
 
@@ -151,14 +220,21 @@ def render_context(resolved: ResolvedStack) -> BuildContext:
         "dlenv_version": __version__,
         "stack": resolved.name,
         "chain": [s.name for s in resolved.merged.chain],
-        "base_ref": base_ref(resolved.base),
+        "lock_note": (f"Locked by {lock.path.name if lock.path else 'its lock'} (pins {lock.digest[:16]})."
+                      if lock is not None else "Not locked: `dlenv lock` pins every package it installs."),
+        "base_ref": from_ref,
         "apt_build": resolved.apt_build,
         "apt_runtime": resolved.apt_runtime,
+        "apt_build_file": APT_BUILD_FILE if lock is not None else "",
+        "apt_runtime_file": APT_RUNTIME_FILE if lock is not None else "",
         "groups": [{"name": g, "blocks": [b for b in blocks if b["group"] == g]} for g in GROUPS],
         # The venv is made by the python component (system group); any stack with it ships the venv.
         "has_python": resolved.get("python") is not None or any(b["group"] == "python" for b in blocks)
         or bool(leaf_packages),
         "leaf_packages": leaf_packages,
+        "leaf_install": leaf_install,
+        "leaf_pylock": f"{PYLOCK_DIR}/{LEAF_STEP}.txt" if lock is not None and leaf_packages else "",
+        "leaf_pylock_source": f"{BUILD_FILES}/pylock/{LEAF_STEP}.txt",
         "leaf": LEAF,
         "venv": VENV,
         "user": RUNTIME_USER,
@@ -184,20 +260,37 @@ def render_context(resolved: ResolvedStack) -> BuildContext:
     files = {f"{BUILD_FILES}/constraints.txt": constraints.encode(),
              f"{RUNTIME_FILES}/profile.sh": profile.encode(),
              f"{RUNTIME_FILES}/ld.so.conf": ld_conf.encode()}
+    if lock is not None:
+        files[f"{BUILD_FILES}/apt-build.txt"] = Lock.apt_text(lock.apt_build).encode()
+        files[f"{RUNTIME_FILES}/apt.txt"] = Lock.apt_text(lock.apt_runtime).encode()
+        files.update(pylock_files)
     modes = {}
     for block in copy_blocks:
         for rel, (data, mode) in block.files.items():
             files[rel] = data
             modes[rel] = mode
     return BuildContext(stack=resolved.name, dockerfile=dockerfile, files=files, versions=versions,
-                        base=resolved.base, modes=modes)
+                        base=resolved.base, modes=modes, base_pins=base_pins, base_digest=base_digest,
+                        lock_digest=lock.digest if lock is not None else "")
+
+
+def constraint_lines(resolved: ResolvedStack) -> list:
+    """The components' exact pins, applied to every pip step of the python group and the leaf."""
+    return sorted(
+        {req for rc in resolved.components if rc.component.group == "python"
+         for req in pip_requirements(rc.component, rc.version) if "==" in req}, key=str.lower)
 
 
 def content_hash(ctx: BuildContext) -> str:
-    """The one name of an image: Dockerfile, generated files, versions and the base recipe."""
-    base = {"image": ctx.base["image"]} if "image" in ctx.base else {"bootstrap": base_recipe(ctx.base)}
+    """The one name of an image: Dockerfile, generated files (the lock's pins among them), versions,
+    the lock's digest and the base's identity."""
+    if "image" in ctx.base:
+        base = {"image": ctx.base["image"], **({"digest": ctx.base_digest} if ctx.base_digest else {})}
+    else:
+        base = {"bootstrap": base_identity(ctx.base, ctx.base_pins or None)}
     doc = {
         "format": 1,
+        "lock": ctx.lock_digest,
         "dockerfile": hashlib.sha256(ctx.dockerfile.encode()).hexdigest(),
         "files": {k: hashlib.sha256(v).hexdigest() + (f":{ctx.modes[k]:o}" if ctx.modes.get(k, 0o644) != 0o644 else "")
                   for k, v in sorted(ctx.files.items())},

@@ -6,6 +6,7 @@ the report. Containers started here are always removed, also on Ctrl-C.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -79,8 +80,79 @@ class PlannedCheck:
         return self.fill(self.check.name)
 
 
-def plan_checks(resolved) -> list[PlannedCheck]:
+LOCK_CHECK_KIND = "lock"
+
+# Lists what is installed where the lock says it should be: Debian's database and, per install
+# prefix, the Python distributions found there (importlib.metadata reads *.dist-info).
+_INSTALLED_SCRIPT = r"""
+import json, os, subprocess, sys
+out = {"debian": {}, "python": {}}
+fmt = "${Package}\t${Version}\t${db:Status-Abbrev}\n"
+for line in subprocess.run(["dpkg-query", "-W", "-f=" + fmt], capture_output=True, text=True).stdout.splitlines():
+    name, version, status = (line.split("\t") + ["", "", ""])[:3]
+    if status.startswith("ii"):
+        out["debian"][name.split(":")[0]] = version
+try:
+    import importlib.metadata as md
+except ImportError:
+    md = None
+for path in sys.argv[1:]:
+    if md is None or not os.path.isdir(path):
+        out["python"][path] = None
+        continue
+    out["python"][path] = {d.metadata["Name"]: d.version for d in md.distributions(path=[path])}
+print(json.dumps(out))
+"""
+
+
+def lock_expectations(resolved, lock) -> dict:
+    """What the runtime stage must hold according to the lock: Debian versions, and per Python
+    install location the distributions of the steps that install there."""
+    from .lock import LEAF_STEP
+    from .render import LEAF, VENV
+    python = resolved.get("python")
+    pyver = python.version.text if python else ""
+    where = {}
+    for rc in resolved.components:
+        if rc.name in lock.python:
+            where[rc.name] = rc.component.prefix or f"{VENV}/lib/python{pyver}/site-packages"
+    where[LEAF_STEP] = f"{LEAF}/lib/python{pyver}/site-packages"
+    expected_python: dict = {}
+    for step, pins in lock.python.items():
+        path = where.get(step)
+        if path:
+            expected_python.setdefault(path, {}).update({p.name: p.version for p in pins})
+    return {"debian": {**lock.base_packages, **lock.apt_runtime}, "python": expected_python}
+
+
+def compare_installed(expected: dict, found: dict) -> list[str]:
+    """Differences between the lock's expectations and what a container holds (pure)."""
+    from .lock import canonical
+    problems = []
+    deb = found.get("debian", {})
+    for name, version in sorted(expected["debian"].items()):
+        if deb.get(name) != version:
+            problems.append(f"deb {name} is {deb.get(name) or 'missing'}, the lock says {version}")
+    for name in sorted(set(deb) - set(expected["debian"])):
+        problems.append(f"deb {name} {deb[name]} is installed but not in the lock")
+    for path, pins in sorted(expected["python"].items()):
+        dists = found.get("python", {}).get(path)
+        if dists is None:
+            continue  # a build-stage-only prefix (e.g. headers to compile against)
+        have = {canonical(k): v for k, v in dists.items()}
+        for name, version in sorted(pins.items()):
+            if have.get(canonical(name)) != version:
+                problems.append(f"{name} in {path} is {have.get(canonical(name)) or 'missing'}, the lock says {version}")
+    return problems
+
+
+def plan_checks(resolved, lock=None) -> list[PlannedCheck]:
     planned = []
+    if lock is not None:
+        planned.append(PlannedCheck(
+            Check(name="installed packages are the locked versions", kind=LOCK_CHECK_KIND,
+                  target=json.dumps(lock_expectations(resolved, lock), sort_keys=True), timeout=60,
+                  origin=str(lock.path or "")), {}))
     for rc in resolved.components:
         values = {"version": rc.version.text, "major": rc.version.version.major, **rc.version.vars}
         planned.extend(PlannedCheck(chk, values) for chk in rc.component.checks)
@@ -112,6 +184,19 @@ def _run_one(host, container, planned: PlannedCheck, hosts=None, env_names=()) -
         return CheckResult(planned.name, chk.kind, "passed" if ok else "failed", time.monotonic() - start,
                            command, _clip(output), "" if ok else reason)
 
+    if chk.kind == LOCK_CHECK_KIND:
+        expected = json.loads(chk.target)
+        paths = " ".join(shlex.quote(p) for p in sorted(expected["python"]))
+        command = _shell(f"python3 -c {shlex.quote(_INSTALLED_SCRIPT)} {paths}", False, chk.timeout)
+        out = host.run(command)
+        if out.rc != 0:
+            return result(False, "list installed packages", out.stdout + out.stderr, f"exit status {out.rc}")
+        problems = compare_installed(expected, json.loads(out.stdout))
+        counted = len(expected["debian"]) + sum(len(v) for v in expected["python"].values())
+        if problems:
+            return result(False, "compare dpkg-query and dist-info with the lock", "\n".join(problems),
+                          f"{len(problems)} package(s) differ from the lock: {problems[0]}")
+        return result(True, "compare dpkg-query and dist-info with the lock", f"{counted} pins match")
     if chk.kind == "file":
         ok = host.file(target).exists
         return result(ok, f"test -e {target}", "", f"{target} does not exist")

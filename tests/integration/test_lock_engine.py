@@ -1,0 +1,109 @@
+"""Locks against the real engine, archive and index: a project stack is locked on its first build,
+built from the lock (pip --require-hashes, apt pkg=version), verified against it; a changed stack
+is refused until --relock (which keeps the pins that still apply); a pin that no longer exists and
+a hash that does not match fail the build in one line that names them, and move no tag."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from builder import lock as L
+
+STACK = """schema: 1
+name: dlenv-itest-lock
+extends: python
+python_packages:
+  - "six==1.17.0"
+"""
+
+
+def _remove_images(client):
+    for image in client.images.list(name="dlenv/dlenv-itest-lock"):
+        for tag in image.tags:
+            client.images.remove(tag, noprune=True)
+
+
+@pytest.fixture
+def project(tmp_path, docker_client):
+    _remove_images(docker_client)  # a leftover promoted image would make the first build a no-op
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    (folder / "dlenv.yaml").write_text(STACK)
+    yield folder
+    _remove_images(docker_client)
+
+
+def tags(client):
+    return sorted(t for i in client.images.list(name="dlenv/dlenv-itest-lock") for t in i.tags)
+
+
+def test_first_build_locks_then_builds_and_verifies_from_the_lock(project, run_dlenv, docker_client):
+    res = run_dlenv("build", cwd=project, check=True)
+    lock_file = project / "dlenv.lock"
+    assert "wrote" in res.stderr and str(lock_file) in res.stderr
+    lock = L.load(lock_file)
+    assert [p.name for p in lock.python["python_packages"]] == ["six"]
+    assert lock.base["rootfs_sha256"] and lock.base["packages"]["bash"]
+    assert "installed packages are the locked versions" in res.stderr
+    image = docker_client.images.get("dlenv/dlenv-itest-lock:latest")
+    assert image.labels["org.dlenv.lock"] == lock.digest
+    # Inside: the pinned Debian versions and the locked wheel, byte for byte what the lock names.
+    out = docker_client.containers.run(image.id, ["bash", "-c", "dpkg-query -W -f='${Package}=${Version}\\n' python3;"
+                                                  " python -c 'import six; print(six.__version__)'"], remove=True)
+    assert out.decode().split() == [f"python3={lock.apt_runtime['python3']}", "1.17.0"]
+    # `dlenv lock --check` agrees; a second build is a no-op.
+    assert run_dlenv("lock", "--check", cwd=project).returncode == 0
+    assert "up to date" in run_dlenv("build", cwd=project, check=True).stdout
+
+
+def test_a_changed_stack_is_refused_until_relock_which_keeps_pins(project, run_dlenv, docker_client):
+    run_dlenv("build", "--no-verify", cwd=project, check=True)
+    before = L.load(project / "dlenv.lock")
+    tags_before = tags(docker_client)
+    (project / "dlenv.yaml").write_text(STACK + '  - "packaging>=23"\n')
+    res = run_dlenv("build", cwd=project)
+    assert res.returncode == 1
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "no longer matches" in lines[0] and "+packaging>=23" in lines[0] and "--relock" in lines[0]
+    assert tags(docker_client) == tags_before
+    assert run_dlenv("build", "--locked", cwd=project).returncode == 1
+    res = run_dlenv("build", "--relock", "--no-verify", cwd=project, check=True)
+    after = L.load(project / "dlenv.lock")
+    assert "kept" in res.stderr
+    assert {p.name for p in after.python["python_packages"]} == {"six", "packaging"}
+    assert after.apt_runtime == before.apt_runtime and after.base == before.base
+
+
+def _edit_lock(folder: Path, old: str, new: str) -> None:
+    path = folder / "dlenv.lock"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_a_vanished_pin_and_a_wrong_hash_fail_in_one_line_and_move_no_tag(project, run_dlenv, docker_client):
+    run_dlenv("build", "--no-verify", cwd=project, check=True)
+    lock = L.load(project / "dlenv.lock")
+    good = tags(docker_client)
+    # The runtime stage's python3 pin, as if the archive had dropped that version.
+    text = (project / "dlenv.lock").read_text()
+    runtime_part = text.split("\n  runtime:\n", 1)
+    runtime_part[1] = re.sub(r"(\n    python3: )\S+", r"\g<1>0.0.0-gone", "\n" + runtime_part[1], count=1)[1:]
+    (project / "dlenv.lock").write_text("\n  runtime:\n".join(runtime_part))
+    res = run_dlenv("build", "--no-verify", cwd=project)
+    assert res.returncode == 1
+    first = next(ln for ln in res.stderr.splitlines() if ln.startswith("dlenv: error:"))
+    assert "pinned versions no longer available: python3=0.0.0-gone" in first and "dlenv lock" in first
+    assert tags(docker_client) == good
+    # Back to the good pin, but the wheel's sha256 is not the one the index serves.
+    (project / "dlenv.lock").write_text(L.dump(lock))
+    pin = lock.python["python_packages"][0]
+    _edit_lock(project, pin.sha256, "e" * 64)
+    res = run_dlenv("build", "--no-verify", cwd=project)
+    assert res.returncode == 1
+    first = next(ln for ln in res.stderr.splitlines() if ln.startswith("dlenv: error:"))
+    assert "does not match the sha256 in the lock" in first
+    assert tags(docker_client) == good

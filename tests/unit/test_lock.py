@@ -1,0 +1,273 @@
+"""Lock files without the engine: parsing what the lock container reports, the file format and its
+validation, staleness (what changed), rendering from a lock, and the lock check's comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from builder import lock as L
+from builder.build import plan
+from builder.cli import main
+from builder.errors import LockError
+from builder.render import content_hash, render_context
+from builder.verify import compare_installed, lock_expectations
+
+ENV = {"NO_COLOR": "1", "COLUMNS": "300", "DOCKER_HOST": "unix:///nonexistent.sock"}
+SHA = "a" * 64
+
+
+def fake_lock(resolved, *, tweak=None) -> L.Lock:
+    """A lock for `resolved` with made-up pins: one pin per requirement of every pip step."""
+    python = {}
+    for step in L.pip_steps(resolved):
+        pins = []
+        for req in step.requirements:
+            name, _, version = req.partition("==")
+            pins.append(L.PythonPin(name, version or "1.0", f"{name}-{version or '1.0'}-py3-none-any.whl", SHA))
+        python[step.name] = tuple(pins)
+    sources = {comp: {**src, "sha256": "b" * 64, "size": 10} for comp, src in L.debian_sources(resolved).items()}
+    lock = L.Lock(stack=resolved.name, inputs=L.lock_inputs(resolved), platform={"arch": "amd64", "python": "3.11.2"},
+                  base={"suite": "bookworm", "variant": "minbase", "epoch": 1735689600, "rootfs_sha256": "c" * 64,
+                        "packages": {"bash": "5.2.15-2+b13", "dpkg": "1.21.23"}},
+                  apt_build={"python3": "3.11.2-1+b1", "gcc": "4:12.2.0-3"}, apt_runtime={"python3": "3.11.2-1+b1"},
+                  sources=sources, python=python, dlenv_version="test")
+    return tweak(lock) if tweak else lock
+
+
+def write_stack(folder: Path, extra: str = "") -> Path:
+    path = folder / "dlenv.yaml"
+    path.write_text("schema: 1\nname: proj\nextends: python\npython_packages:\n  - \"six==1.17.0\"\n" + extra)
+    return path
+
+
+def lock_for(path: Path) -> L.Lock:
+    p = plan(str(path))
+    lock = fake_lock(p.resolved)
+    L.lock_path(path).write_text(L.dump(lock))
+    return lock
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+def test_apt_simulation_lists_new_and_upgraded_packages():
+    text = """NOTE: This is only a simulation!
+Inst libssl3 [3.0.15-1~deb12u1] (3.0.17-1~deb12u2 Debian-Security:12/stable-security [amd64])
+Inst python3.11-minimal (3.11.2-6+deb12u6 Debian:12.11/stable [amd64])
+Inst libgcc-s1:amd64 (12.2.0-14 Debian:12.11/stable [amd64])
+Conf python3.11-minimal (3.11.2-6+deb12u6 Debian:12.11/stable [amd64])
+"""
+    assert L.parse_apt_simulation(text) == {"libssl3": "3.0.17-1~deb12u2", "python3.11-minimal": "3.11.2-6+deb12u6",
+                                            "libgcc-s1": "12.2.0-14"}
+
+
+def test_dpkg_list_keeps_only_installed_packages():
+    text = "bash\t5.2.15-2+b7\tii \nold\t1.0\trc \nlibc6:amd64\t2.36-9\tii \n"
+    assert L.parse_dpkg_list(text) == {"bash": "5.2.15-2+b7", "libc6": "2.36-9"}
+
+
+def test_source_uris_give_size_and_sha256_per_file():
+    text = ("Need to get 6988 kB of source archives.\n"
+            f"'http://mirror.invalid/pool/main/o/openmpi/openmpi_4.1.4-3.dsc' openmpi_4.1.4-3.dsc 2743 SHA256:{SHA}\n"
+            f"'http://mirror.invalid/pool/main/o/openmpi/openmpi_4.1.4.orig.tar.xz' openmpi_4.1.4.orig.tar.xz 6916772 "
+            f"SHA256:{'d' * 64}\n")
+    assert L.parse_source_uris(text) == {"openmpi_4.1.4-3.dsc": (2743, SHA),
+                                         "openmpi_4.1.4.orig.tar.xz": (6916772, "d" * 64)}
+
+
+def _item(name, version, url, **archive):
+    return {"metadata": {"name": name, "version": version},
+            "download_info": {"url": url, "archive_info": archive}}
+
+
+def test_pip_report_gives_file_and_sha256_for_wheels_and_sdists():
+    report = {"install": [
+        _item("numpy", "1.26.4", "https://index.invalid/p/numpy-1.26.4-cp311-cp311-manylinux_2_17_x86_64.whl",
+              hashes={"sha256": SHA}),
+        _item("chainer", "7.8.1", "https://index.invalid/p/chainer-7.8.1.tar.gz", hash=f"sha256={'e' * 64}"),
+    ]}
+    pins = L.parse_pip_report(report)
+    assert pins == [L.PythonPin("numpy", "1.26.4", "numpy-1.26.4-cp311-cp311-manylinux_2_17_x86_64.whl", SHA),
+                    L.PythonPin("chainer", "7.8.1", "chainer-7.8.1.tar.gz", "e" * 64)]
+    assert pins[0].requirement_line() == f"numpy==1.26.4 --hash=sha256:{SHA}"
+
+
+def test_pip_report_refuses_what_has_no_index_hash():
+    with pytest.raises(LockError, match="without a sha256"):
+        L.parse_pip_report({"install": [{"metadata": {"name": "local", "version": "0.1"},
+                                         "download_info": {"url": "file:///src/local", "dir_info": {}}}]})
+
+
+# --- the file ----------------------------------------------------------------------------------
+
+def test_dump_and_load_round_trip(tmp_path):
+    path = write_stack(tmp_path)
+    lock = lock_for(path)
+    loaded = L.load(L.lock_path(path))
+    assert loaded.pins_document() == lock.pins_document()
+    assert loaded.digest == lock.digest
+    text = L.lock_path(path).read_text()
+    assert text.startswith("# Written by `dlenv lock proj`")
+    assert L.lock_path(path).name == "dlenv.lock"
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda t: t.replace("lock: 1", "lock: 7"), "lock"),
+    (lambda t: t.replace("- six==1.17.0", "- six==1.16.0"), "inputs_sha256"),
+    (lambda t: t.replace(f"sha256: {SHA}", "sha256: nothex", 1), "sha256"),
+    (lambda t: t.replace("python3: 3.11.2-1+b1", "python3: 3.11 2", 1), "apt.build.python3"),
+    (lambda t: t.replace("stack: proj\n", ""), "stack"),
+    (lambda t: "- just\n- a list\n", "(top)"),
+])
+def test_a_damaged_lock_is_one_line_naming_the_file_and_field(tmp_path, edit, field):
+    path = write_stack(tmp_path)
+    lock_for(path)
+    lock_file = L.lock_path(path)
+    lock_file.write_text(edit(lock_file.read_text()))
+    with pytest.raises(LockError) as info:
+        L.load(lock_file)
+    assert str(lock_file) in info.value.message and field in info.value.message
+
+
+# --- staleness ---------------------------------------------------------------------------------
+
+def test_a_matching_lock_is_used_and_reordering_the_yaml_keeps_it(tmp_path):
+    path = write_stack(tmp_path, "env:\n  A: \"1\"\n")
+    lock_for(path)
+    assert plan(str(path)).lock_state == "locked"
+    path.write_text("name: proj\nenv:\n  A: \"1\"\npython_packages:\n  - \"six==1.17.0\"\nextends: python\nschema: 1\n")
+    p = plan(str(path))
+    assert p.lock_state == "locked"
+    assert "--require-hashes" in p.context.dockerfile
+
+
+def test_a_changed_stack_makes_the_lock_stale_and_says_what_changed(tmp_path):
+    path = write_stack(tmp_path)
+    lock_for(path)
+    path.write_text(path.read_text() + "  - \"requests==2.32.3\"\napt_packages: [curl]\n")
+    p = plan(str(path))
+    assert p.lock_state == "stale"
+    assert "+requests==2.32.3" in p.stale_reason and "+curl" in p.stale_reason
+    assert "--require-hashes" not in p.context.dockerfile
+
+
+def test_changes_outside_the_inputs_keep_the_lock(tmp_path):
+    path = write_stack(tmp_path)
+    lock_for(path)
+    path.write_text(path.read_text() + "env:\n  B: two\nchecks:\n  - name: ok\n    command: \"true\"\n")
+    assert plan(str(path)).lock_state == "locked"
+
+
+# --- rendering from a lock -----------------------------------------------------------------------
+
+def test_render_pins_every_install_of_chainermn():
+    p = plan("chainermn")
+    lock = fake_lock(p.resolved)
+    ctx = render_context(p.resolved, lock)
+    df = ctx.dockerfile
+    assert "xargs --no-run-if-empty --arg-file=/etc/dlenv-build/apt-build.txt apt-get install" in df
+    assert "COPY dlenv-runtime/apt.txt /etc/dlenv/apt-runtime.txt" in df
+    assert f"echo '{'b' * 64}  openmpi_4.1.4.orig.tar.xz' | sha256sum --check --strict -" in df
+    assert "COPY dlenv-build/pylock/cupy.txt /etc/dlenv-build/pylock/cupy.txt" in df
+    assert ("/opt/venv/bin/pip install --no-build-isolation --no-deps --require-hashes "
+            "-r /etc/dlenv-build/pylock/chainer.txt") in df
+    assert "--target /opt/nvidia/cudnn --require-hashes -r /etc/dlenv-build/pylock/cudnn.txt" in df
+    assert ctx.files["dlenv-build/pylock/numpy.txt"] == f"numpy==1.26.4 --hash=sha256:{SHA}\n".encode()
+    assert ctx.files["dlenv-build/apt-build.txt"] == b"gcc=4:12.2.0-3\npython3=3.11.2-1+b1\n"
+    assert ctx.base_ref.startswith("dlenv/base:bookworm-minbase-") and ctx.base_ref != render_context(p.resolved).base_ref
+    assert f"org.dlenv.lock=\"{lock.digest}\"" in df
+
+
+@pytest.mark.parametrize("tweak", [
+    lambda lk: L.Lock(**{**lk.__dict__, "apt_runtime": {"python3": "3.11.2-1+b2"}}),
+    lambda lk: L.Lock(**{**lk.__dict__, "base": {**lk.base, "packages": {"bash": "5.2.15-2+b14", "dpkg": "1.21.23"}}}),
+    lambda lk: L.Lock(**{**lk.__dict__, "python": {**lk.python, "numpy": (
+        L.PythonPin("numpy", "1.26.4", "numpy-1.26.4-py3-none-any.whl", "f" * 64),)}}),
+    lambda lk: L.Lock(**{**lk.__dict__, "sources": {"openmpi": {**lk.sources["openmpi"], "sha256": "9" * 64}}}),
+])
+def test_any_pin_changes_the_content_hash(tweak):
+    p = plan("chainermn")
+    base_hash = content_hash(render_context(p.resolved, fake_lock(p.resolved)))
+    assert content_hash(render_context(p.resolved, fake_lock(p.resolved, tweak=tweak))) != base_hash
+
+
+def test_a_lock_whose_source_differs_is_refused():
+    p = plan("chainermn")
+    lock = fake_lock(p.resolved, tweak=lambda lk: L.Lock(**{**lk.__dict__, "sources": {}}))
+    with pytest.raises(Exception, match="sources.openmpi"):
+        render_context(p.resolved, lock)
+
+
+# --- the lock check in verify ------------------------------------------------------------------
+
+def test_compare_installed_names_every_difference():
+    p = plan("chainer")
+    lock = fake_lock(p.resolved)
+    expected = lock_expectations(p.resolved, lock)
+    venv = "/opt/venv/lib/python3.11/site-packages"
+    found = {"debian": {**lock.base_packages, **lock.apt_runtime},
+             "python": {venv: {pin.name: pin.version for pins in lock.python.values() for pin in pins}}}
+    assert compare_installed(expected, found) == []
+    found["debian"]["curl"] = "7.88.1-10"
+    found["debian"]["bash"] = "5.2.15-2+b2"
+    found["python"][venv]["numpy"] = "2.1.3"
+    problems = compare_installed(expected, found)
+    assert "deb bash is 5.2.15-2+b2, the lock says 5.2.15-2+b13" in problems
+    assert "deb curl 7.88.1-10 is installed but not in the lock" in problems
+    assert any(p.startswith("numpy in /opt/venv") and "2.1.3" in p for p in problems)
+
+
+# --- the CLI -------------------------------------------------------------------------------------
+
+def _run(args, cwd):
+    import os
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return CliRunner().invoke(main, args, env=ENV)
+    finally:
+        os.chdir(old)
+
+
+def test_lock_check_says_missing_stale_or_matching(tmp_path):
+    path = write_stack(tmp_path)
+    res = _run(["lock", "--check"], tmp_path)
+    assert res.exit_code == 1 and "dlenv.lock is missing" in res.output and "Traceback" not in res.output
+    lock_for(path)
+    res = _run(["lock", "--check"], tmp_path)
+    assert res.exit_code == 0 and "matches" in res.output
+    path.write_text(path.read_text() + "  - \"requests==2.32.3\"\n")
+    res = _run(["lock", "--check"], tmp_path)
+    assert res.exit_code == 1 and "no longer matches" in res.output and "+requests==2.32.3" in res.output
+    assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1
+
+
+def test_a_damaged_lock_fails_every_command_in_one_line(tmp_path):
+    path = write_stack(tmp_path)
+    lock_for(path)
+    L.lock_path(path).write_text("lock: 1\nstack: [unclosed\n")
+    for args in (["render"], ["show"], ["lock", "--check"]):
+        res = _run(args, tmp_path)
+        assert res.exit_code == 1, args
+        assert "dlenv.lock" in res.output and "Traceback" not in res.output
+
+
+def test_build_refuses_relock_with_locked(tmp_path):
+    write_stack(tmp_path)
+    res = _run(["build", "--relock", "--locked"], tmp_path)
+    assert res.exit_code == 1 and "contradict" in res.output
+
+
+def test_a_build_that_meets_a_missing_pin_says_which_and_what_to_do():
+    from builder.engine import _build_hint
+    hint = _build_hint("The command '/bin/bash ...' returned a non-zero code: 100",
+                       ["E: Version '0.0-gone' for 'python3' was not found"])
+    assert "pinned versions no longer available: python3=0.0-gone" in hint and "dlenv lock" in hint
+    hint = _build_hint("returned a non-zero code: 1", ["ERROR: No matching distribution found for six==0.0.1"])
+    assert "six==0.0.1" in hint
+    hint = _build_hint("returned a non-zero code: 1",
+                       ["ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE."])
+    assert "does not match the sha256 in the lock" in hint
+    assert _build_hint("returned a non-zero code: 2", ["make: *** [all] Error 2"]) is None
