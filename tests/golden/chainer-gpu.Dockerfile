@@ -1,12 +1,15 @@
 # Rendered by dlenv 0.1.0 for stack "chainer-gpu" (python -> chainer -> chainer-gpu). Do not edit: change the stack file.
 # Two stages: "build" holds compilers, headers, sources and the CA bundle; "runtime" receives only
 # install prefixes and the venv, one COPY per layer group, heaviest and most stable first.
+# Locked by chainer-gpu.lock (pins b317314c5c55954d).
 
-FROM dlenv/base:bookworm-minbase-1276fbca1838 AS build
+FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
+# Every package this stage installs or upgrades, at the version the lock names.
+COPY dlenv-build/apt-build.txt /etc/dlenv-build/apt-build.txt
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential ca-certificates python3 python3-dev python3-venv \
+ && xargs --no-run-if-empty --arg-file=/etc/dlenv-build/apt-build.txt apt-get install -y --no-install-recommends \
  && rm -rf /var/lib/apt/lists/*
 # The CA bundle lets pip reach the package index; it exists in this stage only.
 COPY dlenv-build/ca.crt /etc/dlenv-build/ca.crt
@@ -20,37 +23,46 @@ ENV PIP_CERT=/etc/dlenv-build/ca.crt PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_
 RUN python3 -m venv /opt/venv
 
 # --- cuda 12.6 [cuda]
-RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /opt/nvidia/cuda nvidia-cublas-cu12==12.6.4.1 nvidia-cuda-nvrtc-cu12==12.6.85 nvidia-cuda-runtime-cu12==12.6.77 nvidia-cufft-cu12==11.3.0.4 nvidia-curand-cu12==10.3.7.77 nvidia-cusolver-cu12==11.7.1.2 nvidia-cusparse-cu12==12.5.4.2 nvidia-nvjitlink-cu12==12.6.85
+COPY dlenv-build/pylock/cuda.txt /etc/dlenv-build/pylock/cuda.txt
+RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /opt/nvidia/cuda --require-hashes -r /etc/dlenv-build/pylock/cuda.txt
 
 # --- cudnn 8.9.7.29 [cuda]
-RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /opt/nvidia/cudnn nvidia-cudnn-cu12==8.9.7.29
+COPY dlenv-build/pylock/cudnn.txt /etc/dlenv-build/pylock/cudnn.txt
+RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /opt/nvidia/cudnn --require-hashes -r /etc/dlenv-build/pylock/cudnn.txt
 
 # --- nccl 2.21.5 [cuda]
-RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /opt/nvidia/nccl nvidia-nccl-cu12==2.21.5
+COPY dlenv-build/pylock/nccl.txt /etc/dlenv-build/pylock/nccl.txt
+RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /opt/nvidia/nccl --require-hashes -r /etc/dlenv-build/pylock/nccl.txt
 COPY dlenv-build/constraints.txt /etc/dlenv-build/constraints.txt
 ENV PIP_CONSTRAINT=/etc/dlenv-build/constraints.txt
 
 # --- numpy 1.26.4 [python]
-RUN /opt/venv/bin/pip install numpy==1.26.4
+COPY dlenv-build/pylock/numpy.txt /etc/dlenv-build/pylock/numpy.txt
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /etc/dlenv-build/pylock/numpy.txt
 
 # --- setuptools 69.5.1 [python]
-RUN /opt/venv/bin/pip install setuptools==69.5.1 wheel==0.43.0
+COPY dlenv-build/pylock/setuptools.txt /etc/dlenv-build/pylock/setuptools.txt
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /etc/dlenv-build/pylock/setuptools.txt
 
 # --- chainer 7.8.1 [python]
-RUN /opt/venv/bin/pip install --no-build-isolation chainer==7.8.1
+COPY dlenv-build/pylock/chainer.txt /etc/dlenv-build/pylock/chainer.txt
+RUN /opt/venv/bin/pip install --no-build-isolation --no-deps --require-hashes -r /etc/dlenv-build/pylock/chainer.txt
 
 # --- cupy 13.6.0 [python]
-RUN /opt/venv/bin/pip install cupy-cuda12x==13.6.0
+COPY dlenv-build/pylock/cupy.txt /etc/dlenv-build/pylock/cupy.txt
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /etc/dlenv-build/pylock/cupy.txt
 
 # --- cython 3.0.12 [python]
-RUN /opt/venv/bin/pip install Cython==3.0.12
+COPY dlenv-build/pylock/cython.txt /etc/dlenv-build/pylock/cython.txt
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /etc/dlenv-build/pylock/cython.txt
 
-FROM dlenv/base:bookworm-minbase-1276fbca1838 AS runtime
+FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS runtime
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Host keys that packages generate at install time would be shared by every container (and stay in
 # this layer): they go in the same step; keys are made per run where ssh is used.
+COPY dlenv-runtime/apt.txt /etc/dlenv/apt-runtime.txt
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates python3 \
+ && xargs --no-run-if-empty --arg-file=/etc/dlenv/apt-runtime.txt env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
  && rm -rf /var/lib/apt/lists/* /etc/ssh/ssh_host_* \
  && useradd --create-home --uid 1000 --user-group --shell /bin/bash dlenv \
  && install -d -o dlenv -g dlenv /workspace
@@ -65,7 +77,7 @@ ENV PATH="/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:
     CHAINER_WARN_VERSION_MISMATCH="0"
 ARG DLENV_CONTENT_HASH=unset
 LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
-      org.dlenv.base="dlenv/base:bookworm-minbase-1276fbca1838" \
+      org.dlenv.base="dlenv/base:bookworm-minbase-324ac74f0d4e" \
       org.dlenv.component.chainer="7.8.1" \
       org.dlenv.component.cuda="12.6" \
       org.dlenv.component.cudnn="8.9.7.29" \
@@ -77,6 +89,7 @@ LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
       org.dlenv.component.setuptools="69.5.1" \
       org.dlenv.components="python=3.11,cuda=12.6,cudnn=8.9.7.29,nccl=2.21.5,numpy=1.26.4,setuptools=69.5.1,chainer=7.8.1,cupy=13.6.0,cython=3.0.12" \
       org.dlenv.dlenv-version="0.1.0" \
+      org.dlenv.lock="b317314c5c55954d4a2bb9405817b9abe532519b514e166d4f84120aa6e2d961" \
       org.dlenv.stack="chainer-gpu" \
       org.opencontainers.image.description="Chainer 7.8.1 with CuPy 13 for CUDA 12, cuDNN 8 and NCCL." \
       org.opencontainers.image.title="dlenv/chainer-gpu"

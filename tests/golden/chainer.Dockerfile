@@ -1,12 +1,15 @@
 # Rendered by dlenv 0.1.0 for stack "chainer" (python -> chainer). Do not edit: change the stack file.
 # Two stages: "build" holds compilers, headers, sources and the CA bundle; "runtime" receives only
 # install prefixes and the venv, one COPY per layer group, heaviest and most stable first.
+# Locked by chainer.lock (pins c56ce61731a4b8fa).
 
-FROM dlenv/base:bookworm-minbase-1276fbca1838 AS build
+FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
+# Every package this stage installs or upgrades, at the version the lock names.
+COPY dlenv-build/apt-build.txt /etc/dlenv-build/apt-build.txt
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential ca-certificates python3 python3-dev python3-venv \
+ && xargs --no-run-if-empty --arg-file=/etc/dlenv-build/apt-build.txt apt-get install -y --no-install-recommends \
  && rm -rf /var/lib/apt/lists/*
 # The CA bundle lets pip reach the package index; it exists in this stage only.
 COPY dlenv-build/ca.crt /etc/dlenv-build/ca.crt
@@ -22,23 +25,28 @@ COPY dlenv-build/constraints.txt /etc/dlenv-build/constraints.txt
 ENV PIP_CONSTRAINT=/etc/dlenv-build/constraints.txt
 
 # --- numpy 1.26.4 [python]
-RUN /opt/venv/bin/pip install numpy==1.26.4
+COPY dlenv-build/pylock/numpy.txt /etc/dlenv-build/pylock/numpy.txt
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /etc/dlenv-build/pylock/numpy.txt
 
 # --- setuptools 69.5.1 [python]
-RUN /opt/venv/bin/pip install setuptools==69.5.1 wheel==0.43.0
+COPY dlenv-build/pylock/setuptools.txt /etc/dlenv-build/pylock/setuptools.txt
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /etc/dlenv-build/pylock/setuptools.txt
 
 # --- chainer 7.8.1 [python]
-RUN /opt/venv/bin/pip install --no-build-isolation chainer==7.8.1
+COPY dlenv-build/pylock/chainer.txt /etc/dlenv-build/pylock/chainer.txt
+RUN /opt/venv/bin/pip install --no-build-isolation --no-deps --require-hashes -r /etc/dlenv-build/pylock/chainer.txt
 
 # --- cython 3.0.12 [python]
-RUN /opt/venv/bin/pip install Cython==3.0.12
+COPY dlenv-build/pylock/cython.txt /etc/dlenv-build/pylock/cython.txt
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /etc/dlenv-build/pylock/cython.txt
 
-FROM dlenv/base:bookworm-minbase-1276fbca1838 AS runtime
+FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS runtime
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Host keys that packages generate at install time would be shared by every container (and stay in
 # this layer): they go in the same step; keys are made per run where ssh is used.
+COPY dlenv-runtime/apt.txt /etc/dlenv/apt-runtime.txt
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates python3 \
+ && xargs --no-run-if-empty --arg-file=/etc/dlenv/apt-runtime.txt env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
  && rm -rf /var/lib/apt/lists/* /etc/ssh/ssh_host_* \
  && useradd --create-home --uid 1000 --user-group --shell /bin/bash dlenv \
  && install -d -o dlenv -g dlenv /workspace
@@ -50,7 +58,7 @@ ENV PATH="/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:
     CHAINER_WARN_VERSION_MISMATCH="0"
 ARG DLENV_CONTENT_HASH=unset
 LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
-      org.dlenv.base="dlenv/base:bookworm-minbase-1276fbca1838" \
+      org.dlenv.base="dlenv/base:bookworm-minbase-324ac74f0d4e" \
       org.dlenv.component.chainer="7.8.1" \
       org.dlenv.component.cython="3.0.12" \
       org.dlenv.component.numpy="1.26.4" \
@@ -58,6 +66,7 @@ LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
       org.dlenv.component.setuptools="69.5.1" \
       org.dlenv.components="python=3.11,numpy=1.26.4,setuptools=69.5.1,chainer=7.8.1,cython=3.0.12" \
       org.dlenv.dlenv-version="0.1.0" \
+      org.dlenv.lock="c56ce61731a4b8fa63807a2e1161fc8fddb8d5be79205ffc1462125e113de7d2" \
       org.dlenv.stack="chainer" \
       org.opencontainers.image.description="Chainer 7.8.1 (CPU) with NumPy and Cython." \
       org.opencontainers.image.title="dlenv/chainer"

@@ -1,12 +1,15 @@
 # Rendered by dlenv 0.1.0 for stack "datascience" (python -> datascience). Do not edit: change the stack file.
 # Two stages: "build" holds compilers, headers, sources and the CA bundle; "runtime" receives only
 # install prefixes and the venv, one COPY per layer group, heaviest and most stable first.
+# Locked by datascience.lock (pins 0dbc87177a7650f1).
 
-FROM dlenv/base:bookworm-minbase-1276fbca1838 AS build
+FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
+# Every package this stage installs or upgrades, at the version the lock names.
+COPY dlenv-build/apt-build.txt /etc/dlenv-build/apt-build.txt
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential ca-certificates python3 python3-dev python3-venv \
+ && xargs --no-run-if-empty --arg-file=/etc/dlenv-build/apt-build.txt apt-get install -y --no-install-recommends \
  && rm -rf /var/lib/apt/lists/*
 # The CA bundle lets pip reach the package index; it exists in this stage only.
 COPY dlenv-build/ca.crt /etc/dlenv-build/ca.crt
@@ -22,17 +25,20 @@ COPY dlenv-build/constraints.txt /etc/dlenv-build/constraints.txt
 ENV PIP_CONSTRAINT=/etc/dlenv-build/constraints.txt
 
 # --- numpy 1.26.4 [python]
-RUN /opt/venv/bin/pip install numpy==1.26.4
+COPY dlenv-build/pylock/numpy.txt /etc/dlenv-build/pylock/numpy.txt
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /etc/dlenv-build/pylock/numpy.txt
 
 # --- the stack's own Python packages (last: changing them reuses every layer above)
-RUN /opt/venv/bin/pip install --prefix /opt/leaf jupyter-server==2.14.2 scikit-learn==1.5.2 scipy==1.13.1 pandas==2.2.3 matplotlib==3.9.2 numba==0.60.0 librosa==0.10.2.post1
+COPY dlenv-build/pylock/python_packages.txt /etc/dlenv-build/pylock/python_packages.txt
+RUN /opt/venv/bin/pip install --prefix /opt/leaf --no-deps --require-hashes -r /etc/dlenv-build/pylock/python_packages.txt
 
-FROM dlenv/base:bookworm-minbase-1276fbca1838 AS runtime
+FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS runtime
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Host keys that packages generate at install time would be shared by every container (and stay in
 # this layer): they go in the same step; keys are made per run where ssh is used.
+COPY dlenv-runtime/apt.txt /etc/dlenv/apt-runtime.txt
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates python3 \
+ && xargs --no-run-if-empty --arg-file=/etc/dlenv/apt-runtime.txt env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
  && rm -rf /var/lib/apt/lists/* /etc/ssh/ssh_host_* \
  && useradd --create-home --uid 1000 --user-group --shell /bin/bash dlenv \
  && install -d -o dlenv -g dlenv /workspace
@@ -47,11 +53,12 @@ ENV PATH="/opt/leaf/bin:/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/
     PYTHONPATH="/opt/leaf/lib/python3.11/site-packages"
 ARG DLENV_CONTENT_HASH=unset
 LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
-      org.dlenv.base="dlenv/base:bookworm-minbase-1276fbca1838" \
+      org.dlenv.base="dlenv/base:bookworm-minbase-324ac74f0d4e" \
       org.dlenv.component.numpy="1.26.4" \
       org.dlenv.component.python="3.11" \
       org.dlenv.components="python=3.11,numpy=1.26.4" \
       org.dlenv.dlenv-version="0.1.0" \
+      org.dlenv.lock="0dbc87177a7650f145e47b358a8ab35e61ba8b1752bd66a3195491d083515c8e" \
       org.dlenv.stack="datascience" \
       org.opencontainers.image.description="Jupyter Server, scikit-learn, pandas, matplotlib and librosa on Python 3.11." \
       org.opencontainers.image.title="dlenv/datascience"

@@ -1,12 +1,15 @@
 # Rendered by dlenv 0.1.0 for stack "python" (python). Do not edit: change the stack file.
 # Two stages: "build" holds compilers, headers, sources and the CA bundle; "runtime" receives only
 # install prefixes and the venv, one COPY per layer group, heaviest and most stable first.
+# Locked by python.lock (pins 0a14a90e929271db).
 
-FROM dlenv/base:bookworm-minbase-1276fbca1838 AS build
+FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
+# Every package this stage installs or upgrades, at the version the lock names.
+COPY dlenv-build/apt-build.txt /etc/dlenv-build/apt-build.txt
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential ca-certificates python3 python3-dev python3-venv \
+ && xargs --no-run-if-empty --arg-file=/etc/dlenv-build/apt-build.txt apt-get install -y --no-install-recommends \
  && rm -rf /var/lib/apt/lists/*
 # The CA bundle lets pip reach the package index; it exists in this stage only.
 COPY dlenv-build/ca.crt /etc/dlenv-build/ca.crt
@@ -19,12 +22,13 @@ ENV PIP_CERT=/etc/dlenv-build/ca.crt PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_
 # --- python 3.11 [system]
 RUN python3 -m venv /opt/venv
 
-FROM dlenv/base:bookworm-minbase-1276fbca1838 AS runtime
+FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS runtime
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Host keys that packages generate at install time would be shared by every container (and stay in
 # this layer): they go in the same step; keys are made per run where ssh is used.
+COPY dlenv-runtime/apt.txt /etc/dlenv/apt-runtime.txt
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates python3 \
+ && xargs --no-run-if-empty --arg-file=/etc/dlenv/apt-runtime.txt env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
  && rm -rf /var/lib/apt/lists/* /etc/ssh/ssh_host_* \
  && useradd --create-home --uid 1000 --user-group --shell /bin/bash dlenv \
  && install -d -o dlenv -g dlenv /workspace
@@ -35,10 +39,11 @@ RUN ldconfig
 ENV PATH="/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ARG DLENV_CONTENT_HASH=unset
 LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
-      org.dlenv.base="dlenv/base:bookworm-minbase-1276fbca1838" \
+      org.dlenv.base="dlenv/base:bookworm-minbase-324ac74f0d4e" \
       org.dlenv.component.python="3.11" \
       org.dlenv.components="python=3.11" \
       org.dlenv.dlenv-version="0.1.0" \
+      org.dlenv.lock="0a14a90e929271db159a7a4fb258f9f5b6f3d659cc876533b75b45fd420708f0" \
       org.dlenv.stack="python" \
       org.opencontainers.image.description="Python 3.11 on Debian bookworm with a virtual environment at /opt/venv." \
       org.opencontainers.image.title="dlenv/python"
