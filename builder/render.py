@@ -215,6 +215,9 @@ def render_context(resolved: ResolvedStack, lock: Lock | None = None) -> BuildCo
         f"{LABEL_PREFIX}.lock": lock.digest if lock is not None else "unlocked",
     }
     labels.update({f"{LABEL_PREFIX}.component.{k}": v for k, v in versions.items()})
+    # What a compiled component was built from, checksum included, so an SBOM can name it.
+    labels.update({f"{LABEL_PREFIX}.source.{comp}": f"{src['package']}={src['version']} {src['file']} sha256:{src['sha256']}"
+                   for comp, src in sources.items() if src.get("sha256")})
 
     context = {
         "dlenv_version": __version__,

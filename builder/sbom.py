@@ -31,6 +31,7 @@ from .errors import DlenvError, EngineError
 HASH_LABEL = "org.dlenv.content-hash"     # = build.HASH_LABEL (not imported: build pulls in verify)
 STACK_LABEL = "org.dlenv.stack"
 COMPONENT_LABEL = "org.dlenv.component."
+SOURCE_LABEL = "org.dlenv.source."        # "<package>=<version> <file> sha256:<hex>", from the lock
 RECIPE_LABEL = "org.dlenv.base-recipe"    # suite/variant/SOURCE_DATE_EPOCH of a bootstrapped base
 DLENV_LABELS = "org.dlenv."
 ECOSYSTEMS = ("deb", "pypi", "generic")   # the order of components in every output
@@ -237,7 +238,8 @@ def compiled_sources(labels: dict, catalog, reported: dict) -> list:
     """Components that dlenv compiles from a Debian source package (their version has a
     `debian_source` var): the component version comes from the image's label, the source package
     version from the catalog's data for that version, and `reported` holds what the image's own
-    tool says (`ompi_info --version`). No checksum is invented: none is recorded in the image."""
+    tool says (`ompi_info --version`). A locked image names the source package, its tarball and
+    the tarball's sha256 in a label (`org.dlenv.source.<component>`); without it no checksum is invented."""
     out = []
     for label, version in sorted(labels.items()):
         if not label.startswith(COMPONENT_LABEL):
@@ -248,17 +250,25 @@ def compiled_sources(labels: dict, catalog, reported: dict) -> list:
             cv = comp.version(version)
         except DlenvError:
             continue
-        source = cv.vars.get("debian_source")
-        if not source:
-            continue
-        tarball = f"{name}_{upstream_version(str(source))}.orig.tar.xz"
+        locked = re.match(r"^([a-z0-9][a-z0-9+.-]*)=(\S+) (\S+) sha256:([0-9a-f]{64})$",
+                          labels.get(f"{SOURCE_LABEL}{name}", ""))
+        if locked:
+            package, source, tarball, sha = locked.groups()
+            origin = f"image label {SOURCE_LABEL}{name}, from the lock"
+            checksum = f"sha256:{sha}"
+        else:
+            package, source = name, cv.vars.get("debian_source")
+            if not source:
+                continue
+            tarball = f"{name}_{upstream_version(str(source))}.orig.tar.xz"
+            origin = f"catalog data for {name} {version}"
+            checksum = (f"not recorded in the image (built without a lock): apt-get source checks {tarball} "
+                        f"against the signed .dsc of {name} {source} at build time")
         props = [
             ("dlenv:component", f"{name}={version} (image label {label})"),
-            ("dlenv:debian-source", f"{name} {source} (catalog data for {name} {version})"),
+            ("dlenv:debian-source", f"{package} {source} ({origin})"),
             ("dlenv:upstream-tarball", tarball),
-            ("dlenv:upstream-tarball-checksum",
-             f"not recorded in the image: apt-get source checks {tarball} against the signed .dsc of "
-             f"{name} {source} at build time; the lock will pin it"),
+            ("dlenv:upstream-tarball-checksum", checksum),
             ("dlenv:reported-version", reported.get(name) or "not reported by the image"),
         ]
         out.append(Package("generic", name, version, location=comp.prefix or "", properties=tuple(props)))
@@ -366,6 +376,9 @@ def to_cyclonedx(inv: Inventory, timestamp: str | None = None) -> dict:
             props.append(("dlenv:location", pkg.location))
         elif pkg.ecosystem != "deb":
             props += [("dlenv:location", pkg.location), *pkg.properties]
+            checksum = pkg.prop("dlenv:upstream-tarball-checksum") or ""
+            if checksum.startswith("sha256:"):
+                entry["hashes"] = [{"alg": "SHA-256", "content": checksum.split(":", 1)[1]}]
             source = _debian_source(pkg)
             if source:
                 entry["pedigree"] = {"ancestors": [{
@@ -437,15 +450,22 @@ def to_spdx(inv: Inventory, created: str | None = None) -> dict:
         source = _debian_source(pkg) if pkg.ecosystem == "generic" else None
         if source:
             src_id = _spdx_id("debsrc", source[0], f"{ref}#debian-source")
-            extra.append((src_id, {
+            checksum = pkg.prop("dlenv:upstream-tarball-checksum") or ""
+            tarball = pkg.prop("dlenv:upstream-tarball")
+            src_entry = {
                 "name": source[0], "SPDXID": src_id, "versionInfo": source[1], "downloadLocation": "NOASSERTION",
                 "filesAnalyzed": False, "primaryPackagePurpose": "SOURCE",
                 "externalRefs": [{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl",
                                   "referenceLocator": debian_source_purl(source[0], source[1], inv.os_id,
                                                                          inv.os_version)}],
-                "comment": f"Debian source package; its upstream tarball {pkg.prop('dlenv:upstream-tarball')} "
-                           "has no checksum recorded in the image",
-            }))
+                "comment": (f"Debian source package; its upstream tarball {tarball} has sha256 {checksum[7:]} (locked)"
+                            if checksum.startswith("sha256:") else
+                            f"Debian source package; its upstream tarball {tarball} has no checksum recorded in the image"),
+            }
+            if checksum.startswith("sha256:"):
+                src_entry["packageFileName"] = tarball
+                src_entry["checksums"] = [{"algorithm": "SHA256", "checksumValue": checksum[7:]}]
+            extra.append((src_id, src_entry))
             relationships.append({"spdxElementId": sid, "relationshipType": "GENERATED_FROM",
                                   "relatedSpdxElement": src_id})
     packages += [e for _, e in contained] + [e for _, e in sorted(extra, key=lambda x: x[0])]

@@ -271,3 +271,11 @@ def test_a_build_that_meets_a_missing_pin_says_which_and_what_to_do():
                        ["ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE."])
     assert "does not match the sha256 in the lock" in hint
     assert _build_hint("returned a non-zero code: 2", ["make: *** [all] Error 2"]) is None
+
+
+@pytest.mark.parametrize("stack", ["python", "chainer", "chainer-gpu", "chainermn", "datascience"])
+def test_every_catalog_stack_has_a_lock_that_matches_it(stack):
+    """CI builds the catalog from these locks: a stack edited without `dlenv lock` fails here."""
+    p = plan(stack)
+    assert p.lock_state == "locked", f"stacks/{stack}.lock: {p.lock_state} {p.stale_reason}"
+    assert p.lock.platform["arch"] == "amd64" and p.lock.base["rootfs_sha256"]

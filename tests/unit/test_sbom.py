@@ -421,3 +421,22 @@ def test_image_for_tells_images_from_stacks(monkeypatch):
 def test_sbom_into_a_missing_folder_is_one_line(cli, fake_engine, tmp_path):
     result = cli("sbom", "demo:a", "-o", tmp_path / "no" / "such" / "bom.json")
     assert result.exit_code == 1 and "cannot write" in result.stderr and "Traceback" not in result.output
+
+
+def test_a_locked_image_names_its_source_tarball_and_checksum(fake):
+    fake.component("openmpi", group="compile", versions={"4.1.4": {"vars": {"debian_source": "4.1.4-3"}}},
+                   default="4.1.4", prefix="/opt/openmpi")
+    fake.component("python", group="system", versions={"3.11": {}}, default="3.11")
+    lab = labels(HASH_A, "demo", python="3.11", openmpi="4.1.4")
+    lab["org.dlenv.source.openmpi"] = f"openmpi=4.1.4-3 openmpi_4.1.4.orig.tar.xz sha256:{'d' * 64}"
+    inv = S.inventory_from_output(COLLECTED, attrs(lab), image="dlenv/demo:latest", catalog=fake.catalog)
+    ompi = inv.packages[-1]
+    assert ompi.prop("dlenv:upstream-tarball-checksum") == f"sha256:{'d' * 64}"
+    assert ompi.prop("dlenv:debian-source").startswith("openmpi 4.1.4-3 (image label org.dlenv.source.openmpi")
+    entry = next(c for c in S.to_cyclonedx(inv)["components"] if c["name"] == "openmpi")
+    assert entry["hashes"] == [{"alg": "SHA-256", "content": "d" * 64}]
+    assert entry["pedigree"]["ancestors"][0]["version"] == "4.1.4-3"
+    spdx = S.to_spdx(inv)
+    src = next(p for p in spdx["packages"] if p.get("primaryPackagePurpose") == "SOURCE")
+    assert src["checksums"] == [{"algorithm": "SHA256", "checksumValue": "d" * 64}]
+    assert src["packageFileName"] == "openmpi_4.1.4.orig.tar.xz"
