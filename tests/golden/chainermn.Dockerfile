@@ -125,6 +125,7 @@ LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
       org.dlenv.components="openssh=9.2,python=3.11,cuda-headers=12.6,openmpi=4.1.4,cuda=12.6,cudnn=8.9.7.29,nccl=2.21.5,numpy=1.26.4,setuptools=69.5.1,chainer=7.8.1,cupy=13.6.0,cython=3.0.12,mpi4py=3.1.6" \
       org.dlenv.dlenv-version="0.1.0" \
       org.dlenv.lock="ca9eecee95776329763b95194476aa88afba880f77e9b502beabde4bbcc4849c" \
+      org.dlenv.source.openmpi="openmpi=4.1.4-3 openmpi_4.1.4.orig.tar.xz sha256:ddaee7dbdb01eb4fab1fda5b5e03e8bbff026711806c095c1f39bb410f99f263" \
       org.dlenv.stack="chainermn" \
       org.opencontainers.image.description="ChainerMN (Chainer 7.8.1, CuPy 13, CUDA 12, cuDNN 8, NCCL) with CUDA-aware Open MPI 4.1 and mpi4py." \
       org.opencontainers.image.title="dlenv/chainermn"
