@@ -251,6 +251,13 @@ def render_context(resolved: ResolvedStack, lock: Lock | None = None) -> BuildCo
         "runtime_files": RUNTIME_FILES,
         "label_prefix": LABEL_PREFIX,
     }
+    # Build-time commands go in exec form: the JSON array quotes the command as one argument to bash
+    # (no Dockerfile or shell word splitting of the user's text; Docker expands nothing in RUN).
+    run_commands = []
+    for rc in resolved.merged.run:
+        prefix = [] if rc.as_root else ["runuser", "-u", RUNTIME_USER, "--", "env", f"HOME=/home/{RUNTIME_USER}"]
+        run_commands.append(json.dumps(prefix + ["bash", "-o", "pipefail", "-c", rc.command]))
+    context["run_commands"] = run_commands
     copy_blocks = projectfiles.collect(resolved.merged.files, prefix=COPIED_FILES)
     context["copies"] = [
         {"source": f"{COPIED_FILES}/{b.index}/" if b.is_dir else next(iter(b.files), f"{COPIED_FILES}/{b.index}/"),

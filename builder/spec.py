@@ -115,6 +115,15 @@ def _translate(err: jsonschema.ValidationError, lines: LineMap, path: Path, sche
     line = _line_for(lines, fpath)
     where = field_name(fpath)
     v = err.validator
+    if v == "oneOf" and err.context:
+        # Explain the error of the alternative written (a string, or a mapping), not "no alternative matched".
+        kind = "object" if isinstance(err.instance, dict) else "string" if isinstance(err.instance, str) else None
+        branches = err.validator_value
+        suited = [e for e in err.context
+                  if kind and isinstance(branches[e.relative_schema_path[0]], dict)
+                  and branches[e.relative_schema_path[0]].get("type", _ref_type(branches[e.relative_schema_path[0]], schema)) == kind]
+        if suited:
+            return _translate(sorted(suited, key=lambda e: -len(e.absolute_path))[0], lines, path, schema)
     if v == "additionalProperties" and isinstance(err.instance, dict):
         allowed = set(err.schema.get("properties", {}))
         unknown = sorted(set(err.instance) - allowed)
@@ -147,6 +156,13 @@ def _translate(err: jsonschema.ValidationError, lines: LineMap, path: Path, sche
     if v in ("maxLength", "maxItems", "maxProperties", "maximum", "minimum"):
         return SpecError(path, f"value out of range ({v} {err.validator_value})", line=line, field=where)
     return SpecError(path, " ".join(err.message.split())[:200], line=line, field=where)
+
+
+def _ref_type(branch: dict, schema: dict) -> str | None:
+    ref = branch.get("$ref", "")
+    if ref.startswith("#/$defs/"):
+        return schema.get("$defs", {}).get(ref.rsplit("/", 1)[-1], {}).get("type")
+    return None
 
 
 def _shown(value) -> str:
@@ -241,6 +257,14 @@ class Check:
 
 
 @dataclass(frozen=True)
+class RunCommand:
+    """A build-time command of a stack (`run:`), run in the runtime stage after its files are copied."""
+    command: str
+    as_root: bool = False
+    origin: str = ""
+
+
+@dataclass(frozen=True)
 class StackSpec:
     path: Path
     name: str
@@ -254,6 +278,7 @@ class StackSpec:
     checks: tuple
     testinfra: Path | None = None
     files: tuple = ()           # CopiedFile, from this file's folder
+    run: tuple = ()             # RunCommand, in order
     lines: dict = field(repr=False, compare=False, default_factory=dict)
 
     def line(self, *fpath) -> int | None:
@@ -276,6 +301,9 @@ def load_stack_file(path: Path) -> StackSpec:
                    for i, c in enumerate(data.get("checks", [])))
     files = tuple(_copied_file(path, entry, lines.get(("files", i)), f"files[{i}]")
                   for i, entry in enumerate(data.get("files", [])))
+    run = tuple(RunCommand(e, False, f"{path}:{lines.get(('run', i)) or ''}") if isinstance(e, str)
+                else RunCommand(e["command"], bool(e.get("as_root", False)), f"{path}:{lines.get(('run', i)) or ''}")
+                for i, e in enumerate(data.get("run", [])))
     testinfra_file = None
     if "testinfra" in data:
         testinfra_file = _inside(path, data["testinfra"], lines.get(("testinfra",)), "testinfra")
@@ -283,7 +311,7 @@ def load_stack_file(path: Path) -> StackSpec:
         path=path, name=data["name"], description=data.get("description", ""), extends=data.get("extends"),
         base=data.get("base"), components=dict(data.get("components", {})),
         python_packages=tuple(data.get("python_packages", [])), apt_packages=tuple(data.get("apt_packages", [])),
-        env=dict(data.get("env", {})), checks=checks, testinfra=testinfra_file, files=files, lines=lines,
+        env=dict(data.get("env", {})), checks=checks, testinfra=testinfra_file, files=files, run=run, lines=lines,
     )
 
 
@@ -411,6 +439,7 @@ class MergedStack:
     checks: tuple
     testinfra: tuple = ()       # pytest-testinfra files named by the chain
     files: tuple = ()           # CopiedFile from every stack of the chain, root first
+    run: tuple = ()             # RunCommand from every stack of the chain, root first
 
     @property
     def path(self) -> Path:
@@ -444,6 +473,7 @@ def merge_chain(chain: list[StackSpec]) -> MergedStack:
         python_packages=tuple(python_packages.values()), apt_packages=tuple(sorted(apt)), env=env,
         checks=tuple(checks), testinfra=tuple(s.testinfra for s in chain if s.testinfra),
         files=tuple(f for s in chain for f in s.files),
+        run=tuple(r for s in chain for r in s.run),
     )
 
 

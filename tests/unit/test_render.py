@@ -258,3 +258,26 @@ def test_apt_packages_of_the_stack_reach_both_stages_quoted():
     for stage in ("build", "runtime"):
         line = next(ln for ln in logical_lines(parts[stage]) if "apt-get install" in ln)
         assert "curl" in shlex.split(line.removeprefix("RUN ")) and "less" in shlex.split(line.removeprefix("RUN "))
+
+
+def test_build_time_commands_render_in_exec_form_as_the_image_user(tmp_path):
+    """A `run:` command reaches the Dockerfile as one JSON-quoted argument of bash: quotes, `$`,
+    newlines and `&&` stay the user's shell text, never Dockerfile syntax; as_root drops runuser."""
+    import json as _json
+    from builder.build import plan
+    stack = tmp_path / "dlenv.yaml"
+    stack.write_text('schema: 1\nname: rt\nextends: python\nrun:\n'
+                     '  - "echo \\"$HOME\\" it\'s && printf \'%s\\\\n\' x > ~/f"\n'
+                     '  - command: |\n      install -d -o dlenv /scratch\n      touch /scratch/a\n    as_root: true\n')
+    df = plan(str(stack)).context.dockerfile
+    runs = [ln[len("RUN "):] for ln in df.splitlines() if ln.startswith('RUN ["')]
+    assert len(runs) == 2
+    first, second = (_json.loads(r) for r in runs)
+    assert first[:6] == ["runuser", "-u", "dlenv", "--", "env", "HOME=/home/dlenv"]
+    assert first[6:10] == ["bash", "-o", "pipefail", "-c"] and first[10] == "echo \"$HOME\" it's && printf '%s\\n' x > ~/f"
+    assert second == ["bash", "-o", "pipefail", "-c", "install -d -o dlenv /scratch\ntouch /scratch/a\n"]
+    # after the copied files, before the labels; the commands change the content hash
+    assert df.index('RUN ["runuser"') > df.index("FROM dlenv/base") and df.index('RUN ["runuser"') < df.index("LABEL")
+    before = plan(str(stack)).content_hash
+    stack.write_text(stack.read_text().replace("touch /scratch/a", "touch /scratch/b"))
+    assert plan(str(stack)).content_hash != before
