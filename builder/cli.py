@@ -106,35 +106,57 @@ def _plan(ref: str):
 
 @main.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--markdown", is_flag=True, help="The catalog table of the README (no engine needed).")
 @click.pass_obj
-def list_cmd(ctx: Ctx, as_json):
+def list_cmd(ctx: Ctx, as_json, markdown):
     """The catalog's stacks."""
     from . import engine, paths
     from .build import promoted_image
     from .errors import DlenvError
     from .spec import catalog_stack_names
-    try:
-        client = engine.connect(timeout=5)
-    except DlenvError:
-        client = None  # the catalog needs no engine; "built" is then unknown
+    client = None  # the catalog needs no engine; "built" is then unknown
+    if not markdown:
+        try:
+            client = engine.connect(timeout=5)
+        except DlenvError:
+            pass
     rows = []
     for name in catalog_stack_names(paths.stacks_dir()):
         p = _plan(name)
         chain = p.resolved.merged.chain
         rows.append({"stack": name, "extends": chain[-2].name if len(chain) > 1 else "",
-                     "versions": p.resolved.versions(), "hash": p.content_hash[:16],
+                     "versions": p.resolved.versions(), "hash": p.content_hash[:16], "lock": p.lock_state,
+                     "python_packages": [t for t, _ in p.resolved.merged.python_packages],
                      "built": None if client is None else promoted_image(client, p) is not None,
                      "description": p.resolved.merged.description})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    if markdown:
+        click.echo(catalog_markdown(rows), nl=False)
+        return
     from rich.table import Table
-    table = Table("stack", "extends", "key versions", "content hash", "built")
+    table = Table("stack", "extends", "key versions", "lock", "content hash", "built")
     for r in rows:
         keys = [f"{k} {v}" for k, v in r["versions"].items() if k in ("python", "chainer", "cupy", "cuda", "openmpi", "mpi4py")]
         built = {True: "yes", False: "no", None: "?"}[r["built"]]
-        table.add_row(r["stack"], r["extends"], ", ".join(keys), r["hash"], built)
+        table.add_row(r["stack"], r["extends"], ", ".join(keys), r["lock"], r["hash"], built)
     ctx.console.print(table)
+
+
+MARKDOWN_SKIP = ("cuda-headers", "setuptools", "openssh")   # build helpers, not what a reader looks for
+
+
+def catalog_markdown(rows: list) -> str:
+    """The README's catalog table: one row per stack, every component version it resolves to."""
+    lines = ["| stack | extends | what it is | versions (resolved and locked) |", "|---|---|---|---|"]
+    for r in rows:
+        versions = ", ".join(f"{k} {v}" for k, v in r["versions"].items() if k not in MARKDOWN_SKIP)
+        if r["python_packages"]:
+            versions += "; " + ", ".join(r["python_packages"])
+        extends = f"`{r['extends']}`" if r["extends"] else ""
+        lines.append(f"| `{r['stack']}` | {extends} | {r['description']} | {versions} |")
+    return "\n".join(lines) + "\n"
 
 
 @main.command()
@@ -149,13 +171,25 @@ def show(ctx: Ctx, stack, as_json):
             "components": [{"name": c.name, "version": c.version.text, "group": c.component.group, "reason": c.reason}
                            for c in p.resolved.components],
             "python_packages": [t for t, _ in p.resolved.merged.python_packages],
-            "apt_runtime": p.resolved.apt_runtime}
+            "apt_runtime": p.resolved.apt_runtime,
+            "lock": {"file": str(p.lock_file), "state": p.lock_state, "stale_because": p.stale_reason,
+                     "digest": p.lock.digest if p.lock is not None and p.lock_state == "locked" else "",
+                     **(p.lock.counts() if p.lock is not None and p.lock_state == "locked" else {})}}
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
     from rich.table import Table
     ctx.console.print(f"[bold]{data['stack']}[/bold]  {data['image']}")
     ctx.console.print(f"content hash {data['content_hash']}")
+    lk = data["lock"]
+    if lk["state"] == "locked":
+        ctx.console.print(f"lock {lk['file']}: {lk['debian']} Debian packages, {lk['python']} Python packages, "
+                          f"{lk['sources']} source package(s)")
+    elif lk["state"] == "stale":
+        ctx.console.print(f"[yellow]lock {lk['file']} is stale ({lk['stale_because']}): `dlenv lock` or "
+                          "`dlenv build --relock`[/yellow]")
+    else:
+        ctx.console.print(f"[yellow]no lock ({lk['file']}): `dlenv build` writes one, or run `dlenv lock`[/yellow]")
     table = Table("component", "version", "layer group", "why")
     for c in data["components"]:
         table.add_row(c["name"], c["version"], c["group"], c["reason"])

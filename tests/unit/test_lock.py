@@ -279,3 +279,10 @@ def test_every_catalog_stack_has_a_lock_that_matches_it(stack):
     p = plan(stack)
     assert p.lock_state == "locked", f"stacks/{stack}.lock: {p.lock_state} {p.stale_reason}"
     assert p.lock.platform["arch"] == "amd64" and p.lock.base["rootfs_sha256"]
+
+
+def test_the_readme_catalog_table_is_what_dlenv_list_markdown_prints():
+    res = CliRunner().invoke(main, ["list", "--markdown"], env=ENV)
+    assert res.exit_code == 0
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert res.output in readme, "regenerate the README's catalog table with `dlenv list --markdown`"
