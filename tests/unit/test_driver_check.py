@@ -1,16 +1,24 @@
 """The host driver check (builder/driver.py): parsing recorded-format `nvidia-smi` outputs, the
-comparison against the image's CUDA, the messages, and reading the host with faked commands."""
+comparison against the image's CUDA, the messages, reading the host with faked commands, and the
+CLI path (shell, run, verify) through CliRunner with the reading monkeypatched."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+import builder.build
+import builder.cli
 import builder.driver as driver
+import builder.engine
+import builder.session
+import builder.verify
 from builder.driver import HostDriver, Verdict, assess, check_host_driver, read_host_driver
 from builder.errors import DlenvError, DriverError
+from builder.verify import Report
 
 from dlenv_unit import ROOT
 
@@ -308,3 +316,134 @@ def test_check_raises_a_driver_error_or_warns():
     assert check_host_driver("nvidia", {"cuda": "12.6"}, IMAGE, read=new, on_warning=warnings.append,
                              environ={}).level == "ok"
     assert len(warnings) == 1
+
+
+# --- the CLI path ----------------------------------------------------------------------------------
+
+class FakeClient:
+    def __init__(self, runtimes):
+        self.runtimes = runtimes
+
+    def info(self):
+        return {"Runtimes": self.runtimes}
+
+
+@pytest.fixture
+def host(monkeypatch):
+    """An engine (nvidia runtime or not) and a host driver, with every container start recorded."""
+    state = SimpleNamespace(runtimes={"runc": {}}, driver=None, reads=0, started=[], builds=[])
+
+    def read():
+        state.reads += 1
+        return state.driver
+
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.setattr(builder.cli, "_WARNED", set())
+    monkeypatch.setattr(builder.engine, "connect", lambda *a, **k: FakeClient(state.runtimes))
+    monkeypatch.setattr(driver, "read_host_driver", read)
+    monkeypatch.setattr(builder.build, "promoted_image", lambda client, p: object())
+    monkeypatch.setattr(builder.build, "require_promoted", lambda client, p, target: None)
+    monkeypatch.setattr(builder.build, "build", lambda *a, **k: state.builds.append(a))
+    monkeypatch.setattr(builder.session, "shell",
+                        lambda client, image, opts, ident, command=None: state.started.append(("shell", opts.gpu)) or 0)
+    monkeypatch.setattr(builder.session, "run_mpi",
+                        lambda client, image, opts, ident, command, ranks, **k: state.started.append(("run", opts.gpu))
+                        or 0)
+    monkeypatch.setattr(builder.verify, "verify_image",
+                        lambda client, image, planned, **k: state.started.append(("verify", image)) or Report(image))
+    return state
+
+
+COMMANDS = {
+    "shell": ["shell", "chainermn", "--", "true"],
+    "run": ["run", "chainermn", "-n", "2", "--", "true"],
+    "verify": ["verify", "chainermn"],
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_too_old_driver_stops_with_one_line_before_any_container(cli, host, command):
+    host.runtimes = {"runc": {}, "nvidia": {"path": "nvidia-container-runtime"}}
+    host.driver = HostDriver("470.223.02", "11.4", "nvidia-smi")
+    result = cli(*COMMANDS[command])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("dlenv: error: the host's NVIDIA driver 470.223.02 (CUDA 11.4) is too old for "
+                               "CUDA 12.6 in dlenv/chainermn:")
+    assert "upgrade the host's NVIDIA driver" in lines[0] and "--skip-driver-check" in lines[0]
+    assert "Traceback" not in result.output
+    assert host.reads == 1 and host.started == [] and host.builds == []
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_gpu_less_host_does_not_run_the_check(cli, host, command):
+    host.driver = HostDriver("470.223.02", "11.4", "nvidia-smi")  # would fail, were it read
+    result = cli(*COMMANDS[command])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert host.reads == 0 and len(host.started) == 1
+    assert "driver" not in result.stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_skip_driver_check(cli, host, command):
+    host.runtimes = {"nvidia": {}}
+    host.driver = HostDriver("470.223.02", "11.4", "nvidia-smi")
+    argv = list(COMMANDS[command])
+    argv.insert(2, "--skip-driver-check")
+    result = cli(*argv)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert host.reads == 0 and len(host.started) == 1
+
+
+def test_partial_support_warns_and_starts(cli, host):
+    host.runtimes = {"nvidia": {}}
+    host.driver = HostDriver("535.183.01", "12.2", "nvidia-smi")
+    result = cli(*COMMANDS["shell"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert result.stderr.startswith("dlenv: warning: the host's NVIDIA driver 535.183.01 (CUDA 12.2) is older than "
+                                    "560.28.03")
+    assert host.started == [("shell", "nvidia")]
+
+
+def test_unreadable_driver_warns_and_starts(cli, host):
+    host.runtimes = {"nvidia": {}}
+    host.driver = HostDriver(problem="nvidia-smi not found; no /proc/driver/nvidia/version")
+    result = cli(*COMMANDS["run"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "dlenv: warning: the engine has the NVIDIA runtime but this host's NVIDIA driver version could not be " \
+           "read (nvidia-smi not found" in result.stderr
+    assert host.started == [("run", "nvidia")]
+
+
+def test_cpu_stack_on_a_gpu_host_is_not_checked(cli, host):
+    host.runtimes = {"nvidia": {}}
+    host.driver = HostDriver("470.223.02", "11.4", "nvidia-smi")
+    result = cli("shell", "chainer", "--", "true")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert host.reads == 0 and host.started == [("shell", "nvidia")]
+
+
+def test_missing_image_with_old_driver_fails_before_offering_a_build(cli, host, monkeypatch):
+    monkeypatch.setattr(builder.build, "promoted_image", lambda client, p: None)
+    host.runtimes = {"nvidia": {}}
+    host.driver = HostDriver("470.223.02", "11.4", "nvidia-smi")
+    result = cli("shell", "chainermn", "--build", "--", "true")
+    assert result.exit_code == 1 and "too old for CUDA 12.6" in result.stderr
+    assert host.builds == [] and host.started == []
+
+
+def test_verify_of_an_image_reference_reads_the_cuda_label(cli, host, monkeypatch):
+    labels = {"org.dlenv.stack": "chainermn", "org.dlenv.component.cuda": "12.6"}
+    monkeypatch.setattr(builder.engine, "image_attrs", lambda client, ref: {"Config": {"Labels": labels}})
+    host.runtimes = {"nvidia": {}}
+    host.driver = HostDriver("470.223.02", None, "/proc/driver/nvidia/version")
+    result = cli("verify", "registry.example/dlenv/chainermn:abc")
+    assert result.exit_code == 1
+    assert "too old for CUDA 12.6 in registry.example/dlenv/chainermn:abc" in result.stderr
+    assert host.started == []
+
+
+def test_help_mentions_the_flag(cli):
+    for command in ("shell", "run", "verify"):
+        assert "--skip-driver-check" in cli(command, "--help").stdout
