@@ -241,7 +241,8 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull):
 @click.option("--nodes", type=click.IntRange(1, 8), default=1, show_default=True,
               help="Run the MPI checks across this many containers on a private network (ssh launcher).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
-@click.option("--skip-driver-check", is_flag=True, help="Do not check the host's NVIDIA driver against the image's CUDA.")
+@click.option("--skip-driver-check", is_flag=True,
+              help="Do not check the host's NVIDIA driver against the image's CUDA.")
 @click.pass_obj
 def verify(ctx: Ctx, target, nodes, as_json, skip_driver_check):
     """Run the checks of STACK (or of the stack an IMAGE was built from) in a container."""
