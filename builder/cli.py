@@ -6,6 +6,7 @@ exit status 1 (tracebacks only with --debug); Ctrl-C exits 130.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -253,6 +254,9 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
     p = _plan(stack)
     registry = None if no_pull else load_settings({"registry": registry}).get("registry")
     client = engine.connect()
+    if not no_verify:  # the device checks of a GPU host would otherwise fail deep inside CuPy
+        from .cluster import gpu_runtime
+        _check_driver(gpu_runtime(client.info()), p.resolved.versions(), p.hash_tag, False)
     if p.lock_state != "locked" or relock:
         p = build_mod.ensure_lock(p, client, relock=relock, frozen=frozen, ca_bundle=ca_bundle, log=ctx.info,
                                   on_written=lambda new, report: _print_lock_written(ctx, p, new, report))
@@ -352,11 +356,14 @@ def lock(ctx: Ctx, stack, upgrade, upgrade_all, check, ca_bundle):
 @click.option("--nodes", type=click.IntRange(1, 8), default=1, show_default=True,
               help="Run the MPI checks across this many containers on a private network (ssh launcher).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@click.option("--skip-driver-check", is_flag=True,
+              help="Do not check the host's NVIDIA driver against the image's CUDA.")
 @click.pass_obj
-def verify(ctx: Ctx, target, nodes, as_json):
+def verify(ctx: Ctx, target, nodes, as_json, skip_driver_check):
     """Run the checks of STACK (or of the stack an IMAGE was built from) in a container."""
     from . import engine
     from .build import require_promoted
+    from .cluster import gpu_runtime
     from .errors import EngineError, VerifyError
     from .verify import plan_checks, verify_image
     client = engine.connect()
@@ -367,12 +374,16 @@ def verify(ctx: Ctx, target, nodes, as_json):
         stack = engine.image_labels(attrs).get("org.dlenv.stack")
         if not stack:
             raise EngineError(f"image {target} was not built by dlenv (no org.dlenv.stack label)")
-        p, image = _plan(stack), target
+        p, image, components = _plan(stack), target, engine.image_labels(attrs)
+        if p.lock is not None and components.get("org.dlenv.lock") != p.lock.digest:
+            p = dataclasses.replace(p, lock_state="other")  # built from another lock: no lock check
     else:
         p = _plan(target)
         require_promoted(client, p, target)
-        image = p.hash_tag
-    report = verify_image(client, image, plan_checks(p.resolved, p.lock if p.lock_state == "locked" else None), nodes=nodes,
+        image, components = p.hash_tag, p.resolved.versions()
+    _check_driver(gpu_runtime(client.info()), components, image, skip_driver_check)
+    report = verify_image(client, image, plan_checks(p.resolved, p.lock if p.lock_state == "locked" else None),
+                          nodes=nodes,
                           testinfra_files=p.resolved.merged.testinfra,
                           on_result=None if as_json or not ctx.err.is_terminal else (lambda r: _print_check(ctx, r)))
     if as_json:
@@ -406,11 +417,22 @@ def _print_report(ctx: Ctx, report) -> None:
     ctx.console.print(table)
 
 
-def _image_for_use(ctx: Ctx, client, stack: str, build: bool) -> str:
-    """The stack's promoted image for this content hash; offer (or, with --build, run) the build."""
+def _check_driver(gpu, components: dict, image: str, skip: bool) -> None:
+    """On the GPU path only: the host's NVIDIA driver against the image's CUDA, before any
+    container starts (an error for a driver too old to run it, a warning for partial support)."""
+    if skip or not gpu:
+        return
+    from .driver import check_host_driver
+    check_host_driver(gpu, components, image, on_warning=_warn_once)
+
+
+def _image_for_use(ctx: Ctx, client, stack: str, build: bool, gpu=None, skip_driver_check=False) -> str:
+    """The stack's promoted image for this content hash; offer (or, with --build, run) the build.
+    On a GPU host the driver is checked first, so a driver too old for the stack stops before a build."""
     from . import build as build_mod
     from .errors import EngineError
     p = _plan(stack)
+    _check_driver(gpu, p.resolved.versions(), p.hash_tag, skip_driver_check)
     if build_mod.promoted_image(client, p) is not None:
         return p.hash_tag
     if not build:
@@ -455,6 +477,8 @@ _use_options = [
     click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST:CONTAINER[:ro]",
                  help="Extra mount (repeatable); the Docker socket is refused."),
     click.option("--build", is_flag=True, help="Build the stack first if its image does not exist."),
+    click.option("--skip-driver-check", is_flag=True,
+                 help="Do not check the host's NVIDIA driver against the image's CUDA."),
 ]
 
 
@@ -471,14 +495,14 @@ def use_options(func):
               help="Publish a container port on 127.0.0.1 (repeatable).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
-def shell(ctx: Ctx, stack, shm_size, ipc, env, volumes, build, ports, command):
+def shell(ctx: Ctx, stack, shm_size, ipc, env, volumes, build, skip_driver_check, ports, command):
     """Open a shell in STACK's image with the current folder at /workspace, as you.
 
     `dlenv shell STACK -- CMD...` runs CMD instead and exits with its status.
     """
     from .session import host_identity, shell as run_shell
     client, opts = _container_options(shm_size, ipc, env, ports, volumes)
-    image = _image_for_use(ctx, client, stack, build)
+    image = _image_for_use(ctx, client, stack, build, opts.gpu, skip_driver_check)
     code = run_shell(client, image, opts, host_identity(), list(command) or None)
     sys.exit(code)
 
@@ -493,11 +517,11 @@ def shell(ctx: Ctx, stack, shm_size, ipc, env, volumes, build, ports, command):
 @use_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_obj
-def run(ctx: Ctx, stack, ranks, nodes, all_ranks, shm_size, ipc, env, volumes, build, command):
+def run(ctx: Ctx, stack, ranks, nodes, all_ranks, shm_size, ipc, env, volumes, build, skip_driver_check, command):
     """Run COMMAND under mpiexec in STACK's image, e.g. `dlenv run chainermn -n 4 -- python train.py`."""
     from .session import host_identity, run_mpi
     client, opts = _container_options(shm_size, ipc, env, (), volumes)
-    image = _image_for_use(ctx, client, stack, build)
+    image = _image_for_use(ctx, client, stack, build, opts.gpu, skip_driver_check)
     code = run_mpi(client, image, opts, host_identity(), list(command), ranks, nodes=nodes, all_ranks=all_ranks)
     sys.exit(code)
 

@@ -105,3 +105,7 @@ class ArchiveError(DlenvError):
 
 class UsageError(DlenvError):
     """A command-line value (-e, -p, -v) that cannot be used."""
+
+
+class DriverError(DlenvError):
+    """The host's NVIDIA driver is too old for the CUDA version of the image about to start."""
