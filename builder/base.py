@@ -83,13 +83,14 @@ def _mismatches(pins: dict, installed: dict) -> list[str]:
     return out
 
 
-def bootstrap(client, base: dict, log=lambda msg: None, pins: dict | None = None) -> str:
+def bootstrap(client, base: dict, log=lambda msg: None, pins: dict | None = None, ref: str | None = None) -> str:
+    """Bootstrap and import the base (as `ref`, default its recipe's name); returns the image id."""
     recipe = base_recipe(base)
     tool = shutil.which("mmdebstrap")
     if tool is None:
         raise BaseImageError("mmdebstrap is not installed; it bootstraps the default Debian base",
                              hint="apt-get install mmdebstrap")
-    ref = base_ref(base, pins)
+    ref = ref or base_ref(base, pins)
     sources = debian_sources(recipe["suite"], mirror=load_settings().get("debian_mirror"))
     workdir = Path(tempfile.mkdtemp(prefix="base-", dir=paths.state_dir()))
     try:
