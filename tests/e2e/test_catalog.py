@@ -26,13 +26,13 @@ pytestmark = pytest.mark.e2e
                      "pandas and matplotlib render a plot"}),
 ])
 def test_catalog_stack_builds_and_verifies(docker_client, run_dlenv, stack, must_pass):
-    built = run_dlenv("build", stack, timeout=2400)
+    built = run_dlenv("build", stack, "--locked", timeout=2400)
     assert built.returncode == 0, built.stderr[-4000:]
     verified = run_dlenv("verify", stack, "--json", timeout=900)
     report = json.loads(verified.stdout)
     assert verified.returncode == 0 and report["passed"], json.dumps(report, indent=1)[-4000:]
     passed = {c["name"] for c in report["checks"] if c["status"] == "passed"}
-    assert must_pass <= passed, must_pass - passed
+    assert must_pass | {"installed packages are the locked versions"} <= passed, must_pass - passed
     skipped = [c for c in report["checks"] if c["status"] == "skipped"]
     assert all("NVIDIA" in c["reason"] for c in skipped)
 

@@ -25,13 +25,15 @@ REQUIRED_CHECKS = {
 
 def test_chainermn_builds_verifies_and_noops(docker_client, run_dlenv, tmp_path):
     env = {"DLENV_STATE_DIR": str(tmp_path / "state")}
-    built = run_dlenv("build", "chainermn", env=env, timeout=3000)
+    # --locked: CI builds from the shipped lock and fails rather than write another one.
+    built = run_dlenv("build", "chainermn", "--locked", env=env, timeout=3000)
     print(built.stdout, built.stderr[-3000:])
     assert built.returncode == 0, built.stderr[-5000:]
     show = json.loads(run_dlenv("show", "chainermn", "--json", check=True).stdout)
     attrs = docker_client.api.inspect_image(show["image"])
     assert attrs["Config"]["Labels"]["org.dlenv.content-hash"] == show["content_hash"]
     assert attrs["Config"]["User"] == "1000:1000"
+    assert attrs["Config"]["Labels"]["org.dlenv.lock"] == show["lock"]["digest"]
 
     again = run_dlenv("build", "chainermn", env=env)
     assert again.returncode == 0 and "is up to date" in again.stdout, again.stderr
@@ -43,6 +45,7 @@ def test_chainermn_builds_verifies_and_noops(docker_client, run_dlenv, tmp_path)
     missing = REQUIRED_CHECKS - set(by_name)
     assert not missing, missing
     assert all(by_name[n]["status"] == "passed" for n in REQUIRED_CHECKS)
+    assert by_name["installed packages are the locked versions"]["status"] == "passed"
     smoke_lines = [ln for ln in by_name["ChainerMN trains with 2 ranks"]["output"].splitlines() if ln.startswith('{"size"')]
     smoke = json.loads(smoke_lines[-1])
     assert smoke["size"] == 2 and smoke["params_equal"] and smoke["last_loss"] < smoke["first_loss"]
@@ -186,13 +189,17 @@ def test_a_users_project_extending_chainermn(docker_client, run_dlenv, tmp_path)
     for image in docker_client.images.list(name="dlenv/chainermn-project"):
         for tag in image.tags:
             docker_client.images.remove(tag)  # a real build, not a no-op from an earlier run
+    lock_before = (repo / "dlenv.lock").read_bytes()
     built = run_dlenv("build", cwd=repo, timeout=1800)
     assert built.returncode == 0, built.stderr[-3000:]
     assert "checks passed" in built.stdout
+    # A colleague's fresh clone: the committed dlenv.lock is used as it is, not rewritten.
+    assert (repo / "dlenv.lock").read_bytes() == lock_before and "wrote" not in built.stderr
     verified = run_dlenv("verify", "--json", cwd=repo, timeout=600)
     report = json.loads(verified.stdout)
     assert verified.returncode == 0 and report["passed"]
-    assert {"the project's extra package is installed", "ChainerMN trains with 2 ranks"} <= {
+    assert {"the project's extra package is installed", "ChainerMN trains with 2 ranks",
+            "the build-time commands ran", "installed packages are the locked versions"} <= {
         c["name"] for c in report["checks"] if c["status"] == "passed"}
     ran = run_dlenv("run", ".", "-n", "2", "--", "python", "train.py", cwd=repo, timeout=600)
     assert ran.returncode == 0, ran.stderr
