@@ -3,6 +3,7 @@ validation, staleness (what changed), rendering from a lock, and the lock check'
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -286,3 +287,77 @@ def test_the_readme_catalog_table_is_what_dlenv_list_markdown_prints():
     assert res.exit_code == 0
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert res.output in readme, "regenerate the README's catalog table with `dlenv list --markdown`"
+
+
+# --- the locker's pin keeping, against a stand-in for the lock container ----------------------
+
+class FakeBox:
+    """Answers the locker's commands: records the constraints each pip step ran with and returns a
+    canned report; `fail_when` makes a dry run fail while its constraints contain that text."""
+
+    def __init__(self, reports: dict, fail_when: str | None = None):
+        self.reports, self.fail_when = reports, fail_when
+        self.files: dict = {}
+        self.constraints: list = []
+
+    def put(self, path, data):
+        self.files[path] = data.decode()
+
+    def sh(self, script, what, env=None):
+        if script.startswith("python3 -c"):
+            return "3.11.2\n"
+        if script.startswith("cat "):
+            step = script.rsplit("/", 1)[-1].removesuffix(".json")
+            return json.dumps(self.reports[step])
+        if "--dry-run" in script:
+            constraints = self.files[env["PIP_CONSTRAINT"]]
+            self.constraints.append(constraints)
+            if self.fail_when and self.fail_when in constraints:
+                raise LockError("resolving pip step failed: ResolutionImpossible")
+            return ""
+        return ""
+
+
+def _report(*pins):
+    return {"install": [_item(n, v, f"https://index.invalid/{n}-{v}-py3-none-any.whl", hashes={"sha256": SHA})
+                        for n, v in pins]}
+
+
+def _project_steps(tmp_path):
+    path = tmp_path / "dlenv.yaml"
+    path.write_text('schema: 1\nname: proj\nextends: python\npython_packages: ["requests>=2"]\n')
+    p = plan(str(path))
+    return p.resolved, L.pip_steps(p.resolved)
+
+
+def _previous(resolved, version):
+    lock = fake_lock(resolved)
+    return L.Lock(**{**lock.__dict__, "python": {"python_packages": (
+        L.PythonPin("requests", "2.31.0", "requests-2.31.0-py3-none-any.whl", SHA),
+        L.PythonPin("idna", version, f"idna-{version}-py3-none-any.whl", SHA))}})
+
+
+def test_relock_keeps_previous_pins_and_upgrade_releases_one(tmp_path):
+    from builder.locker import LockReport, _resolve_steps
+    resolved, steps = _project_steps(tmp_path)
+    previous = _previous(resolved, "3.6")
+    box = FakeBox({"python_packages": _report(("requests", "2.31.0"), ("idna", "3.6"))})
+    report = LockReport()
+    out, platform = _resolve_steps(box, resolved, steps, previous, set(), report, lambda m: None)
+    assert "requests==2.31.0" in box.constraints[0] and "idna==3.6" in box.constraints[0]
+    assert [p.name for p in out["python_packages"]] == ["idna", "requests"] and report.kept == 2
+    assert platform == {"python": "3.11.2"}
+    box = FakeBox({"python_packages": _report(("requests", "2.32.3"), ("idna", "3.6"))})
+    _resolve_steps(box, resolved, steps, previous, {"requests"}, LockReport(), lambda m: None)
+    assert "requests==" not in box.constraints[0] and "idna==3.6" in box.constraints[0]
+
+
+def test_a_kept_pin_that_conflicts_is_resolved_again_and_reported(tmp_path):
+    from builder.locker import LockReport, _resolve_steps
+    resolved, steps = _project_steps(tmp_path)
+    box = FakeBox({"python_packages": _report(("requests", "2.32.3"), ("idna", "3.10"))}, fail_when="idna==2.0")
+    report = LockReport()
+    out, _ = _resolve_steps(box, resolved, steps, _previous(resolved, "2.0"), set(), report, lambda m: None)
+    assert len(box.constraints) == 2 and "idna==" not in box.constraints[1]
+    assert {p.version for p in out["python_packages"]} == {"2.32.3", "3.10"}
+    assert any("previous pins conflict" in n for n in report.notes)
