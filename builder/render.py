@@ -228,6 +228,7 @@ def render_context(resolved: ResolvedStack, lock: Lock | None = None) -> BuildCo
         "base_ref": from_ref,
         "apt_build": resolved.apt_build,
         "apt_runtime": resolved.apt_runtime,
+        "source_date_epoch": base_recipe(resolved.base)["epoch"] if "image" not in resolved.base else DEFAULT_EPOCH,
         "apt_build_file": APT_BUILD_FILE if lock is not None else "",
         "apt_runtime_file": APT_RUNTIME_FILE if lock is not None else "",
         "groups": [{"name": g, "blocks": [b for b in blocks if b["group"] == g]} for g in GROUPS],
