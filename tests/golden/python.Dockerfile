@@ -5,7 +5,8 @@
 
 FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
+# SOURCE_DATE_EPOCH (the base's): bytecode that pip compiles is hash-based, not install-time stamped.
+ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 SOURCE_DATE_EPOCH=1735689600
 # Every package this stage installs or upgrades, at the version the lock names.
 COPY dlenv-build/apt-build.txt /etc/dlenv-build/apt-build.txt
 RUN apt-get update \
@@ -25,17 +26,19 @@ RUN python3 -m venv /opt/venv
 FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS runtime
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Host keys that packages generate at install time would be shared by every container (and stay in
-# this layer): they go in the same step; keys are made per run where ssh is used.
+# this layer): they go in the same step; keys are made per run where ssh is used. apt's binary caches
+# and the install logs go too: they differ between two builds of one lock and nothing reads them.
 COPY dlenv-runtime/apt.txt /etc/dlenv/apt-runtime.txt
 RUN apt-get update \
  && xargs --no-run-if-empty --arg-file=/etc/dlenv/apt-runtime.txt env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
- && rm -rf /var/lib/apt/lists/* /etc/ssh/ssh_host_* \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* /var/log/dpkg.log /var/log/alternatives.log \
+          /etc/ssh/ssh_host_* \
  && useradd --create-home --uid 1000 --user-group --shell /bin/bash dlenv \
  && install -d -o dlenv -g dlenv /workspace
 COPY --from=build /opt/venv /opt/venv
 COPY dlenv-runtime/profile.sh /etc/profile.d/dlenv.sh
 COPY dlenv-runtime/ld.so.conf /etc/ld.so.conf.d/dlenv.conf
-RUN ldconfig
+RUN ldconfig && rm -f /var/cache/ldconfig/aux-cache
 ENV PATH="/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ARG DLENV_CONTENT_HASH=unset
 LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
