@@ -118,7 +118,7 @@ def write_lock(p: Plan, client, *, upgrade=(), upgrade_all: bool = False, ca_bun
     from .fileio import write_text_atomic
     from .lock import dump
     previous = p.lock
-    with stack_lock(p.resolved.name):
+    with stack_lock(p.resolved.name, log):
         lock, report = locker.make_lock(client, p.resolved, previous=previous, upgrade=upgrade,
                                         upgrade_all=upgrade_all, ca_bundle=ca_bundle, log=log)
         try:
@@ -144,11 +144,16 @@ class BuildResult:
 
 
 @contextlib.contextmanager
-def stack_lock(name: str):
+def stack_lock(name: str, log=lambda msg: None):
+    """One dlenv process at a time builds or locks a stack; the others wait, and say so."""
     lock_dir = paths.state_dir() / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     with open(lock_dir / f"{name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another dlenv process that builds or locks {name}")
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -187,7 +192,7 @@ def build(p: Plan, client, *, ca_bundle: str | None = None, verify: bool = True,
           log=lambda msg: None, on_progress=None, on_check=None, registry: str | None = None,
           on_pull=None) -> BuildResult:
     started = time.monotonic()
-    with stack_lock(p.resolved.name):
+    with stack_lock(p.resolved.name, log):
         attrs = promoted_image(client, p)
         if attrs and not nocache:
             engine.tag(client, attrs["Id"], p.latest_tag)
@@ -201,7 +206,7 @@ def build(p: Plan, client, *, ca_bundle: str | None = None, verify: bool = True,
                                    time.monotonic() - started, pulled=True)
         settings = load_settings({"ca_bundle": ca_bundle})
         bundle = find_ca_bundle(settings.get("ca_bundle"), source=settings.source("ca_bundle"))
-        with stack_lock("_base"):  # builds of different stacks must not bootstrap the same base twice
+        with stack_lock("_base", log):  # builds of different stacks must not bootstrap the same base twice
             base_mod.ensure_base(client, p.resolved.base, log, pins=p.context.base_pins or None)
             if p.lock is not None and p.lock_state == "locked" and "image" not in p.resolved.base:
                 want = p.lock.base.get("rootfs_sha256", "")
