@@ -107,3 +107,31 @@ def test_a_vanished_pin_and_a_wrong_hash_fail_in_one_line_and_move_no_tag(projec
     first = next(ln for ln in res.stderr.splitlines() if ln.startswith("dlenv: error:"))
     assert "does not match the sha256 in the lock" in first
     assert tags(docker_client) == good
+
+
+def test_a_repository_with_requirements_txt_to_a_verified_image_in_two_commands(tmp_path, run_dlenv,
+                                                                                   docker_client):
+    """#9's promise: `dlenv init` then `dlenv build`, and the lock is written beside the stack."""
+    repo = tmp_path / "my-analysis"
+    repo.mkdir()
+    (repo / "requirements.txt").write_text("six==1.17.0\npackaging>=23  # used by the analysis\n")
+    for image in docker_client.images.list(name="dlenv/my-analysis"):
+        for tag in image.tags:
+            docker_client.images.remove(tag, noprune=True)
+    try:
+        init = run_dlenv("init", "--from", "python", "--yes", cwd=repo, check=True)
+        assert (repo / "dlenv.yaml").is_file(), init.stderr
+        built = run_dlenv("build", cwd=repo)
+        assert built.returncode == 0, built.stderr[-3000:]
+        assert "checks passed" in built.stdout and (repo / "dlenv.lock").is_file()
+        lock = L.load(repo / "dlenv.lock")
+        assert {p.name for p in lock.python["python_packages"]} == {"six", "packaging"}
+        out = docker_client.containers.run("dlenv/my-analysis:latest", ["python", "-c",
+                                           "import six, packaging; print(six.__version__, packaging.__version__)"],
+                                           remove=True).decode().split()
+        pins = {p.name: p.version for p in lock.python["python_packages"]}
+        assert out == [pins["six"], pins["packaging"]]
+    finally:
+        for image in docker_client.images.list(name="dlenv/my-analysis"):
+            for tag in image.tags:
+                docker_client.images.remove(tag, noprune=True)
