@@ -88,11 +88,13 @@ RUN MPICC=/opt/openmpi/bin/mpicc /opt/venv/bin/pip install --no-build-isolation 
 FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS runtime
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Host keys that packages generate at install time would be shared by every container (and stay in
-# this layer): they go in the same step; keys are made per run where ssh is used. apt's binary caches
-# and the install logs go too: they differ between two builds of one lock and nothing reads them.
+# this layer): they go in the same step; keys are made per run where ssh is used. The downloaded .debs
+# (the bootstrapped base has no docker-clean apt hook), apt's binary caches and the install logs go
+# too: nothing reads them, and the last two differ between two builds of one lock.
 COPY dlenv-runtime/apt.txt /etc/dlenv/apt-runtime.txt
 RUN apt-get update \
  && xargs --no-run-if-empty --arg-file=/etc/dlenv/apt-runtime.txt env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+ && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* /var/log/dpkg.log /var/log/alternatives.log \
           /etc/ssh/ssh_host_* \
  && useradd --create-home --uid 1000 --user-group --shell /bin/bash dlenv \
