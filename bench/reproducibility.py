@@ -56,6 +56,9 @@ def explain(path: str) -> str | None:
     return None
 
 
+MTIMES: dict = {}   # image -> path -> mtime: not part of the manifest, compared on its own
+
+
 def manifest(client, image: str) -> dict:
     """path -> (type, mode, uid, gid, size, sha256 or link target), from `docker export` streamed."""
     container = client.containers.create(image, command=["true"])
@@ -98,6 +101,7 @@ def manifest(client, image: str) -> dict:
                 else:
                     entry.append("")
                 out[name] = entry
+                MTIMES.setdefault(image, {})[name] = member.mtime
     finally:
         container.remove(force=True)
     return out
@@ -185,6 +189,9 @@ def main() -> None:
             "first_differing_layer": first_diff,
             "first_differing_step": steps[first_diff] if first_diff is not None and first_diff < len(steps) else None,
             "manifest": compare_manifests(a["manifest"], b["manifest"]),
+            # Layer tarballs carry each file's mtime: the classic builder keeps the time a step wrote it.
+            "paths_with_different_mtime": sum(1 for path, t in MTIMES.get(a["image_id"], {}).items()
+                                              if MTIMES.get(b["image_id"], {}).get(path, t) != t),
         }
         for suffix in ("repro-a", "repro-b"):
             try:
@@ -215,6 +222,7 @@ def main() -> None:
             print(f"    {info['count']:6d} explained: {why} (e.g. {info['examples'][0]})")
         print(f"    {len(m['unexplained']):6d} unexplained" + (f": {', '.join(m['unexplained'][:10])}"
                                                             if m["unexplained"] else ""))
+        print(f"  paths whose mtime differs (what keeps layer digests apart): {im['paths_with_different_mtime']}")
     print(f"written {out.relative_to(ROOT)}")
 
 
