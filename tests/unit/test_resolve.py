@@ -138,6 +138,32 @@ def test_resolution_is_deterministic(backtracking):
                [(c.name, c.version.text, c.reason) for c in first.components]
 
 
+def test_constrains_never_adds_the_component(cat):
+    cat.component("app", versions={"1.0": {"constrains": {"lib": ">=2"}}}, default="1.0")
+    cat.stack("s", stack("s", {"app": "1.0"}))
+    assert "lib" not in versions(cat.resolve("s"))
+
+
+def test_constrains_applies_when_the_stack_has_the_component(cat):
+    # app 2.0 constrains lib>=3; the stack has lib 2.0 for its own reasons -> app drops to 1.0
+    cat.component("app", versions={"2.0": {"constrains": {"lib": ">=3"}}, "1.0": {"constrains": {"lib": "<3"}}},
+                  default="2.0")
+    cat.stack("s", stack("s", {"app": ">=1", "lib": "2.0"}))
+    assert versions(cat.resolve("s"))["app"] == "1.0"
+    cat.stack("t", stack("t", {"app": "2.0", "lib": "2.0"}))
+    with pytest.raises(ResolveError) as info:
+        cat.resolve("t")
+    assert "app 2.0 needs lib>=3" in info.value.one_line()
+
+
+def test_constrains_applies_to_a_component_another_one_requires(cat):
+    # lib is not in the stack file, but other 1.0 requires it; app's constrains then narrows it
+    cat.component("other", versions={"1.0": {"requires": {"lib": ">=1"}}}, default="1.0")
+    cat.component("app", versions={"1.0": {"constrains": {"lib": ">=2,<3"}}}, default="1.0")
+    cat.stack("s", stack("s", {"app": "1.0", "other": "1.0"}))
+    assert versions(cat.resolve("s"))["lib"] == "2.0"
+
+
 # --- build order ----------------------------------------------------------------------------
 
 def test_build_order_is_group_order_then_dependencies_first(cat):
