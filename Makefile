@@ -4,12 +4,13 @@ PYTHON ?= python3
 DLENV  := $(VENV)/bin/dlenv
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: help venv host chainermn test unit integration e2e golden lint clean-images
+.PHONY: help venv host chainermn test unit integration e2e e2e-all golden lint clean-images
 
 help:
 	@echo "make chainermn   build the chainermn image (installs Docker and the venv first)"
 	@echo "make test        all tests: unit, integration and the chainermn e2e build (needs root for Docker)"
 	@echo "make unit        engine-free unit tests only"
+	@echo "make e2e-all     build and verify the all-in-one CPU stack (heavy: ~5 GB of wheels; not in make test)"
 	@echo "make golden      regenerate tests/golden/*.Dockerfile and tests/golden/exports/* on purpose"
 	@echo "make lint        hadolint on every rendered Dockerfile"
 
@@ -38,6 +39,10 @@ integration: venv host
 
 e2e: venv host
 	DLENV_REQUIRE_ENGINE=1 $(PYTEST) tests/e2e -v -rs
+
+# Not part of `make test`: pytest does not recurse into tests/e2e_all (pyproject norecursedirs).
+e2e-all: venv host
+	DLENV_REQUIRE_ENGINE=1 $(PYTEST) tests/e2e_all -v -rs -s
 
 golden: venv
 	$(VENV)/bin/python scripts/regen-golden.py

@@ -8,7 +8,7 @@ validates; it refuses a component whose data or template is missing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -28,6 +28,7 @@ class ComponentVersion:
     text: str
     requires: dict      # component -> SpecifierSet
     vars: dict
+    constrains: dict = field(default_factory=dict)  # component -> SpecifierSet, only if it is in the stack
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Component:
     ld_paths: tuple
     checks: tuple
     has_runtime_fragment: bool
+    constrains: dict = field(default_factory=dict)  # like requires, but never adds the component
 
     def version(self, text: str) -> ComponentVersion:
         for v in self.versions:
@@ -83,7 +85,9 @@ def load_component(folder: Path) -> Component:
         except InvalidVersion:
             raise SpecError(data_path, f"{text!r} is not a version", field=f"versions.{text}") from None
         requires = {k: _spec(s, data_path, f"versions.{text}.requires.{k}") for k, s in (entry or {}).get("requires", {}).items()}
-        versions.append(ComponentVersion(parsed, text, requires, dict((entry or {}).get("vars", {}))))
+        constrains = {k: _spec(s, data_path, f"versions.{text}.constrains.{k}")
+                      for k, s in (entry or {}).get("constrains", {}).items()}
+        versions.append(ComponentVersion(parsed, text, requires, dict((entry or {}).get("vars", {})), constrains))
     versions.sort(key=lambda v: v.version, reverse=True)
     if data["default"] not in data["versions"]:
         raise SpecError(data_path, f"default {data['default']!r} is not one of the versions", field="default")
@@ -97,6 +101,7 @@ def load_component(folder: Path) -> Component:
         pip=tuple(data.get("pip", [])), pip_options=tuple(data.get("pip_options", [])), prefix=data.get("prefix"),
         source=dict(data["source"]) if data.get("source") else None, env=dict(data.get("env", {})), path=tuple(data.get("path", [])), ld_paths=tuple(data.get("ld_paths", [])),
         checks=checks, has_runtime_fragment=(folder / "runtime.j2").is_file(),
+        constrains={k: _spec(s, data_path, f"constrains.{k}") for k, s in data.get("constrains", {}).items()},
     )
 
 

@@ -88,9 +88,21 @@ class _Rejection:
 
 
 def _constraints(comp: Component, v: ComponentVersion) -> dict:
+    """What this version requires: every target is added to the stack."""
     out = dict(comp.requires)
     for target, spec in v.requires.items():
         out[target] = (out[target] & spec) if target in out else spec
+    return out
+
+
+def _all_constraints(comp: Component, v: ComponentVersion) -> dict:
+    """Requirements plus `constrains`: conditions on a component only if the stack has it anyway
+    (torch brings its own CUDA wheels, so it does not add the cuda component, but where a stack has one
+    the two must agree)."""
+    out = _constraints(comp, v)
+    for extra in (comp.constrains, v.constrains):
+        for target, spec in extra.items():
+            out[target] = (out[target] & spec) if target in out else spec
     return out
 
 
@@ -125,13 +137,13 @@ def resolve(merged: MergedStack, catalog: Catalog) -> ResolvedStack:
         if name in wanted and not wanted[name][0].contains(v.version, prereleases=True):
             return _Rejection(name, v.text, str(wanted[name][2]), f"stack asks {name} {wanted[name][1]}")
         for other, ov in assigned.items():
-            spec = _constraints(comps[other], ov).get(name)
+            spec = _all_constraints(comps[other], ov).get(name)
             if spec is not None and not spec.contains(v.version, prereleases=True):
                 why = f"{other} {ov.text} needs {name}{spec}"
                 if name in wanted:
                     why += f", but stack asks {name} {wanted[name][1]} ({wanted[name][2]})"
                 return _Rejection(name, v.text, describe(other, ov), why)
-        for target, spec in _constraints(comps[name], v).items():
+        for target, spec in _all_constraints(comps[name], v).items():
             if target in assigned and not spec.contains(assigned[target].version, prereleases=True):
                 side = (f"stack asks {target} {wanted[target][1]} ({wanted[target][2]})" if target in wanted
                         else f"{target} {assigned[target].text} was chosen ({reasons.get(target, '')})")

@@ -274,7 +274,8 @@ def test_a_build_that_meets_a_missing_pin_says_which_and_what_to_do():
     assert _build_hint("returned a non-zero code: 2", ["make: *** [all] Error 2"]) is None
 
 
-@pytest.mark.parametrize("stack", ["python", "chainer", "chainer-gpu", "chainermn", "datascience"])
+@pytest.mark.parametrize("stack", ["python", "chainer", "chainer-gpu", "chainermn", "datascience", "all-in-one",
+                                   "all-in-one-gpu"])
 def test_every_catalog_stack_has_a_lock_that_matches_it(stack):
     """CI builds the catalog from these locks: a stack edited without `dlenv lock` fails here."""
     p = plan(stack)

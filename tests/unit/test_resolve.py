@@ -138,6 +138,32 @@ def test_resolution_is_deterministic(backtracking):
                [(c.name, c.version.text, c.reason) for c in first.components]
 
 
+def test_constrains_never_adds_the_component(cat):
+    cat.component("app", versions={"1.0": {"constrains": {"lib": ">=2"}}}, default="1.0")
+    cat.stack("s", stack("s", {"app": "1.0"}))
+    assert "lib" not in versions(cat.resolve("s"))
+
+
+def test_constrains_applies_when_the_stack_has_the_component(cat):
+    # app 2.0 constrains lib>=3; the stack has lib 2.0 for its own reasons -> app drops to 1.0
+    cat.component("app", versions={"2.0": {"constrains": {"lib": ">=3"}}, "1.0": {"constrains": {"lib": "<3"}}},
+                  default="2.0")
+    cat.stack("s", stack("s", {"app": ">=1", "lib": "2.0"}))
+    assert versions(cat.resolve("s"))["app"] == "1.0"
+    cat.stack("t", stack("t", {"app": "2.0", "lib": "2.0"}))
+    with pytest.raises(ResolveError) as info:
+        cat.resolve("t")
+    assert "app 2.0 needs lib>=3" in info.value.one_line()
+
+
+def test_constrains_applies_to_a_component_another_one_requires(cat):
+    # lib is not in the stack file, but other 1.0 requires it; app's constrains then narrows it
+    cat.component("other", versions={"1.0": {"requires": {"lib": ">=1"}}}, default="1.0")
+    cat.component("app", versions={"1.0": {"constrains": {"lib": ">=2,<3"}}}, default="1.0")
+    cat.stack("s", stack("s", {"app": "1.0", "other": "1.0"}))
+    assert versions(cat.resolve("s"))["lib"] == "2.0"
+
+
 # --- build order ----------------------------------------------------------------------------
 
 def test_build_order_is_group_order_then_dependencies_first(cat):
@@ -311,3 +337,61 @@ def test_cupy_14_alone_takes_numpy_2_and_cudnn_9(catalog, tmp_path):
     merged = load_stack(_child(tmp_path, {"cupy": "14.*"}, extends="python"), paths.stacks_dir())
     got = resolve(merged, catalog).versions()
     assert (got["cupy"], got["numpy"], got["cudnn"]) == ("14.0.1", "2.1.3", "9.1.0.70")
+
+
+# --- all-in-one: Chainer, PyTorch and TensorFlow must agree on NumPy ------------------------
+
+def test_all_in_one_gets_numpy_1_26_although_the_default_is_2(catalog):
+    assert catalog.get("numpy").default == "2.1.3"
+    resolved = resolve(real("all-in-one"), catalog)
+    got = resolved.versions()
+    assert got["numpy"].startswith("1.26.")
+    assert (got["chainer"], got["torch"], got["tensorflow"]) == ("7.8.1", "2.5.1", "2.18.0")
+    assert got["protobuf"] == "5.29.6"      # TensorFlow's cap (<6), shared with Chainer's step
+    # every framework's own constraint accepts the chosen NumPy
+    from builder.resolve import _constraints
+    for name in ("chainer", "torch", "tensorflow"):
+        rc = resolved.get(name)
+        assert _constraints(rc.component, rc.version)["numpy"].contains(got["numpy"]), name
+    # the CPU variant does not get the CUDA components: torch brings its own wheels
+    assert not {"cuda", "cudnn", "nccl", "cupy"} & set(got)
+
+
+def test_tensorflow_alone_refuses_the_numpy_default(catalog, tmp_path):
+    # without Chainer, TensorFlow 2.18 (numpy<2.1) still keeps the default 2.1.3 out
+    got = resolve(load_stack(_child(tmp_path, {"tensorflow": "2.18.0"}, extends="python"), paths.stacks_dir()),
+                  catalog).versions()
+    assert got["numpy"] == "1.26.4"
+
+
+def test_all_in_one_forcing_numpy_2_is_an_explained_conflict(catalog, tmp_path):
+    path = _child(tmp_path, {"numpy": "2.1.3"}, extends="all-in-one")
+    with pytest.raises(ResolveError) as info:
+        resolve(load_stack(path, paths.stacks_dir()), catalog)
+    msg = info.value.one_line()
+    assert "chainer 7.8.1 needs numpy<2" in msg and "stack asks numpy 2.1.3" in msg and "child.yaml" in msg
+    assert "\n" not in str(info.value)
+
+
+def test_numpy_2_without_chainer_is_refused_by_tensorflow(catalog, tmp_path):
+    path = _child(tmp_path, {"numpy": "2.1.3", "tensorflow": ">=2.16", "torch": "2.*"}, extends="python")
+    with pytest.raises(ResolveError) as info:
+        resolve(load_stack(path, paths.stacks_dir()), catalog)
+    assert re.search(r"tensorflow 2\.\d+\.\d+ needs numpy<2", info.value.one_line())
+
+
+def test_all_in_one_gpu_keeps_cudnn_8_for_cupy_so_tensorflow_drops_to_2_17(catalog):
+    resolved = resolve(real("all-in-one-gpu"), catalog)
+    got = resolved.versions()
+    assert (got["cupy"], got["cudnn"], got["numpy"]) == ("13.6.0", "8.9.7.29", "1.26.4")
+    assert got["tensorflow"] == "2.17.1"     # 2.18 is built for cuDNN 9.3 (its `constrains`)
+    assert got["protobuf"] == "4.25.9"       # and 2.17 asks protobuf<5
+    assert got["torch"] == "2.5.1"           # brings its own cuDNN 9 wheel (libcudnn.so.9)
+
+
+def test_tensorflow_2_18_with_cudnn_8_names_both(catalog, tmp_path):
+    path = _child(tmp_path, {"tensorflow": "2.18.0"}, extends="all-in-one-gpu")
+    with pytest.raises(ResolveError) as info:
+        resolve(load_stack(path, paths.stacks_dir()), catalog)
+    msg = info.value.one_line()
+    assert "cudnn" in msg and "tensorflow 2.18.0" in msg

@@ -1,0 +1,120 @@
+# Rendered by dlenv 0.1.0 for stack "all-in-one-gpu" (python -> chainer -> all-in-one -> all-in-one-gpu). Do not edit: change the stack file.
+# Two stages: "build" holds compilers, headers, sources and the CA bundle; "runtime" receives only
+# install prefixes and the venv, one COPY per layer group, heaviest and most stable first.
+# Locked by all-in-one-gpu.lock (pins 0c1f534763ac01cc).
+
+FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS build
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
+# Every package this stage installs or upgrades, at the version the lock names.
+COPY dlenv-build/apt-build.txt /etc/dlenv-build/apt-build.txt
+RUN apt-get update \
+ && xargs --no-run-if-empty --arg-file=/etc/dlenv-build/apt-build.txt apt-get install -y --no-install-recommends \
+ && rm -rf /var/lib/apt/lists/*
+# The CA bundle lets pip reach the package index; it exists in this stage only.
+COPY dlenv-build/ca.crt /etc/dlenv-build/ca.crt
+RUN [ -s /etc/dlenv-build/ca.crt ] || cp /etc/ssl/certs/ca-certificates.crt /etc/dlenv-build/ca.crt
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
+ENV PIP_CERT=/etc/dlenv-build/ca.crt PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+
+# --- python 3.11 [system]
+RUN python3 -m venv /opt/venv
+
+# --- cuda 12.6 [cuda]
+COPY dlenv-build/pylock/cuda.txt /etc/dlenv-build/pylock/cuda.txt
+RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /opt/nvidia/cuda --require-hashes -r /etc/dlenv-build/pylock/cuda.txt
+
+# --- cudnn 8.9.7.29 [cuda]
+COPY dlenv-build/pylock/cudnn.txt /etc/dlenv-build/pylock/cudnn.txt
+RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /opt/nvidia/cudnn --require-hashes -r /etc/dlenv-build/pylock/cudnn.txt
+
+# --- nccl 2.21.5 [cuda]
+COPY dlenv-build/pylock/nccl.txt /etc/dlenv-build/pylock/nccl.txt
+RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /opt/nvidia/nccl --require-hashes -r /etc/dlenv-build/pylock/nccl.txt
+COPY dlenv-build/constraints.txt /etc/dlenv-build/constraints.txt
+ENV PIP_CONSTRAINT=/etc/dlenv-build/constraints.txt
+
+# --- numpy 1.26.4 [python]
+COPY dlenv-build/pylock/numpy.txt /etc/dlenv-build/pylock/numpy.txt
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /etc/dlenv-build/pylock/numpy.txt
+
+# --- setuptools 69.5.1 [python]
+COPY dlenv-build/pylock/setuptools.txt /etc/dlenv-build/pylock/setuptools.txt
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /etc/dlenv-build/pylock/setuptools.txt
+
+# --- chainer 7.8.1 [python]
+COPY dlenv-build/pylock/chainer.txt /etc/dlenv-build/pylock/chainer.txt
+RUN /opt/venv/bin/pip install --no-build-isolation --no-deps --require-hashes -r /etc/dlenv-build/pylock/chainer.txt
+
+# --- cupy 13.6.0 [python]
+COPY dlenv-build/pylock/cupy.txt /etc/dlenv-build/pylock/cupy.txt
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /etc/dlenv-build/pylock/cupy.txt
+
+# --- cython 3.0.12 [python]
+COPY dlenv-build/pylock/cython.txt /etc/dlenv-build/pylock/cython.txt
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /etc/dlenv-build/pylock/cython.txt
+
+# --- protobuf 4.25.9 [python]
+COPY dlenv-build/pylock/protobuf.txt /etc/dlenv-build/pylock/protobuf.txt
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /etc/dlenv-build/pylock/protobuf.txt
+
+# --- tensorflow 2.17.1 [python]
+COPY dlenv-build/pylock/tensorflow.txt /etc/dlenv-build/pylock/tensorflow.txt
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /etc/dlenv-build/pylock/tensorflow.txt
+
+# --- torch 2.5.1 [python]
+COPY dlenv-build/pylock/torch.txt /etc/dlenv-build/pylock/torch.txt
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /etc/dlenv-build/pylock/torch.txt
+
+# --- the stack's own Python packages (last: changing them reuses every layer above)
+COPY dlenv-build/pylock/python_packages.txt /etc/dlenv-build/pylock/python_packages.txt
+RUN /opt/venv/bin/pip install --prefix /opt/leaf --no-deps --require-hashes -r /etc/dlenv-build/pylock/python_packages.txt
+
+FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS runtime
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# Host keys that packages generate at install time would be shared by every container (and stay in
+# this layer): they go in the same step; keys are made per run where ssh is used.
+COPY dlenv-runtime/apt.txt /etc/dlenv/apt-runtime.txt
+RUN apt-get update \
+ && xargs --no-run-if-empty --arg-file=/etc/dlenv/apt-runtime.txt env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+ && rm -rf /var/lib/apt/lists/* /etc/ssh/ssh_host_* \
+ && useradd --create-home --uid 1000 --user-group --shell /bin/bash dlenv \
+ && install -d -o dlenv -g dlenv /workspace
+COPY --from=build /opt/nvidia/cuda /opt/nvidia/cuda
+COPY --from=build /opt/nvidia/cudnn /opt/nvidia/cudnn
+COPY --from=build /opt/nvidia/nccl /opt/nvidia/nccl
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/leaf /opt/leaf
+COPY dlenv-runtime/profile.sh /etc/profile.d/dlenv.sh
+COPY dlenv-runtime/ld.so.conf /etc/ld.so.conf.d/dlenv.conf
+RUN ldconfig
+ENV PATH="/opt/leaf/bin:/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+    CHAINER_WARN_VERSION_MISMATCH="0" \
+    PYTHONPATH="/opt/leaf/lib/python3.11/site-packages" \
+    TF_CPP_MIN_LOG_LEVEL="1"
+ARG DLENV_CONTENT_HASH=unset
+LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
+      org.dlenv.base="dlenv/base:bookworm-minbase-324ac74f0d4e" \
+      org.dlenv.component.chainer="7.8.1" \
+      org.dlenv.component.cuda="12.6" \
+      org.dlenv.component.cudnn="8.9.7.29" \
+      org.dlenv.component.cupy="13.6.0" \
+      org.dlenv.component.cython="3.0.12" \
+      org.dlenv.component.nccl="2.21.5" \
+      org.dlenv.component.numpy="1.26.4" \
+      org.dlenv.component.protobuf="4.25.9" \
+      org.dlenv.component.python="3.11" \
+      org.dlenv.component.setuptools="69.5.1" \
+      org.dlenv.component.tensorflow="2.17.1" \
+      org.dlenv.component.torch="2.5.1" \
+      org.dlenv.components="python=3.11,cuda=12.6,cudnn=8.9.7.29,nccl=2.21.5,numpy=1.26.4,setuptools=69.5.1,chainer=7.8.1,cupy=13.6.0,cython=3.0.12,protobuf=4.25.9,tensorflow=2.17.1,torch=2.5.1" \
+      org.dlenv.dlenv-version="0.1.0" \
+      org.dlenv.lock="0c1f534763ac01cc020a6fc120b12cd501730a35dad0a67b9632ba56e6d9969a" \
+      org.dlenv.stack="all-in-one-gpu" \
+      org.opencontainers.image.description="all-in-one with CuPy 13 for CUDA 12, cuDNN 8 and NCCL (GPU; rendered and locked)." \
+      org.opencontainers.image.title="dlenv/all-in-one-gpu"
+USER 1000:1000
+WORKDIR /workspace
+CMD ["bash"]
