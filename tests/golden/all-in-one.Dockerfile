@@ -5,7 +5,8 @@
 
 FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
+# SOURCE_DATE_EPOCH (the base's): bytecode that pip compiles is hash-based, not install-time stamped.
+ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 SOURCE_DATE_EPOCH=1735689600
 # Every package this stage installs or upgrades, at the version the lock names.
 COPY dlenv-build/apt-build.txt /etc/dlenv-build/apt-build.txt
 RUN apt-get update \
@@ -59,18 +60,22 @@ RUN /opt/venv/bin/pip install --prefix /opt/leaf --no-deps --require-hashes -r /
 FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS runtime
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Host keys that packages generate at install time would be shared by every container (and stay in
-# this layer): they go in the same step; keys are made per run where ssh is used.
+# this layer): they go in the same step; keys are made per run where ssh is used. The downloaded .debs
+# (the bootstrapped base has no docker-clean apt hook), apt's binary caches and the install logs go
+# too: nothing reads them, and the last two differ between two builds of one lock.
 COPY dlenv-runtime/apt.txt /etc/dlenv/apt-runtime.txt
 RUN apt-get update \
  && xargs --no-run-if-empty --arg-file=/etc/dlenv/apt-runtime.txt env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
- && rm -rf /var/lib/apt/lists/* /etc/ssh/ssh_host_* \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* /var/log/dpkg.log /var/log/alternatives.log \
+          /etc/ssh/ssh_host_* \
  && useradd --create-home --uid 1000 --user-group --shell /bin/bash dlenv \
  && install -d -o dlenv -g dlenv /workspace
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/leaf /opt/leaf
 COPY dlenv-runtime/profile.sh /etc/profile.d/dlenv.sh
 COPY dlenv-runtime/ld.so.conf /etc/ld.so.conf.d/dlenv.conf
-RUN ldconfig
+RUN ldconfig && rm -f /var/cache/ldconfig/aux-cache
 ENV PATH="/opt/leaf/bin:/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
     CHAINER_WARN_VERSION_MISMATCH="0" \
     PYTHONPATH="/opt/leaf/lib/python3.11/site-packages" \
