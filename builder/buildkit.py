@@ -201,17 +201,22 @@ _VERTEX_OUT = re.compile(r"^#\d+ \d+\.\d+ ?")
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """End the CLI (its own session, so only it): SIGINT as a user's Ctrl-C would, then harder."""
+    """End the CLI: SIGINT as a user's Ctrl-C would, then harder. It leads its own process group
+    (start_new_session), so the group is it and whatever it started, nothing else."""
     for sig, wait in ((signal.SIGINT, 10), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
         if proc.poll() is not None:
-            return
+            break
         try:
-            proc.send_signal(sig)
+            os.killpg(proc.pid, sig)
             proc.wait(timeout=wait)
         except subprocess.TimeoutExpired:
             continue
         except ProcessLookupError:
-            return
+            break
+    try:   # whatever the CLI left behind in its group (it has exited: nothing to wait for)
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def build(cli: str, context_dir: Path, tag_ref: str, buildargs: dict, log_path: Path, *,
