@@ -176,13 +176,16 @@ def require_promoted(client, p: Plan, ref: str | None = None) -> dict:
     return attrs
 
 
-def write_context(ctx: BuildContext, directory: Path, ca_bundle: bytes) -> None:
-    (directory / "Dockerfile").write_text(ctx.dockerfile)
+def write_context(ctx: BuildContext, directory: Path, ca_bundle: bytes | None, dockerfile: str | None = None) -> None:
+    """The build context on disk; `ca_bundle` None (BuildKit: a secret mount) writes no bundle at all."""
+    (directory / "Dockerfile").write_text(ctx.dockerfile if dockerfile is None else dockerfile)
     for rel, data in ctx.files.items():
         target = directory / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
         target.chmod(ctx.modes.get(rel, 0o644))
+    if ca_bundle is None:
+        return
     ca = directory / CA_BUNDLE_PATH
     ca.parent.mkdir(parents=True, exist_ok=True)
     ca.write_bytes(ca_bundle)
@@ -190,7 +193,12 @@ def write_context(ctx: BuildContext, directory: Path, ca_bundle: bytes) -> None:
 
 def build(p: Plan, client, *, ca_bundle: str | None = None, verify: bool = True, nocache: bool = False,
           log=lambda msg: None, on_progress=None, on_check=None, registry: str | None = None,
-          on_pull=None) -> BuildResult:
+          on_pull=None, engine_name: str = "sdk") -> BuildResult:
+    """Build `p` (unless its hash is already promoted, whichever engine built it), verify, promote.
+
+    engine_name "sdk" builds through docker-py (classic builder); "buildkit" through a Docker CLI with
+    BuildKit, from the variant of the same Dockerfile (see builder/buildkit.py): same content hash,
+    same label, same candidate/promote steps."""
     started = time.monotonic()
     with stack_lock(p.resolved.name, log):
         attrs = promoted_image(client, p)
@@ -206,6 +214,10 @@ def build(p: Plan, client, *, ca_bundle: str | None = None, verify: bool = True,
                                    time.monotonic() - started, pulled=True)
         settings = load_settings({"ca_bundle": ca_bundle})
         bundle = find_ca_bundle(settings.get("ca_bundle"), source=settings.source("ca_bundle"))
+        if engine_name == "buildkit":
+            from . import buildkit
+            cli = buildkit.find_cli()   # before the base: a missing client fails in a second
+            dockerfile = buildkit.variant(p.context.dockerfile, base=p.resolved.base, ca_secret=bundle.path is not None)
         with stack_lock("_base", log):  # builds of different stacks must not bootstrap the same base twice
             base_mod.ensure_base(client, p.resolved.base, log, pins=p.context.base_pins or None)
             if p.lock is not None and p.lock_state == "locked" and "image" not in p.resolved.base:
@@ -217,10 +229,16 @@ def build(p: Plan, client, *, ca_bundle: str | None = None, verify: bool = True,
         log_path = paths.state_dir() / "logs" / f"{p.resolved.name}-{p.content_hash[:TAG_CHARS]}.log"
         workdir = Path(tempfile.mkdtemp(prefix="context-", dir=paths.state_dir()))
         try:
-            write_context(p.context, workdir, bundle.read())
             buildargs = {**pip_build_args(), "DLENV_CONTENT_HASH": p.content_hash}
-            image_id = engine.build(client, workdir, p.candidate_tag, buildargs, log_path,
-                                    on_progress=on_progress, nocache=nocache)
+            if engine_name == "buildkit":
+                # The bundle is no file of the context: the CLI hands it over as a secret.
+                write_context(p.context, workdir, None, dockerfile=dockerfile)
+                image_id = buildkit.build(cli, workdir, p.candidate_tag, buildargs, log_path,
+                                          secret_file=bundle.path, on_progress=on_progress, nocache=nocache)
+            else:
+                write_context(p.context, workdir, bundle.read())
+                image_id = engine.build(client, workdir, p.candidate_tag, buildargs, log_path,
+                                        on_progress=on_progress, nocache=nocache)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         report = None

@@ -197,12 +197,21 @@ def show(ctx: Ctx, stack, as_json):
     ctx.console.print(table)
 
 
+ENGINES = click.Choice(["sdk", "buildkit"])
+
+
 @main.command()
 @click.argument("stack", required=False, default=".")
+@click.option("--engine", "engine_name", type=ENGINES, default="sdk", show_default=True,
+              help="buildkit: the variant with cache and secret mounts (same content hash).")
 @click.pass_obj
-def render(ctx: Ctx, stack):
+def render(ctx: Ctx, stack, engine_name):
     """Print the Dockerfile of STACK (deterministic; nothing is written)."""
     p = _plan(stack)
+    if engine_name == "buildkit":
+        from .buildkit import variant
+        click.echo(variant(p.context.dockerfile, base=p.resolved.base), nl=False)
+        return
     click.echo(p.context.dockerfile, nl=False)
 
 
@@ -239,8 +248,11 @@ def _print_check(ctx: Ctx, r) -> None:
 @click.option("--relock", is_flag=True, help="Lock again first (a stale lock is otherwise refused).")
 @click.option("--locked", "frozen", is_flag=True,
               help="Never write the lock: fail when it is missing or stale (for CI).")
+@click.option("--engine", "engine_name", type=ENGINES,
+              help="sdk (docker-py, classic builder; the default, or the engine setting) or buildkit "
+                   "(a Docker CLI with BuildKit: apt/pip cache mounts, CA bundle as a secret).")
 @click.pass_obj
-def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, relock, frozen):
+def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, relock, frozen, engine_name):
     """Build STACK from its lock, verify it, then tag it by content hash and as latest.
 
     A stack without a lock is locked first (the lock file is written next to the stack: commit it)."""
@@ -253,6 +265,7 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
         raise UsageError("--relock and --locked contradict each other")
     p = _plan(stack)
     registry = None if no_pull else load_settings({"registry": registry}).get("registry")
+    engine_name = load_settings({"engine": engine_name}).get("engine")
     client = engine.connect()
     if not no_verify:  # the device checks of a GPU host would otherwise fail deep inside CuPy
         from .cluster import gpu_runtime
@@ -260,13 +273,16 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
     if p.lock_state != "locked" or relock:
         p = build_mod.ensure_lock(p, client, relock=relock, frozen=frozen, ca_bundle=ca_bundle, log=ctx.info,
                                   on_written=lambda new, report: _print_lock_written(ctx, p, new, report))
-    last = {"step": 0}
+    last = {"step": None}
 
     def on_progress(progress, line):
-        if ctx.quiet or progress.step == last["step"]:
+        # BuildKit runs stages side by side and numbers steps per stage: a step is its whole triple.
+        key = (progress.step, progress.total, progress.instruction)
+        if ctx.quiet or not progress.step or key == last["step"]:
             return
-        last["step"] = progress.step
-        ctx.err.print(f"[cyan]step {progress.step}/{progress.total}[/cyan] {progress.instruction[:110]}",
+        last["step"] = key
+        from rich.markup import escape
+        ctx.err.print(f"[cyan]step {progress.step}/{progress.total}[/cyan] {escape(progress.instruction[:110])}",
                       markup=True, highlight=False)
 
     if not ctx.quiet:
@@ -275,7 +291,8 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
     with LayerProgress(ctx, "pull") if registry else contextlib.nullcontext() as pull_progress:
         result = build_mod.build(p, client, ca_bundle=ca_bundle, verify=not no_verify, nocache=nocache,
                                  log=ctx.info, on_progress=on_progress, on_check=lambda r: _print_check(ctx, r),
-                                 registry=registry, on_pull=pull_progress.update if pull_progress else None)
+                                 registry=registry, on_pull=pull_progress.update if pull_progress else None,
+                                 engine_name=engine_name)
     if result.pulled:
         click.echo(f"pulled {p.hash_tag} from {registry} instead of building ({result.seconds:.0f}s)")
     elif result.noop:

@@ -77,6 +77,7 @@ def test_layers_mix_key_by_key(env, project, tmp_path):
         "debian_mirror": ("http://mirror.example/debian", "$DLENV_DEBIAN_MIRROR"),
         "ca_bundle": (str(tmp_path / "ca.pem"), "--ca-bundle"),
         "shm_size": ("2g", str(user)),
+        "engine": ("sdk", "default"),
         "base": (None, "default"),   # an override of None means "flag not given"
     }
 
