@@ -29,5 +29,7 @@ def test_wheel_ships_catalog_and_hashes_match(tmp_path):
     checkout = subprocess.run([str(Path(sys.executable).parent / "dlenv"), "list", "--json"], env=env,
                               capture_output=True, text=True, check=True)
     rows = json.loads(installed.stdout)
-    assert [r["stack"] for r in rows] == ["chainer", "chainer-gpu", "chainermn", "datascience", "python"]
+    assert [r["stack"] for r in rows] == ["all-in-one", "all-in-one-gpu", "chainer", "chainer-gpu", "chainermn",
+                                          "datascience", "python"]
+    assert all(r["lock"] == "locked" for r in rows)  # the locks ship in the wheel next to the stacks
     assert {r["stack"]: r["hash"] for r in rows} == {r["stack"]: r["hash"] for r in json.loads(checkout.stdout)}

@@ -142,16 +142,30 @@ def test_failing_step_keeps_tags_and_leaves_no_containers(docker_client, run_dle
         schema: 1
         name: dlenv-itest-fail
         extends: python
-        apt_packages: [dlenv-no-such-package]
+        run: ["echo dlenv-step-output; exit 3"]
     """)
     result = run_dlenv("build", str(bad))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "dlenv: error: build failed at step" in result.stderr
-    assert "dlenv-no-such-package" in result.stderr
+    assert "dlenv: error: build failed at step" in result.stderr and "non-zero code: 3" in result.stderr
+    assert "dlenv-step-output" in result.stderr          # the step's own output, in the log tail
     assert "full build log:" in result.stderr
     log_path = result.stderr.split("full build log:")[1].split()[0]
     assert Path(log_path).is_file()
+    assert image_id(docker_client, "dlenv/dlenv-itest-fail:latest") == before
+    assert {c.id for c in docker_client.containers.list(all=True)} == containers_before
+    # An unknown Debian package now fails while locking, before any build, in one line naming it.
+    worse = write_stack(tmp_path / "worse", "stack", """
+        schema: 1
+        name: dlenv-itest-fail
+        extends: python
+        apt_packages: [dlenv-no-such-package]
+    """)
+    result = run_dlenv("build", str(worse))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("dlenv: error:")]
+    assert len(errors) == 1 and "Unable to locate package dlenv-no-such-package" in errors[0]
+    assert not (tmp_path / "worse" / "stack.lock").exists()
     assert image_id(docker_client, "dlenv/dlenv-itest-fail:latest") == before
     assert {c.id for c in docker_client.containers.list(all=True)} == containers_before
 

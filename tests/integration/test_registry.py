@@ -206,6 +206,8 @@ def built(docker_client, tmp_path_factory):
                           capture_output=True, text=True, env=env, timeout=1800)
     try:
         assert proc.returncode == 0, proc.stdout + proc.stderr
+        stack = Stack(stack.path, make_plan(str(stack.path)))  # the build wrote its lock: the hash is the locked one
+        assert stack.plan.lock_state == "locked"
         yield stack
     finally:
         j = Janitor(docker_client)
@@ -566,4 +568,5 @@ def test_a_registry_base_image_is_pulled_and_built_on(docker_client, plain, dlen
     assert f"pulling base image {remote_base}" in built.stderr
     assert image_id(docker_client, remote_base) is not None
     attrs = docker_client.api.inspect_image("dlenv/dlenv-itest-regbase:latest")
-    assert attrs["Config"]["Labels"]["org.dlenv.base"] == remote_base
+    # The lock pinned the registry base by digest: FROM (and the label) name it as ref@sha256:...
+    assert attrs["Config"]["Labels"]["org.dlenv.base"].startswith(remote_base + "@sha256:")
