@@ -40,10 +40,12 @@ class Component:
     versions: tuple     # ComponentVersion, newest first
     default: str
     requires: dict      # component -> SpecifierSet, for every version
+    after: tuple        # built after these when the stack has them; never pulls them in
     apt_build: tuple
     apt_runtime: tuple
     pip: tuple          # requirement templates with {version} / {vars}
     pip_options: tuple
+    pip_build_only: bool    # the pip files serve the build step only (headers to compile against)
     prefix: str | None
     source: dict | None     # Debian source package {package, version, file} templates
     env: dict
@@ -91,14 +93,21 @@ def load_component(folder: Path) -> Component:
     versions.sort(key=lambda v: v.version, reverse=True)
     if data["default"] not in data["versions"]:
         raise SpecError(data_path, f"default {data['default']!r} is not one of the versions", field="default")
+    siblings = sorted(p.name for p in folder.parent.iterdir() if p.is_dir())
+    for i, other in enumerate(data.get("after", [])):
+        if other not in siblings:
+            raise SpecError(data_path, f"unknown component {other!r} (a component to build after)", field=f"after[{i}]",
+                            hint=did_you_mean(other, siblings))
     checks = tuple(Check.from_dict(c, data_path, folder, line=lines.get(("checks", i)), field=f"checks[{i}]")
                    for i, c in enumerate(data.get("checks", [])))
     return Component(
         name=data["name"], description=data.get("description", ""), group=data["group"], folder=folder,
         versions=tuple(versions), default=data["default"],
         requires={k: _spec(s, data_path, f"requires.{k}") for k, s in data.get("requires", {}).items()},
+        after=tuple(data.get("after", [])),
         apt_build=tuple(data.get("apt", {}).get("build", [])), apt_runtime=tuple(data.get("apt", {}).get("runtime", [])),
-        pip=tuple(data.get("pip", [])), pip_options=tuple(data.get("pip_options", [])), prefix=data.get("prefix"),
+        pip=tuple(data.get("pip", [])), pip_options=tuple(data.get("pip_options", [])),
+        pip_build_only=bool(data.get("pip_build_only", False)), prefix=data.get("prefix"),
         source=dict(data["source"]) if data.get("source") else None, env=dict(data.get("env", {})), path=tuple(data.get("path", [])), ld_paths=tuple(data.get("ld_paths", [])),
         checks=checks, has_runtime_fragment=(folder / "runtime.j2").is_file(),
         constrains={k: _spec(s, data_path, f"constrains.{k}") for k, s in data.get("constrains", {}).items()},

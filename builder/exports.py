@@ -282,6 +282,7 @@ def slurm_script(plan: Plan, command, *, nodes: int, gpus_per_node: int, ntasks_
         "slurm.sbatch.j2",
         stack=plan.resolved.name, content_hash=plan.content_hash, image=local_ref(plan),
         runtime=runtime, mpi=mpi, mpi_mode=mpi_mode, openmpi=openmpi or "", gpus=gpus,
+        pmix=(plan.resolved.get("pmix").version.text if plan.resolved.get("pmix") else ""),
         sbatch=sbatch, image_var=image_var, image_assignment=f"{image_var}={image_value}",
         fetch=fetch, file_check=file_check, launch=launch, command=shlex.join(words), workdir=WORKDIR,
     )

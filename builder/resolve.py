@@ -199,7 +199,10 @@ def _explain(rejections: list, wanted: dict) -> str:
 
 
 def _build_order(solution: dict, comps: dict, reasons: dict) -> tuple:
-    """Group order first (layer cost), then dependencies before dependants, then name."""
+    """Group order first (layer cost), then dependencies before dependants, then name.
+
+    `after` orders like a dependency but only among components the stack already has: Open MPI
+    compiles against UCX when a stack chooses UCX, and a stack without it still resolves."""
     ordered: list[str] = []
     visiting: set = set()
 
@@ -207,7 +210,7 @@ def _build_order(solution: dict, comps: dict, reasons: dict) -> tuple:
         if name in ordered or name in visiting:
             return
         visiting.add(name)
-        for dep in sorted(_constraints(comps[name], solution[name])):
+        for dep in sorted(set(_constraints(comps[name], solution[name])) | set(comps[name].after)):
             if dep in solution and comps[dep].group == comps[name].group:
                 visit(dep)
         visiting.discard(name)

@@ -114,7 +114,7 @@ def lock_expectations(resolved, lock) -> dict:
     pyver = python.version.text if python else ""
     where = {}
     for rc in resolved.components:
-        if rc.name in lock.python:
+        if rc.name in lock.python and not rc.component.pip_build_only:
             where[rc.name] = rc.component.prefix or f"{VENV}/lib/python{pyver}/site-packages"
     where[LEAF_STEP] = f"{LEAF}/lib/python{pyver}/site-packages"
     expected_python: dict = {}

@@ -20,6 +20,13 @@ REQUIRED_CHECKS = {
     "libnccl loadable",
     "default user is not root",
     "ChainerMN trains with 2 ranks",
+    # the network extras (README "Networks"): built in, and UCX really carries the ranks' traffic
+    "UCX configured with CUDA",
+    "UCX built with CUDA, verbs and mlx5",
+    "Open MPI has the ucx PML and the external PMIx",
+    "Open MPI selects the ucx PML on every rank",
+    "libibverbs loadable",
+    "PMIx is 4.2.2",
 }
 
 
@@ -66,6 +73,8 @@ def test_chainermn_across_two_containers(docker_client, run_dlenv, tmp_path):
     data = json.loads(line)
     assert data["size"] == 2 and data["params_equal"]
     assert "--host" in smoke["command"] and "plm_rsh_agent" in smoke["command"]
+    pml = next(c for c in report["checks"] if c["name"] == "Open MPI selects the ucx PML on every rank (2 containers)")
+    assert pml["status"] == "passed" and '"pml": ["ucx", "ucx"]' in pml["output"]   # UCX over TCP between containers
     assert {n.id for n in docker_client.networks.list()} == networks_before
     assert not docker_client.containers.list(all=True, filters={"label": "org.dlenv.role=verify"})
     # The keys of the run lived in the containers only: the image has no private key anywhere.

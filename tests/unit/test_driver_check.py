@@ -5,7 +5,6 @@ CLI path (shell, run, verify) through CliRunner with the reading monkeypatched."
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest

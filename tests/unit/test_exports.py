@@ -135,7 +135,7 @@ def test_apptainer_environment_section_exports_path_loader_path_and_stack_env(mn
     out = _bash(script, env={"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": "/.singularity.d/libs"})
     assert out.returncode == 0, out.stderr
     path, ld, abort = out.stdout.splitlines()
-    assert path == mn.resolved.path and path.startswith("/opt/openmpi/bin:/opt/venv/bin:")
+    assert path == mn.resolved.path and path.startswith("/opt/openmpi/bin:/opt/ucx/bin:/opt/venv/bin:")
     assert ld.split(":") == mn.resolved.ld_paths + ["/.singularity.d/libs"]   # what was set is kept
     assert "/opt/nvidia/cudnn/nvidia/cudnn/lib" in ld and "/opt/openmpi/lib" in ld
     assert abort == "1"

@@ -180,6 +180,27 @@ def test_build_order_is_group_order_then_dependencies_first(cat):
            ["system", "compile", "compile", "cuda", "python", "python", "python"]
 
 
+def test_after_orders_an_optional_component_first_only_when_the_stack_has_it(cat):
+    # "zmpi" sorts after "aucx" by name; `after` must put "zucx" first although nothing requires it
+    cat.component("zucx", group="compile", versions={"1.0": None}, default="1.0")
+    cat.component("mpi", group="compile", versions={"1.0": None}, default="1.0", after=["zucx"])
+    cat.stack("with", stack("with", {"mpi": "1.0", "zucx": "1.0"}))
+    cat.stack("without", stack("without", {"mpi": "1.0"}))
+    assert [c.name for c in cat.resolve("with").components] == ["base", "zucx", "mpi"]
+    # `after` never pulls a component in: the extras stay off unless a stack lists them
+    assert [c.name for c in cat.resolve("without").components] == ["base", "mpi"]
+
+
+def test_after_naming_an_unknown_component_is_refused(cat):
+    cat.component("ucx", group="compile", versions={"1.0": None}, default="1.0")
+    cat.component("mpi", group="compile", versions={"1.0": None}, default="1.0", after=["uxc"])
+    cat.stack("s", stack("s", {"mpi": "1.0"}))
+    with pytest.raises(SpecError) as info:
+        cat.resolve("s")
+    assert "after[0]: unknown component 'uxc'" in info.value.one_line()
+    assert "did you mean 'ucx'?" in info.value.one_line()
+
+
 # --- failures -------------------------------------------------------------------------------
 
 def test_a_range_that_matches_nothing_names_the_stack_line_and_the_choices(cat):
