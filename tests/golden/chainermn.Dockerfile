@@ -1,12 +1,16 @@
 # Rendered by dlenv 0.1.0 for stack "chainermn" (python -> chainer -> chainer-gpu -> chainermn). Do not edit: change the stack file.
 # Two stages: "build" holds compilers, headers, sources and the CA bundle; "runtime" receives only
 # install prefixes and the venv, one COPY per layer group, heaviest and most stable first.
+# Locked by chainermn.lock (pins f191b4c83e39bd66).
 
-FROM dlenv/base:bookworm-minbase-1276fbca1838 AS build
+FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
+# SOURCE_DATE_EPOCH (the base's): bytecode that pip compiles is hash-based, not install-time stamped.
+ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 SOURCE_DATE_EPOCH=1735689600
+# Every package this stage installs or upgrades, at the version the lock names.
+COPY dlenv-build/apt-build.txt /etc/dlenv-build/apt-build.txt
 RUN apt-get update \
- && apt-get install -y --no-install-recommends autoconf automake build-essential ca-certificates dpkg-dev file libevent-dev libhwloc-dev libibverbs-dev libnuma-dev libpmix-dev librdmacm-dev libtool perl pkg-config python3 python3-dev python3-venv xz-utils zlib1g-dev \
+ && xargs --no-run-if-empty --arg-file=/etc/dlenv-build/apt-build.txt apt-get install -y --no-install-recommends \
  && rm -rf /var/lib/apt/lists/*
 # The CA bundle lets pip reach the package index; it exists in this stage only.
 COPY dlenv-build/ca.crt /etc/dlenv-build/ca.crt
@@ -20,11 +24,13 @@ ENV PIP_CERT=/etc/dlenv-build/ca.crt PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_
 RUN python3 -m venv /opt/venv
 
 # --- cuda-headers 12.6 [compile]
-RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /opt/cuda-headers nvidia-cuda-runtime-cu12==12.6.77 \
+COPY dlenv-build/pylock/cuda-headers.txt /etc/dlenv-build/pylock/cuda-headers.txt
+RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /opt/cuda-headers --require-hashes -r /etc/dlenv-build/pylock/cuda-headers.txt \
  && test -f /opt/cuda-headers/nvidia/cuda_runtime/include/cuda.h
 
 # --- ucx 1.13.1 [compile]
-# UCX from Debian's source package: the upstream tarball (apt checks its signature and checksum),
+COPY dlenv-build/pylock/ucx.txt /etc/dlenv-build/pylock/ucx.txt
+# UCX from Debian's source package: the upstream tarball (apt checks its signature and checksum, the lock its sha256),
 # Debian's patches not applied. The tarball is a git snapshot without ./configure (autogen.sh needs
 # autotools), and Debian renamed upstream's debian/ to debian.upstream, which configure.ac still names.
 # CUDA: UCX's configure (config/m4/cuda.m4) needs cuda.h, cuda_runtime.h (which includes the
@@ -38,8 +44,9 @@ RUN mkdir -p /usr/src/ucx/cuda/include /usr/src/ucx/cuda/lib/stubs && cd /usr/sr
  && apt-get update \
  && apt-get source --download-only --only-source ucx=1.13.1-1 \
  && rm -rf /var/lib/apt/lists/* \
+ && echo '1a88e09ca1b406c046a469c2ae271d2c330050b5664c0bcd9890e26c6ef09f3c  ucx_1.13.1.orig.tar.xz' | sha256sum --check --strict - \
  && /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /usr/src/ucx/wheels \
-        nvidia-cuda-nvcc-cu12==12.6.85 nvidia-nvml-dev-cu12==12.6.77 \
+        --require-hashes -r /etc/dlenv-build/pylock/ucx.txt \
  && ln -s /opt/cuda-headers/nvidia/cuda_runtime/include/* /usr/src/ucx/wheels/nvidia/cuda_nvcc/include/crt \
         /usr/src/ucx/wheels/nvidia/nvml_dev/include/nvml.h /usr/src/ucx/cuda/include/ \
  && ln -s /opt/cuda-headers/nvidia/cuda_runtime/lib/libcudart.so.12 /usr/src/ucx/cuda/lib/libcudart.so \
@@ -63,7 +70,7 @@ RUN mkdir -p /usr/src/ucx/cuda/include /usr/src/ucx/cuda/lib/stubs && cd /usr/sr
  && rm -rf /usr/src/ucx /tmp/ucx-*.log
 
 # --- openmpi 4.1.4 [compile]
-# Upstream tarball from Debian's source package (apt checks its signature and checksum); Debian's
+# Upstream tarball from Debian's source package (apt checks its signature and checksum, the lock its sha256); Debian's
 # patches need autotools regeneration and are not applied.
 # Cluster extras, only where the stack has the components: the ucx PML (InfiniBand, CUDA-aware
 # transports); an external PMIx for srun --mpi=pmix, which requires Open MPI to use the libevent
@@ -72,6 +79,7 @@ RUN mkdir -p /usr/src/openmpi && cd /usr/src/openmpi \
  && apt-get update \
  && apt-get source --download-only --only-source openmpi=4.1.4-3 \
  && rm -rf /var/lib/apt/lists/* \
+ && echo 'ddaee7dbdb01eb4fab1fda5b5e03e8bbff026711806c095c1f39bb410f99f263  openmpi_4.1.4.orig.tar.xz' | sha256sum --check --strict - \
  && tar -xJf openmpi_4.1.4.orig.tar.xz && cd openmpi-4.1.4 \
  && { ./configure --prefix=/opt/openmpi --with-cuda=/opt/cuda-headers/nvidia/cuda_runtime \
         --enable-mpirun-prefix-by-default --disable-mpi-fortran --disable-oshmem --disable-static \
@@ -89,41 +97,55 @@ RUN mkdir -p /usr/src/openmpi && cd /usr/src/openmpi \
  && rm -rf /usr/src/openmpi /tmp/openmpi-*.log /tmp/ompi_info.txt
 
 # --- cuda 12.6 [cuda]
-RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /opt/nvidia/cuda nvidia-cublas-cu12==12.6.4.1 nvidia-cuda-nvrtc-cu12==12.6.85 nvidia-cuda-runtime-cu12==12.6.77 nvidia-cufft-cu12==11.3.0.4 nvidia-curand-cu12==10.3.7.77 nvidia-cusolver-cu12==11.7.1.2 nvidia-cusparse-cu12==12.5.4.2 nvidia-nvjitlink-cu12==12.6.85
+COPY dlenv-build/pylock/cuda.txt /etc/dlenv-build/pylock/cuda.txt
+RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /opt/nvidia/cuda --require-hashes -r /etc/dlenv-build/pylock/cuda.txt
 
 # --- cudnn 8.9.7.29 [cuda]
-RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /opt/nvidia/cudnn nvidia-cudnn-cu12==8.9.7.29
+COPY dlenv-build/pylock/cudnn.txt /etc/dlenv-build/pylock/cudnn.txt
+RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /opt/nvidia/cudnn --require-hashes -r /etc/dlenv-build/pylock/cudnn.txt
 
 # --- nccl 2.21.5 [cuda]
-RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /opt/nvidia/nccl nvidia-nccl-cu12==2.21.5
+COPY dlenv-build/pylock/nccl.txt /etc/dlenv-build/pylock/nccl.txt
+RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /opt/nvidia/nccl --require-hashes -r /etc/dlenv-build/pylock/nccl.txt
 COPY dlenv-build/constraints.txt /etc/dlenv-build/constraints.txt
 ENV PIP_CONSTRAINT=/etc/dlenv-build/constraints.txt
 
 # --- numpy 1.26.4 [python]
-RUN /opt/venv/bin/pip install numpy==1.26.4
+COPY dlenv-build/pylock/numpy.txt /etc/dlenv-build/pylock/numpy.txt
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /etc/dlenv-build/pylock/numpy.txt
 
 # --- setuptools 69.5.1 [python]
-RUN /opt/venv/bin/pip install setuptools==69.5.1 wheel==0.43.0
+COPY dlenv-build/pylock/setuptools.txt /etc/dlenv-build/pylock/setuptools.txt
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /etc/dlenv-build/pylock/setuptools.txt
 
 # --- chainer 7.8.1 [python]
-RUN /opt/venv/bin/pip install --no-build-isolation chainer==7.8.1
+COPY dlenv-build/pylock/chainer.txt /etc/dlenv-build/pylock/chainer.txt
+RUN /opt/venv/bin/pip install --no-build-isolation --no-deps --require-hashes -r /etc/dlenv-build/pylock/chainer.txt
 
 # --- cupy 13.6.0 [python]
-RUN /opt/venv/bin/pip install cupy-cuda12x==13.6.0
+COPY dlenv-build/pylock/cupy.txt /etc/dlenv-build/pylock/cupy.txt
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /etc/dlenv-build/pylock/cupy.txt
 
 # --- cython 3.0.12 [python]
-RUN /opt/venv/bin/pip install Cython==3.0.12
+COPY dlenv-build/pylock/cython.txt /etc/dlenv-build/pylock/cython.txt
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /etc/dlenv-build/pylock/cython.txt
 
 # --- mpi4py 3.1.6 [python]
-RUN MPICC=/opt/openmpi/bin/mpicc /opt/venv/bin/pip install --no-build-isolation mpi4py==3.1.6
+COPY dlenv-build/pylock/mpi4py.txt /etc/dlenv-build/pylock/mpi4py.txt
+RUN MPICC=/opt/openmpi/bin/mpicc /opt/venv/bin/pip install --no-build-isolation --no-deps --require-hashes -r /etc/dlenv-build/pylock/mpi4py.txt
 
-FROM dlenv/base:bookworm-minbase-1276fbca1838 AS runtime
+FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS runtime
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Host keys that packages generate at install time would be shared by every container (and stay in
-# this layer): they go in the same step; keys are made per run where ssh is used.
+# this layer): they go in the same step; keys are made per run where ssh is used. The downloaded .debs
+# (the bootstrapped base has no docker-clean apt hook), apt's binary caches and the install logs go
+# too: nothing reads them, and the last two differ between two builds of one lock.
+COPY dlenv-runtime/apt.txt /etc/dlenv/apt-runtime.txt
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates ibverbs-providers libevent-core-2.1-7 libevent-pthreads-2.1-7 libhwloc15 libibverbs1 libnuma1 libpmix2 librdmacm1 openssh-client openssh-server python3 zlib1g \
- && rm -rf /var/lib/apt/lists/* /etc/ssh/ssh_host_* \
+ && xargs --no-run-if-empty --arg-file=/etc/dlenv/apt-runtime.txt env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* /var/log/dpkg.log /var/log/alternatives.log \
+          /etc/ssh/ssh_host_* \
  && useradd --create-home --uid 1000 --user-group --shell /bin/bash dlenv \
  && install -d -o dlenv -g dlenv /workspace
 COPY --from=build /opt/ucx /opt/ucx
@@ -134,7 +156,7 @@ COPY --from=build /opt/nvidia/nccl /opt/nvidia/nccl
 COPY --from=build /opt/venv /opt/venv
 COPY dlenv-runtime/profile.sh /etc/profile.d/dlenv.sh
 COPY dlenv-runtime/ld.so.conf /etc/ld.so.conf.d/dlenv.conf
-RUN ldconfig
+RUN ldconfig && rm -f /var/cache/ldconfig/aux-cache
 ENV PATH="/opt/openmpi/bin:/opt/ucx/bin:/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
     CHAINERMN_FORCE_ABORT_ON_EXCEPTION="1" \
     CHAINER_WARN_VERSION_MISMATCH="0" \
@@ -143,7 +165,7 @@ ENV PATH="/opt/openmpi/bin:/opt/ucx/bin:/opt/venv/bin:/usr/local/sbin:/usr/local
     OMPI_MCA_pml_ucx_tls="any"
 ARG DLENV_CONTENT_HASH=unset
 LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
-      org.dlenv.base="dlenv/base:bookworm-minbase-1276fbca1838" \
+      org.dlenv.base="dlenv/base:bookworm-minbase-324ac74f0d4e" \
       org.dlenv.component.chainer="7.8.1" \
       org.dlenv.component.cuda="12.6" \
       org.dlenv.component.cuda-headers="12.6" \
@@ -162,6 +184,9 @@ LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
       org.dlenv.component.ucx="1.13.1" \
       org.dlenv.components="openssh=9.2,pmix=4.2.2,python=3.11,rdma-core=44.0,cuda-headers=12.6,ucx=1.13.1,openmpi=4.1.4,cuda=12.6,cudnn=8.9.7.29,nccl=2.21.5,numpy=1.26.4,setuptools=69.5.1,chainer=7.8.1,cupy=13.6.0,cython=3.0.12,mpi4py=3.1.6" \
       org.dlenv.dlenv-version="0.1.0" \
+      org.dlenv.lock="f191b4c83e39bd66f6c381ec7e8192194d6516ad08a7cd3c2abbfa62803ad8b5" \
+      org.dlenv.source.openmpi="openmpi=4.1.4-3 openmpi_4.1.4.orig.tar.xz sha256:ddaee7dbdb01eb4fab1fda5b5e03e8bbff026711806c095c1f39bb410f99f263" \
+      org.dlenv.source.ucx="ucx=1.13.1-1 ucx_1.13.1.orig.tar.xz sha256:1a88e09ca1b406c046a469c2ae271d2c330050b5664c0bcd9890e26c6ef09f3c" \
       org.dlenv.stack="chainermn" \
       org.opencontainers.image.description="ChainerMN (Chainer 7.8.1, CuPy 13, CUDA 12, cuDNN 8, NCCL) with CUDA-aware Open MPI 4.1 and mpi4py." \
       org.opencontainers.image.title="dlenv/chainermn"
