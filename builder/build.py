@@ -8,6 +8,7 @@ moves a working tag. Builds of one stack are serialised with a file lock.
 from __future__ import annotations
 
 import contextlib
+import functools
 import fcntl
 import shutil
 import tempfile
@@ -62,6 +63,12 @@ class Plan:
         return f"{self.repo}:latest"
 
 
+@functools.lru_cache(maxsize=4)
+def _shared_catalog(components_dir: str) -> Catalog:
+    """One catalog per process: `dlenv list` plans every stack, and each would read every component again."""
+    return Catalog(Path(components_dir))
+
+
 def lock_status(resolved: ResolvedStack) -> tuple[Lock | None, str, str]:
     """(lock, state, why stale) of a resolved stack: its lock file is read when it exists."""
     path = lock_path(resolved.merged.path)
@@ -79,7 +86,7 @@ def lock_status(resolved: ResolvedStack) -> tuple[Lock | None, str, str]:
 def plan(ref: str, stacks_dir: Path | None = None, catalog: Catalog | None = None) -> Plan:
     """Resolve and render a stack; with a lock that matches it, every install is pinned."""
     merged = load_stack(ref, Path(stacks_dir or paths.stacks_dir()))
-    resolved = resolve(merged, catalog or Catalog())
+    resolved = resolve(merged, catalog or _shared_catalog(str(paths.components_dir())))
     lock, state, why = lock_status(resolved)
     ctx = render_context(resolved, lock if state == "locked" else None)
     return Plan(resolved, ctx, content_hash(ctx), lock, state, why)

@@ -246,15 +246,36 @@ def _pins(value, path: Path, fieldname: str) -> dict:
     return dict(value)
 
 
+_SLOW = object()
+
+
+def _fast_load(path: Path):
+    """Locks are large and machine-written: libyaml reads them ten times faster than the line-aware
+    loader. Anything unusual (anchors or aliases, which a lock never has, bad UTF-8, a parse error)
+    goes to the careful loader, which refuses alias bombs and names the line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return _SLOW
+    if "&" in text or "*" in text or not hasattr(yaml, "CSafeLoader"):
+        return _SLOW
+    try:
+        return yaml.load(text, Loader=yaml.CSafeLoader)  # noqa: S506 - the C *safe* loader
+    except yaml.YAMLError:
+        return _SLOW
+
+
 def load(path: Path) -> Lock:
     """Read and validate a lock file; every problem is one line naming the file and the field."""
     from .yamlload import load_yaml
     from .errors import SpecError
     path = Path(path)
-    try:
-        data, _ = load_yaml(path)
-    except SpecError as exc:
-        raise LockError(exc.message, hint="run `dlenv lock` to write it again") from None
+    data = _fast_load(path)
+    if data is _SLOW:
+        try:
+            data, _ = load_yaml(path)
+        except SpecError as exc:
+            raise LockError(exc.message, hint="run `dlenv lock` to write it again") from None
     _need(isinstance(data, dict), path, "(top)", "must be a mapping")
     _need(data.get("lock") == LOCK_FORMAT, path, "lock", f"format {data.get('lock')!r} is not {LOCK_FORMAT}")
     for key in ("stack", "inputs", "platform", "base", "apt", "sources", "python"):
