@@ -220,17 +220,41 @@ def _resolve_python(client, box: _Box, ref: str, env: dict, bundle: bytes, resol
         return {}, {"python": apt_build.get("python3", "")}
     if resolved.get("python") is None:
         raise LockError(f"stack {resolved.name!r} installs Python packages but has no python component")
+    reuse = reusable_steps(resolved, steps, keep, upgrade, apt_build)
+    if reuse == len(steps) and keep.platform.get("python"):
+        return _resolve_steps(None, resolved, steps, keep, upgrade, report, log, reuse=reuse)
     pybox = _python_box(client, box, ref, env, bundle, apt_build, log)
     try:
-        return _resolve_steps(pybox, resolved, steps, keep, upgrade, report, log)
+        return _resolve_steps(pybox, resolved, steps, keep, upgrade, report, log, reuse=reuse)
     finally:
         if pybox is not box:
             pybox.close()
 
 
-def _resolve_steps(box: _Box, resolved, steps, keep: Lock | None, upgrade: set, report: LockReport,
-                   log) -> tuple[dict, dict]:
-    version = box.sh("python3 -c 'import platform; print(platform.python_version())'", "python3 --version").strip()
+def reusable_steps(resolved, steps, keep: Lock | None, upgrade: set, apt_build: dict) -> int:
+    """How many leading pip steps keep the previous lock's pins without a dry run: the same build
+    packages (so the same Python), the same constraints, the step's own inputs unchanged and nothing
+    in it asked to upgrade. A relock after adding one package to the stack resolves only that step."""
+    if keep is None or keep.apt_build != apt_build or keep.inputs.get("constraints") != constraint_lines(resolved):
+        return 0
+    previous_inputs = keep.inputs.get("python", {})
+    current_inputs = lock_inputs(resolved)["python"]
+    count = 0
+    for step in steps:
+        if step.name not in keep.python or previous_inputs.get(step.name) != current_inputs.get(step.name):
+            break
+        if any(canonical(p.name) in upgrade for p in keep.python[step.name]):
+            break
+        count += 1
+    return count
+
+
+def _resolve_steps(box: _Box | None, resolved, steps, keep: Lock | None, upgrade: set, report: LockReport,
+                   log, reuse: int = 0) -> tuple[dict, dict]:
+    if box is None:
+        version = keep.platform["python"]
+    else:
+        version = box.sh("python3 -c 'import platform; print(platform.python_version())'", "python3 --version").strip()
     base_constraints = constraint_lines(resolved)
     # The components' exact pins come from the stack; everything else may keep its previous pin.
     named = {canonical(line.split("==")[0]) for line in base_constraints}
@@ -243,7 +267,15 @@ def _resolve_steps(box: _Box, resolved, steps, keep: Lock | None, upgrade: set, 
     venv_pins: dict = {}        # canonical name -> PythonPin installed into the venv by earlier steps
     installed: set = set()      # canonical names really installed in the lock venv
     out: dict = {}
-    for step in steps:
+    for index, step in enumerate(steps):
+        if index < reuse:
+            pins = keep.python[step.name]
+            if step.mode == "venv":
+                venv_pins.update({canonical(p.name): p for p in pins})
+            out[step.name] = pins
+            report.kept += len(pins)
+            log(f"pip step {step.name}: {len(pins)} package(s), kept (its inputs are unchanged)")
+            continue
         if "--no-build-isolation" in step.options:
             # Packages built without isolation use what earlier steps put in the venv (setuptools, wheel, Cython).
             wheels = [p for n, p in sorted(venv_pins.items()) if n not in installed and p.file.endswith(".whl")]

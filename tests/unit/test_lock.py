@@ -362,3 +362,28 @@ def test_a_kept_pin_that_conflicts_is_resolved_again_and_reported(tmp_path):
     assert len(box.constraints) == 2 and "idna==" not in box.constraints[1]
     assert {p.version for p in out["python_packages"]} == {"2.32.3", "3.10"}
     assert any("previous pins conflict" in n for n in report.notes)
+
+
+def test_a_relock_resolves_only_the_steps_whose_inputs_changed(tmp_path):
+    from builder.locker import LockReport, _resolve_steps, reusable_steps
+    path = tmp_path / "dlenv.yaml"
+    path.write_text('schema: 1\nname: proj\nextends: chainer\npython_packages: ["six==1.17.0"]\n')
+    p = plan(str(path))
+    previous = fake_lock(p.resolved)
+    steps = L.pip_steps(p.resolved)
+    assert reusable_steps(p.resolved, steps, previous, set(), previous.apt_build) == len(steps)
+    assert reusable_steps(p.resolved, steps, previous, set(), {"python3": "other"}) == 0   # another Python
+    first = [s.name for s in steps].index("numpy")
+    assert reusable_steps(p.resolved, steps, previous, {"numpy"}, previous.apt_build) == first
+    # One more package for the stack: every component step is kept without a dry run, the leaf resolved.
+    path.write_text(path.read_text().replace('["six==1.17.0"]', '["six==1.17.0", "packaging==24.1"]'))
+    p = plan(str(path))
+    steps = L.pip_steps(p.resolved)
+    reuse = reusable_steps(p.resolved, steps, previous, set(), previous.apt_build)
+    assert reuse == len(steps) - 1 and steps[-1].name == L.LEAF_STEP
+    box = FakeBox({L.LEAF_STEP: _report(("six", "1.17.0"), ("packaging", "24.1"))})
+    report = LockReport()
+    out, _ = _resolve_steps(box, p.resolved, steps, previous, set(), report, lambda m: None, reuse=reuse)
+    assert len(box.constraints) == 1                      # one dry run: the leaf's
+    assert all(out[s.name] == previous.python[s.name] for s in steps[:-1])
+    assert {x.name for x in out[L.LEAF_STEP]} == {"six", "packaging"}
