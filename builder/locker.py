@@ -30,7 +30,7 @@ from . import __version__
 from . import base as base_mod
 from . import engine
 from .config import find_ca_bundle, pip_build_args
-from .errors import EngineError, LockError
+from .errors import BaseImageError, EngineError, LockError
 from .lock import (LEAF_STEP, Lock, canonical, debian_sources, digest, lock_inputs, parse_apt_simulation,
                    parse_dpkg_list, parse_pip_report, parse_source_uris, pip_steps)
 from .render import base_recipe, constraint_lines
@@ -127,8 +127,8 @@ def make_lock(client, resolved, *, previous: Lock | None = None, upgrade=(), upg
         pins = keep.base_packages
     try:
         ref = base_mod.ensure_base(client, base, log, pins=pins)
-    except Exception as exc:  # noqa: BLE001 - a pinned base that no longer bootstraps is resolved again
-        if pins is None or not hasattr(exc, "message"):
+    except BaseImageError as exc:  # a pinned base that no longer bootstraps is resolved again
+        if pins is None:
             raise
         report.notes.append(f"base: {exc.message[:200]}; bootstrapped afresh")
         pins = None

@@ -116,7 +116,7 @@ def pip_requirements(comp, version) -> list:
         raise RenderError(f"component {comp.name!r}: pip requirement uses unknown variable {exc}") from None
 
 
-def _locked_pip(step: str, lock: Lock, mode: str, options: list) -> tuple[list, list]:
+def _locked_pip(step: str, mode: str, options: list) -> tuple[list, list]:
     """(pip_options, pip_requirements) that install exactly the lock's files for one step."""
     path = f"{PYLOCK_DIR}/{step}.txt"
     if mode == "venv":
@@ -146,7 +146,7 @@ def render_context(resolved: ResolvedStack, lock: Lock | None = None) -> BuildCo
         if lock is not None and requirements:
             if comp.name not in lock.python:
                 raise RenderError(f"{lock.path}: python.{comp.name}: missing from the lock", hint="run `dlenv lock` again")
-            options, requirements = _locked_pip(comp.name, lock, "target" if comp.prefix else "venv", options)
+            options, requirements = _locked_pip(comp.name, "target" if comp.prefix else "venv", options)
             pylock = f"{PYLOCK_DIR}/{comp.name}.txt"
             pylock_files[f"{BUILD_FILES}/pylock/{comp.name}.txt"] = lock.requirements_text(comp.name).encode()
         src = sources.get(comp.name)
@@ -174,7 +174,8 @@ def render_context(resolved: ResolvedStack, lock: Lock | None = None) -> BuildCo
         if lock is not None:
             if LEAF_STEP not in lock.python:
                 raise RenderError(f"{lock.path}: python.{LEAF_STEP}: missing from the lock", hint="run `dlenv lock` again")
-            leaf_install = ["--no-deps", "--require-hashes", "-r", f"{PYLOCK_DIR}/{LEAF_STEP}.txt"]
+            leaf_options, leaf_requirements = _locked_pip(LEAF_STEP, "venv", [])
+            leaf_install = leaf_options + leaf_requirements
             pylock_files[f"{BUILD_FILES}/pylock/{LEAF_STEP}.txt"] = lock.requirements_text(LEAF_STEP).encode()
         else:
             leaf_install = leaf_packages
