@@ -44,8 +44,8 @@ def main() -> None:
 
     import docker
 
-    from builder.build import plan, write_context
-    from builder.config import find_ca_bundle, pip_build_args
+    from builder.pipeline.build import plan, write_context
+    from builder.settings.host import find_ca_bundle, pip_build_args
 
     client = docker.from_env(timeout=3600)
     p = plan(args.stack)
@@ -65,7 +65,7 @@ def main() -> None:
     figures["verify_s"] = timed([DLENV, "verify", args.stack], repeat=1)
     names = json.loads(subprocess.run([DLENV, "list", "--json"], capture_output=True, text=True, check=True).stdout)
     render_cmd = [sys.executable, "-c",
-                  "from builder.build import plan\n"
+                  "from builder.pipeline.build import plan\n"
                   f"for n in {[n['stack'] for n in names]!r}: plan(n).context.dockerfile"]
     figures["render_all_stacks_s"] = timed(render_cmd, repeat=5)
     figures["help_s"] = timed([DLENV, "--help"], repeat=5)

@@ -12,7 +12,7 @@ bundle and the rest. Prints a table and writes bench/results/naive-baseline.json
     .venv/bin/python bench/naive_baseline.py --remove   # ... and remove the naive image afterwards
 
 The build needs the host's CA bundle for pip (copied into a temporary context) and passes the
-host's pip index and proxy settings as build arguments (builder.config.pip_build_args).
+host's pip index and proxy settings as build arguments (builder.settings.host.pip_build_args).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def build_naive(client, no_cache: bool) -> dict:
-    from builder.config import find_ca_bundle, pip_build_args
+    from builder.settings.host import find_ca_bundle, pip_build_args
 
     ca = find_ca_bundle()
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -134,9 +134,9 @@ def main() -> None:
 
     import docker
 
-    from builder import base as base_mod
-    from builder import build as build_mod
-    from builder import sbom
+    from builder.engine import base as base_mod
+    from builder.pipeline import build as build_mod
+    from builder.outputs import sbom as sbom
 
     client = docker.from_env(timeout=3600)
     p = build_mod.plan(args.stack)

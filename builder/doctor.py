@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import engine
-from .errors import DlenvError
+from builder.engine import dockerapi as engine
+from builder.errors import DlenvError
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 STATUSES = (OK, WARN, FAIL, SKIP)
@@ -46,7 +46,7 @@ def summary(checks: list[DoctorCheck]) -> dict:
 
 
 def run_checks(settings=None, client_factory: Callable = engine.connect, environ=os.environ) -> list[DoctorCheck]:
-    """Every check, in order. `settings` is a `builder.settings.Settings`; None loads them here, and a
+    """Every check, in order. `settings` is a `builder.settings.settings.Settings`; None loads them here, and a
     broken config file then becomes a failed `config` check instead of an exception.
     `client_factory(timeout=SECONDS)` returns a connected docker client or raises `EngineError`."""
     checks: list[DoctorCheck] = []
@@ -75,7 +75,7 @@ def run_checks(settings=None, client_factory: Callable = engine.connect, environ
 # --- configuration ----------------------------------------------------------------------------------
 
 def _settings_check(settings, environ, checks: list) -> object:
-    from .settings import Settings, load_settings, project_config_path, user_config_path
+    from builder.settings.settings import Settings, load_settings, project_config_path, user_config_path
     if settings is None:
         try:
             settings = load_settings(environ=environ)
@@ -94,7 +94,7 @@ def _settings_check(settings, environ, checks: list) -> object:
 
 
 def _defaults_only(settings):
-    from .settings import KEYS
+    from builder.settings.settings import KEYS
     for key, (_, default, _, _) in KEYS.items():
         if default is not None:
             settings.values[key] = default
@@ -163,7 +163,7 @@ def _disk_check(info: dict, environ) -> DoctorCheck:
 
 
 def _gpu_check(info: dict) -> DoctorCheck:
-    from .cluster import gpu_runtime
+    from builder.run.cluster import gpu_runtime
     runtime = gpu_runtime(info)
     if runtime:
         path = ((info.get("Runtimes") or {}).get(runtime) or {}).get("path") or "?"
@@ -177,8 +177,8 @@ def _gpu_check(info: dict) -> DoctorCheck:
 
 
 def _base_check(client, base_spec: dict, settings) -> tuple[DoctorCheck, bool | None]:
-    from .base import base_present
-    from .render import base_ref
+    from builder.engine.base import base_present
+    from builder.plan.render import base_ref
     ref = base_ref(base_spec)
     try:
         present = base_present(client, base_spec)
@@ -219,7 +219,7 @@ def _mmdebstrap_check(base_spec: dict, base_is_present: bool | None) -> DoctorCh
 def _mirror_check(settings, environ, needed: bool) -> DoctorCheck:
     import re
 
-    from .config import debian_sources
+    from builder.settings.host import debian_sources
     mirror = settings.get("debian_mirror")
     env = dict(environ)
     if mirror:
@@ -238,7 +238,7 @@ def _mirror_check(settings, environ, needed: bool) -> DoctorCheck:
 
 
 def _ca_check(settings, environ) -> DoctorCheck:
-    from .config import CA_ENV_VARS, find_ca_bundle
+    from builder.settings.host import CA_ENV_VARS, find_ca_bundle
     explicit = settings.get("ca_bundle")
     try:
         bundle = find_ca_bundle(explicit, environ=environ)

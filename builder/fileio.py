@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import DlenvError
+from builder.errors import DlenvError
 
 
 def write_text_atomic(path: Path, text: str, mode: int = 0o644) -> None:

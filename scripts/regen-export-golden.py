@@ -23,12 +23,12 @@ COMMAND = ["python", "train.py", "--epochs", "5", "--out", "result dir"]
 
 
 def _plan(stack: str):
-    from builder.build import plan
+    from builder.pipeline.build import plan
     return plan(stack)
 
 
 def _cases() -> dict:
-    from builder import exports as ex
+    from builder.outputs import exports as ex
     return {
         "chainermn.apptainer.def": lambda: ex.apptainer_def(_plan("chainermn")),
         "chainermn.apptainer-registry.def": lambda: ex.apptainer_def(_plan("chainermn"), REGISTRY),

@@ -3,8 +3,8 @@
 from pathlib import Path
 
 from builder import paths
-from builder.build import plan
-from builder.spec import catalog_stack_names
+from builder.pipeline.build import plan
+from builder.spec.stack import catalog_stack_names
 
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "golden"
 

@@ -1,7 +1,7 @@
 """`dlenv gc` decides from image listings: candidate tags and old hash tags go, latest and the
 newest hash tags stay, other repositories are never touched, build cache only below a dlenv base."""
 
-from builder.gc import plan_gc
+from builder.engine.gc import plan_gc
 
 
 def img(id_, tags=(), parent="", created="2026-01-01T00:00:00Z", size=100):

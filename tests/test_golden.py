@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from builder import paths
-from builder.build import plan
-from builder.spec import catalog_stack_names
+from builder.pipeline.build import plan
+from builder.spec.stack import catalog_stack_names
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from builder.build import plan
-from builder.cli import main
+from builder.pipeline.build import plan
+from builder.cli.app import main
 from builder.errors import SpecError
 
 ENV = {"NO_COLOR": "1", "COLUMNS": "300", "DOCKER_HOST": "unix:///nonexistent.sock"}

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from builder import cluster, verify
-from builder.build import plan
-from builder.cluster import gpu_runtime, mpi_launch
-from builder.verify import plan_checks
+from builder.run import cluster as cluster
+from builder.verify import runner as verify
+from builder.pipeline.build import plan
+from builder.run.cluster import gpu_runtime, mpi_launch
+from builder.verify.runner import plan_checks
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -216,7 +216,7 @@ def test_hadolint_clean():
 def test_index_token_given_to_the_build_reaches_no_layer(docker_client, run_dlenv, tmp_path, cleanup_repo):
     """A pip index URL with credentials goes to the build stage as a build argument only: the
     promoted image carries it in no layer, history entry, env or label."""
-    from builder.security import scan_image
+    from security import scan_image
 
     token = "tok" + secrets.token_hex(16)
     stack = write_stack(tmp_path, "itest-token", f"""
@@ -234,8 +234,8 @@ def test_index_token_given_to_the_build_reaches_no_layer(docker_client, run_dlen
     assert layers >= 3 and not findings, findings
 
     # Positive control: the build stage did receive it (its history records the build argument).
-    from builder.build import plan, write_context
-    from builder.config import find_ca_bundle
+    from builder.pipeline.build import plan, write_context
+    from builder.settings.host import find_ca_bundle
     p = plan(str(stack))
     context = tmp_path / "context"
     context.mkdir()

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from builder import buildkit
+from builder.engine import buildkit as buildkit
 from builder.errors import EngineError
-from builder.security import scan_image
+from security import scan_image
 
 HOST_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
@@ -94,7 +94,7 @@ def test_buildkit_build_verifies_shares_the_hash_and_keeps_the_bundle_out(bk_cli
 
         # The build stage too (the SDK engine COPYs the bundle there): build it as an image with the same
         # variant, secret and caches, and scan it.
-        from builder.build import plan, write_context
+        from builder.pipeline.build import plan, write_context
         p = plan(str(project / "dlenv.yaml"))
         context = tmp_path / "context"
         context.mkdir()

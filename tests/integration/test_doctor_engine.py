@@ -8,12 +8,12 @@ from importlib.metadata import version
 import pytest
 from click.testing import CliRunner
 
-from builder.base import base_present
-from builder.cli import main
-from builder.cli_doctor import doctor
+from builder.engine.base import base_present
+from builder.cli.app import main
+from builder.cli.doctor import doctor
 from builder.doctor import DEFAULT_BASE
-from builder.settings import KEYS
-from builder.verify import gpu_runtime
+from builder.settings.settings import KEYS
+from builder.verify.runner import gpu_runtime
 
 if "doctor" not in main.commands:  # until builder/cli.py registers it
     main.add_command(doctor, "doctor")

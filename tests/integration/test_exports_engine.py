@@ -33,8 +33,8 @@ import docker.errors
 import pytest
 import yaml
 
-from builder import exports as ex
-from builder.build import HASH_LABEL, plan, promoted_image
+from builder.outputs import exports as ex
+from builder.pipeline.build import HASH_LABEL, plan, promoted_image
 
 TOKEN = secrets.token_hex(4)
 STACK = f"dlenv-itest-export-{TOKEN}"
@@ -45,7 +45,7 @@ ROLE = f"itest-export-{TOKEN}"
 
 # The real CLI in a subprocess. Until cli.py registers export/save/load, this bootstrap adds them
 # (a no-op once registered), so the subprocess runs exactly what `dlenv` will run.
-_BOOT = ("import sys; from builder.cli import main; from builder.cli_export import export, save, load\n"
+_BOOT = ("import sys; from builder.cli.app import main; from builder.cli.export import export, save, load\n"
          "for c in (export, save, load):\n"
          "    if c.name not in main.commands: main.add_command(c)\n"
          "main(prog_name='dlenv')")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import lock as L
+from builder.plan import lockfile as L
 
 STACK = """schema: 1
 name: dlenv-itest-lock

@@ -32,8 +32,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from registry_fixture import Registry, ThrottledProxy, ensure_tools, free_port, write_htpasswd  # noqa: E402
 
-from builder.build import HASH_LABEL, Plan, plan as make_plan  # noqa: E402
-from builder.registry import remote_ref  # noqa: E402
+from builder.pipeline.build import HASH_LABEL, Plan, plan as make_plan  # noqa: E402
+from builder.engine.registry import remote_ref  # noqa: E402
 
 USER = "dlenv-itest"
 PASSWORD = "pw-" + secrets.token_hex(12)
@@ -452,7 +452,7 @@ def test_registry_killed_mid_pull_fails_cleanly(docker_client, registry_tools, d
 def test_try_pull_is_quiet_when_missing_warns_when_unusable_and_promotes_when_found(
         docker_client, plain, tmp_path, janitor, monkeypatch):
     """The pull-before-build hook, in process: what `dlenv build` will call under its stack lock."""
-    from builder import registry
+    from builder.engine import registry as registry
     for var in ("DLENV_REGISTRY_USER", "DLENV_REGISTRY_PASSWORD"):
         monkeypatch.delenv(var, raising=False)
     stack = new_stack(tmp_path)
@@ -503,7 +503,7 @@ DAEMON_SAYS = [
 @pytest.mark.parametrize("said, verb, kind, needle", DAEMON_SAYS,
                          ids=[f"{verb}-{kind}-{i}" for i, (_, verb, kind, _) in enumerate(DAEMON_SAYS)])
 def test_daemon_messages_are_classified(said, verb, kind, needle, tmp_path):
-    from builder.registry import _explain
+    from builder.engine.registry import _explain
     stack = new_stack(tmp_path)
     error = _explain(said, verb=verb, remote="h:1/dlenv/x:0123", registry="h:1", plan=stack.plan, auth=None)
     assert error.kind == kind
@@ -512,7 +512,7 @@ def test_daemon_messages_are_classified(said, verb, kind, needle, tmp_path):
 
 
 def test_credentials_never_reach_a_message(tmp_path, monkeypatch):
-    from builder.registry import RegistryError, _explain, credentials
+    from builder.engine.registry import RegistryError, _explain, credentials
     monkeypatch.setenv("DLENV_REGISTRY_USER", "alice")
     monkeypatch.setenv("DLENV_REGISTRY_PASSWORD", "hunter2-" + PASSWORD)
     auth = credentials("h:1/prefix")
@@ -539,7 +539,7 @@ def test_remote_ref(registry, expected, tmp_path):
 
 
 def test_a_bare_word_is_not_taken_for_a_registry(tmp_path):
-    from builder.registry import RegistryError
+    from builder.engine.registry import RegistryError
     with pytest.raises(RegistryError, match="does not name a registry host"):
         remote_ref(new_stack(tmp_path).plan, "myhost/prefix")
 
@@ -547,8 +547,8 @@ def test_a_bare_word_is_not_taken_for_a_registry(tmp_path):
 def test_a_registry_base_image_is_pulled_and_built_on(docker_client, plain, dlenv, tmp_path, janitor):
     """`base: {image: ...}` where a registry can be reached: the base is pulled, then built on.
     The registry here serves dlenv's own bootstrapped Debian base under another name."""
-    from builder.render import base_ref
-    from builder.spec import DEFAULT_BASE
+    from builder.plan.render import base_ref
+    from builder.spec.stack import DEFAULT_BASE
 
     local_base = base_ref(DEFAULT_BASE)
     assert image_id(docker_client, local_base), "the bootstrapped base must exist (dlenv base)"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 # `sbom` and `diff` are registered in builder/cli.py; this runner adds them when they are not (yet).
-_RUNNER = ("import sys; from builder.cli import main; from builder.cli_sbom import diff_cmd, sbom; "
+_RUNNER = ("import sys; from builder.cli.app import main; from builder.cli.sbom import diff_cmd, sbom; "
            "'sbom' in main.commands or main.add_command(sbom); "
            "'diff' in main.commands or main.add_command(diff_cmd, 'diff'); "
            "sys.argv[0] = 'dlenv'; main()")

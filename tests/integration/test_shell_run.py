@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from builder import engine
-from builder.cluster import ContainerOptions, container_kwargs
-from builder.session import host_identity, show_rank_line, shell
+from builder.engine import dockerapi as engine
+from builder.run.cluster import ContainerOptions, container_kwargs
+from builder.run.session import host_identity, show_rank_line, shell
 
 
 @pytest.fixture(scope="module")

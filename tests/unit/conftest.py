@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from builder.catalog import Catalog
-from builder.cli import main
+from builder.plan.catalog import Catalog
+from builder.cli.app import main
 from dlenv_unit import CLI_ENV, write_component
 
 
@@ -57,11 +57,11 @@ def fake(tmp_path):
             return Catalog(self.components)
 
         def load(self, ref: str):
-            from builder.spec import load_stack
+            from builder.spec.stack import load_stack
             return load_stack(ref, self.stacks)
 
         def resolve(self, ref: str):
-            from builder.resolve import resolve
+            from builder.plan.resolve import resolve
             return resolve(self.load(ref), self.catalog)
 
     return Fake()

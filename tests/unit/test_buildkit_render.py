@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from builder import buildkit, paths
-from builder.build import plan
-from builder.engine import BuildProgress
+from builder import paths
+from builder.engine import buildkit as buildkit
+from builder.pipeline.build import plan
+from builder.engine.dockerapi import BuildProgress
 from builder.errors import BuildError, EngineError, RenderError
-from builder.spec import catalog_stack_names
+from builder.spec.stack import catalog_stack_names
 
 STACKS = catalog_stack_names(paths.stacks_dir())
 MOUNT = re.compile(r"--mount=\S+ ")

@@ -15,11 +15,11 @@ import docker.errors
 import pytest
 
 from builder import doctor
-from builder.cli import main
-from builder.cli_doctor import doctor as doctor_cmd
+from builder.cli.app import main
+from builder.cli.doctor import doctor as doctor_cmd
 from builder.errors import EngineError
-from builder.render import base_ref
-from builder.settings import KEYS, load_settings
+from builder.plan.render import base_ref
+from builder.settings.settings import KEYS, load_settings
 
 if "doctor" not in main.commands:  # until builder/cli.py registers it
     main.add_command(doctor_cmd, "doctor")
@@ -269,7 +269,7 @@ def test_debian_mirror_from_settings_is_honoured(env, root, tmp_path):
 
 
 def test_no_debian_mirror_anywhere_fails(env, root, monkeypatch, tmp_path):
-    from builder import config
+    from builder.settings import host as config
     env.pop("DLENV_DEBIAN_MIRROR")
     monkeypatch.setattr(config, "APT_SOURCES", (tmp_path / "none.d", tmp_path / "sources.list"))
     check = run(env, FakeClient(make_info(root)))["debian mirror"]
@@ -278,7 +278,7 @@ def test_no_debian_mirror_anywhere_fails(env, root, monkeypatch, tmp_path):
 
 
 def test_debian_mirror_from_the_host_apt_sources(env, root, monkeypatch, tmp_path):
-    from builder import config
+    from builder.settings import host as config
     env.pop("DLENV_DEBIAN_MIRROR")
     listing = tmp_path / "sources.list"
     listing.write_text("deb http://apt.example.net/debian bookworm main\n"

@@ -9,15 +9,15 @@ from types import SimpleNamespace
 
 import pytest
 
-import builder.build
-import builder.cli
-import builder.driver as driver
-import builder.engine
-import builder.session
-import builder.verify
-from builder.driver import HostDriver, Verdict, assess, check_host_driver, read_host_driver
+import builder.pipeline.build
+import builder.cli.app
+import builder.run.driver as driver
+import builder.engine.dockerapi
+import builder.run.session
+import builder.verify.runner
+from builder.run.driver import HostDriver, Verdict, assess, check_host_driver, read_host_driver
 from builder.errors import DlenvError, DriverError
-from builder.verify import Report
+from builder.verify.runner import Report
 
 from dlenv_unit import ROOT
 
@@ -337,18 +337,18 @@ def host(monkeypatch):
         return state.driver
 
     monkeypatch.delenv("DOCKER_HOST", raising=False)
-    monkeypatch.setattr(builder.cli, "_WARNED", set())
-    monkeypatch.setattr(builder.engine, "connect", lambda *a, **k: FakeClient(state.runtimes))
+    monkeypatch.setattr(builder.cli.app, "_WARNED", set())
+    monkeypatch.setattr(builder.engine.dockerapi, "connect", lambda *a, **k: FakeClient(state.runtimes))
     monkeypatch.setattr(driver, "read_host_driver", read)
-    monkeypatch.setattr(builder.build, "promoted_image", lambda client, p: object())
-    monkeypatch.setattr(builder.build, "require_promoted", lambda client, p, target: None)
-    monkeypatch.setattr(builder.build, "build", lambda *a, **k: state.builds.append(a))
-    monkeypatch.setattr(builder.session, "shell",
+    monkeypatch.setattr(builder.pipeline.build, "promoted_image", lambda client, p: object())
+    monkeypatch.setattr(builder.pipeline.build, "require_promoted", lambda client, p, target: None)
+    monkeypatch.setattr(builder.pipeline.build, "build", lambda *a, **k: state.builds.append(a))
+    monkeypatch.setattr(builder.run.session, "shell",
                         lambda client, image, opts, ident, command=None: state.started.append(("shell", opts.gpu)) or 0)
-    monkeypatch.setattr(builder.session, "run_mpi",
+    monkeypatch.setattr(builder.run.session, "run_mpi",
                         lambda client, image, opts, ident, command, ranks, **k: state.started.append(("run", opts.gpu))
                         or 0)
-    monkeypatch.setattr(builder.verify, "verify_image",
+    monkeypatch.setattr(builder.verify.runner, "verify_image",
                         lambda client, image, planned, **k: state.started.append(("verify", image)) or Report(image))
     return state
 
@@ -424,7 +424,7 @@ def test_cpu_stack_on_a_gpu_host_is_not_checked(cli, host):
 
 
 def test_missing_image_with_old_driver_fails_before_offering_a_build(cli, host, monkeypatch):
-    monkeypatch.setattr(builder.build, "promoted_image", lambda client, p: None)
+    monkeypatch.setattr(builder.pipeline.build, "promoted_image", lambda client, p: None)
     host.runtimes = {"nvidia": {}}
     host.driver = HostDriver("470.223.02", "11.4", "nvidia-smi")
     result = cli("shell", "chainermn", "--build", "--", "true")
@@ -434,7 +434,7 @@ def test_missing_image_with_old_driver_fails_before_offering_a_build(cli, host, 
 
 def test_verify_of_an_image_reference_reads_the_cuda_label(cli, host, monkeypatch):
     labels = {"org.dlenv.stack": "chainermn", "org.dlenv.component.cuda": "12.6"}
-    monkeypatch.setattr(builder.engine, "image_attrs", lambda client, ref: {"Config": {"Labels": labels}})
+    monkeypatch.setattr(builder.engine.dockerapi, "image_attrs", lambda client, ref: {"Config": {"Labels": labels}})
     host.runtimes = {"nvidia": {}}
     host.driver = HostDriver("470.223.02", None, "/proc/driver/nvidia/version")
     result = cli("verify", "registry.example/dlenv/chainermn:abc")

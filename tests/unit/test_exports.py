@@ -26,10 +26,10 @@ import yaml
 from click.testing import CliRunner
 
 from builder import __version__
-from builder import exports as ex
-from builder.build import HASH_LABEL, plan
-from builder.cli import main
-from builder.cli_export import export, load, save
+from builder.outputs import exports as ex
+from builder.pipeline.build import HASH_LABEL, plan
+from builder.cli.app import main
+from builder.cli.export import export, load, save
 from builder.errors import DlenvError, EngineError, RegistryError
 
 from dlenv_unit import CLI_ENV, ROOT

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from builder import lock as L
-from builder.build import plan
-from builder.cli import main
+from builder.plan import lockfile as L
+from builder.pipeline.build import plan
+from builder.cli.app import main
 from builder.errors import LockError
-from builder.render import content_hash, render_context
-from builder.verify import compare_installed, lock_expectations
+from builder.plan.render import content_hash, render_context
+from builder.verify.runner import compare_installed, lock_expectations
 
 ENV = {"NO_COLOR": "1", "COLUMNS": "300", "DOCKER_HOST": "unix:///nonexistent.sock"}
 SHA = "a" * 64
@@ -262,7 +262,7 @@ def test_build_refuses_relock_with_locked(tmp_path):
 
 
 def test_a_build_that_meets_a_missing_pin_says_which_and_what_to_do():
-    from builder.engine import _build_hint
+    from builder.engine.dockerapi import _build_hint
     hint = _build_hint("The command '/bin/bash ...' returned a non-zero code: 100",
                        ["E: Version '0.0-gone' for 'python3' was not found"])
     assert "pinned versions no longer available: python3=0.0-gone" in hint and "dlenv lock" in hint
@@ -339,7 +339,7 @@ def _previous(resolved, version):
 
 
 def test_relock_keeps_previous_pins_and_upgrade_releases_one(tmp_path):
-    from builder.locker import LockReport, _resolve_steps
+    from builder.pipeline.locker import LockReport, _resolve_steps
     resolved, steps = _project_steps(tmp_path)
     previous = _previous(resolved, "3.6")
     box = FakeBox({"python_packages": _report(("requests", "2.31.0"), ("idna", "3.6"))})
@@ -354,7 +354,7 @@ def test_relock_keeps_previous_pins_and_upgrade_releases_one(tmp_path):
 
 
 def test_a_kept_pin_that_conflicts_is_resolved_again_and_reported(tmp_path):
-    from builder.locker import LockReport, _resolve_steps
+    from builder.pipeline.locker import LockReport, _resolve_steps
     resolved, steps = _project_steps(tmp_path)
     box = FakeBox({"python_packages": _report(("requests", "2.32.3"), ("idna", "3.10"))}, fail_when="idna==2.0")
     report = LockReport()
@@ -365,7 +365,7 @@ def test_a_kept_pin_that_conflicts_is_resolved_again_and_reported(tmp_path):
 
 
 def test_a_relock_resolves_only_the_steps_whose_inputs_changed(tmp_path):
-    from builder.locker import LockReport, _resolve_steps, reusable_steps
+    from builder.pipeline.locker import LockReport, _resolve_steps, reusable_steps
     path = tmp_path / "dlenv.yaml"
     path.write_text('schema: 1\nname: proj\nextends: chainer\npython_packages: ["six==1.17.0"]\n')
     p = plan(str(path))

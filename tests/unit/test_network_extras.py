@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from builder.build import plan
+from builder.pipeline.build import plan
 
 from test_render import logical_lines, stages
 

@@ -7,10 +7,10 @@ import re
 import pytest
 
 from builder import paths
-from builder.catalog import Catalog
+from builder.plan.catalog import Catalog
 from builder.errors import CatalogError, ResolveError, SpecError
-from builder.resolve import resolve
-from builder.spec import load_stack
+from builder.plan.resolve import resolve
+from builder.spec.stack import load_stack
 
 ROOT_STACK = "schema: 1\nname: root\ncomponents:\n  base: \"1.0\"\n"
 
@@ -299,8 +299,8 @@ def test_chainermn_resolution(catalog):
 
 
 def test_chainermn_build_order_follows_groups_then_dependencies(catalog):
-    from builder.catalog import GROUPS
-    from builder.resolve import _constraints
+    from builder.plan.catalog import GROUPS
+    from builder.plan.resolve import _constraints
     comps = resolve(real("chainermn"), catalog).components
     groups = [GROUPS.index(c.component.group) for c in comps]
     assert groups == sorted(groups)
@@ -370,7 +370,7 @@ def test_all_in_one_gets_numpy_1_26_although_the_default_is_2(catalog):
     assert (got["chainer"], got["torch"], got["tensorflow"]) == ("7.8.1", "2.5.1", "2.18.0")
     assert got["protobuf"] == "5.29.6"      # TensorFlow's cap (<6), shared with Chainer's step
     # every framework's own constraint accepts the chosen NumPy
-    from builder.resolve import _constraints
+    from builder.plan.resolve import _constraints
     for name in ("chainer", "torch", "tensorflow"):
         rc = resolved.get(name)
         assert _constraints(rc.component, rc.version)["numpy"].contains(got["numpy"]), name

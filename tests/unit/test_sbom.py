@@ -11,9 +11,9 @@ import uuid
 import pytest
 
 from builder import __version__
-from builder import sbom as S
-from builder.cli import main
-from builder.cli_sbom import diff_cmd, sbom
+from builder.outputs import sbom as S
+from builder.cli.app import main
+from builder.cli.sbom import diff_cmd, sbom
 from builder.errors import EngineError
 
 # The commands are registered in cli.py; until then (or if that changes) the tests add them here.
@@ -214,7 +214,7 @@ def test_spdx_created_is_the_lock_date_not_the_clock():
     recipe = dict(inv.labels, **{"org.dlenv.base-recipe": "trixie/minbase/1767225600"})
     assert S.to_spdx(inventory(labels=recipe))["creationInfo"]["created"] == "2026-01-01T00:00:00Z"
     bare = {k: v for k, v in inv.labels.items() if k != "org.dlenv.base-recipe"}
-    from builder.render import DEFAULT_EPOCH
+    from builder.plan.render import DEFAULT_EPOCH
     assert S.to_spdx(inventory(labels=bare))["creationInfo"]["created"] == S.format_time(DEFAULT_EPOCH)
     assert S.to_spdx(inv, created="2031-05-06T07:08:09Z")["creationInfo"]["created"] == "2031-05-06T07:08:09Z"
 
@@ -334,7 +334,8 @@ def test_an_incomplete_collection_is_an_error_not_a_short_sbom(broken, fake):
 @pytest.fixture
 def fake_engine(monkeypatch):
     """`engine.connect` and `image_for` stubbed; `collect` returns the inventory named by the ref."""
-    from builder import cli_sbom, engine
+    from builder.cli import sbom as cli_sbom
+    from builder.engine import dockerapi as engine
     images = {"demo:a": inventory(), "demo:b": inventory(
         [p for p in packages() if p.name != "pip"] + [S.Package("pypi", "six", "1.17.0", location=VENV_SITE)],
         HASH_B, "demo")}
@@ -387,7 +388,9 @@ def test_help(cli, command):
 
 
 def test_image_for_tells_images_from_stacks(monkeypatch):
-    from builder import build, cli_sbom, engine
+    from builder.pipeline import build as build
+    from builder.cli import sbom as cli_sbom
+    from builder.engine import dockerapi as engine
     from builder.errors import DlenvError
 
     class Plan:

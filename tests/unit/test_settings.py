@@ -1,4 +1,4 @@
-"""builder.settings: default < user file < project file < environment < command line, each value with its
+"""builder.settings.settings: default < user file < project file < environment < command line, each value with its
 source; bad files give one-line errors naming the file, the line and the key; `dlenv config` shows it all."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from builder.cli import main
-from builder.cli_doctor import config_cmd
+from builder.cli.app import main
+from builder.cli.doctor import config_cmd
 from builder.errors import DlenvError
-from builder.settings import KEYS, load_settings, project_config_path, user_config_path
+from builder.settings.settings import KEYS, load_settings, project_config_path, user_config_path
 
 if "config" not in main.commands:  # until builder/cli.py registers it
     main.add_command(config_cmd, "config")

@@ -8,9 +8,9 @@ import pytest
 
 from builder import paths
 from builder.errors import SpecError
-from builder.spec import (DEFAULT_BASE, Check, find_stack, load_chain, load_stack, load_stack_file,
+from builder.spec.stack import (DEFAULT_BASE, Check, find_stack, load_chain, load_stack, load_stack_file,
                           looks_like_path, parse_requirement, parse_version_spec)
-from builder.yamlload import MAX_NODES, field_name, load_yaml
+from builder.spec.yamlload import MAX_NODES, field_name, load_yaml
 
 
 def write(path: Path, text: str) -> Path:

@@ -1,0 +1,313 @@
+"""Rendering: a resolved stack becomes a build context (a Dockerfile and a few generated files).
+
+Pure: `render_context(resolved)` returns text and bytes; nothing is written. Templates stay
+dumb: every list is computed and sorted here, every value that reaches a shell line has been
+validated by spec/catalog and is quoted again by the `q` filter; values that reach `ENV` or
+`LABEL` go through `dq` (Dockerfile double-quoted string, `$` escaped so nothing expands).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from dataclasses import dataclass, field
+
+import jinja2
+
+from builder import __version__, paths
+from builder.spec import projectfiles as projectfiles
+from builder.plan.catalog import GROUPS
+from builder.errors import RenderError
+from builder.plan.lockfile import APT_BUILD_FILE, APT_RUNTIME_FILE, LEAF_STEP, PYLOCK_DIR, Lock, debian_sources
+from builder.plan.resolve import ResolvedStack
+
+VENV = "/opt/venv"
+LEAF = "/opt/leaf"                 # the stack's own python_packages (a prefix on PYTHONPATH)
+RUNTIME_USER = "dlenv"
+RUNTIME_UID = 1000
+WORKDIR = "/workspace"
+BUILD_FILES = "dlenv-build"        # context folder, copied into the build stage only
+RUNTIME_FILES = "dlenv-runtime"    # context folder, copied into the runtime stage
+COPIED_FILES = "dlenv-files"       # the stack's own files (`files:`), copied last into the runtime stage
+CA_BUNDLE_PATH = f"{BUILD_FILES}/ca.crt"   # written by the engine; never hashed, never in the runtime stage
+LABEL_PREFIX = "org.dlenv"
+
+
+def dockerfile_string(value: str) -> str:
+    """A Dockerfile double-quoted word with no variable expansion."""
+    text = str(value)
+    if any(ch in text for ch in "\n\r\x00"):
+        raise RenderError(f"value {text[:40]!r} spans lines; it cannot go into an ENV or LABEL")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+def base_ref(base: dict, pins: dict | None = None, digest: str | None = None) -> str:
+    """The FROM of both stages: a registry image (by digest when the lock knows it) or the
+    bootstrapped base named by its recipe and, when locked, its pinned package set."""
+    if "image" in base:
+        return f"{base['image'].split('@')[0]}@{digest}" if digest else base["image"]
+    return f"dlenv/base:{base_tag(base, pins)}"
+
+
+def base_recipe(base: dict) -> dict:
+    """What identifies a bootstrapped base (never a local image id)."""
+    boot = base["bootstrap"]
+    return {"suite": boot["suite"], "variant": boot.get("variant", "minbase"),
+            "epoch": int(boot.get("epoch", DEFAULT_EPOCH))}
+
+
+DEFAULT_EPOCH = 1735689600  # 2025-01-01T00:00:00Z: a fixed SOURCE_DATE_EPOCH makes the rootfs bit-identical
+
+
+def packages_digest(packages: dict) -> str:
+    return hashlib.sha256("".join(f"{k}={v}\n" for k, v in sorted(packages.items())).encode()).hexdigest()
+
+
+def base_identity(base: dict, pins: dict | None = None) -> dict:
+    """What names a bootstrapped base: its recipe, plus the locked package set when there is one."""
+    recipe = base_recipe(base)
+    if pins:
+        recipe = {**recipe, "packages": packages_digest(pins)}
+    return recipe
+
+
+def base_tag(base: dict, pins: dict | None = None) -> str:
+    recipe = base_recipe(base)
+    digest = hashlib.sha256(json.dumps(base_identity(base, pins), sort_keys=True).encode()).hexdigest()[:12]
+    return f"{recipe['suite']}-{recipe['variant']}-{digest}"
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    stack: str
+    dockerfile: str
+    files: dict = field(default_factory=dict)   # relative path -> bytes (CA bundle not included)
+    modes: dict = field(default_factory=dict)   # relative path -> mode, where not 0644
+    versions: dict = field(default_factory=dict)
+    base: dict = field(default_factory=dict)
+    base_pins: dict = field(default_factory=dict)   # locked Debian packages of a bootstrapped base
+    base_digest: str = ""                           # locked digest of a registry base
+    lock_digest: str = ""                           # empty: rendered without a lock
+
+    @property
+    def base_ref(self) -> str:
+        return base_ref(self.base, self.base_pins or None, self.base_digest or None)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(paths.templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["q"] = lambda v: shlex.quote(str(v))
+    env.filters["dq"] = dockerfile_string
+    env.filters["qjoin"] = lambda vs: " ".join(shlex.quote(str(v)) for v in vs)
+    return env
+
+
+def pip_requirements(comp, version) -> list:
+    values = {"version": version.text, **version.vars}
+    try:
+        return [tmpl.format(**values) for tmpl in comp.pip]
+    except KeyError as exc:
+        raise RenderError(f"component {comp.name!r}: pip requirement uses unknown variable {exc}") from None
+
+
+def _locked_pip(step: str, mode: str, options: list) -> tuple[list, list]:
+    """(pip_options, pip_requirements) that install exactly the lock's files for one step."""
+    path = f"{PYLOCK_DIR}/{step}.txt"
+    if mode == "venv":
+        # The lock holds the whole dependency set of the step: pip must not resolve again.
+        return [*options, "--no-deps"], ["--require-hashes", "-r", path]
+    return list(options), ["--require-hashes", "-r", path]
+
+
+def render_context(resolved: ResolvedStack, lock: Lock | None = None) -> BuildContext:
+    """The build context of a stack; with `lock`, every apt, pip and source install is pinned."""
+    env = _environment()
+    sources = debian_sources(resolved)
+    if lock is not None:
+        for comp, src in sources.items():
+            locked = lock.sources.get(comp)
+            if locked is None or any(locked.get(k) != src[k] for k in ("package", "version", "file")):
+                raise RenderError(f"{lock.path}: sources.{comp}: the lock does not match the stack",
+                                  hint="run `dlenv lock` again")
+            src["sha256"] = locked["sha256"]
+    pylock_files = {}
+    blocks = []
+    for rc in resolved.components:
+        comp, version = rc.component, rc.version
+        requirements = pip_requirements(comp, version)
+        options = list(comp.pip_options)
+        pylock = ""
+        if lock is not None and requirements:
+            if comp.name not in lock.python:
+                raise RenderError(f"{lock.path}: python.{comp.name}: missing from the lock", hint="run `dlenv lock` again")
+            options, requirements = _locked_pip(comp.name, "target" if comp.prefix else "venv", options)
+            pylock = f"{PYLOCK_DIR}/{comp.name}.txt"
+            pylock_files[f"{BUILD_FILES}/pylock/{comp.name}.txt"] = lock.requirements_text(comp.name).encode()
+        src = sources.get(comp.name)
+        fragment_vars = {
+            "name": comp.name, "version": version.text, "vars": dict(sorted(version.vars.items())),
+            "pip_requirements": requirements, "pip_options": options,
+            "prefix": comp.prefix or "", "venv": VENV, "versions": resolved.versions(),
+            "source": {"sha256": "", **src} if src else {},
+        }
+        try:
+            build = env.get_template(f"components/{comp.name}/build.j2").render(**fragment_vars)
+            runtime = (env.get_template(f"components/{comp.name}/runtime.j2").render(**fragment_vars)
+                       if comp.has_runtime_fragment else "")
+        except jinja2.TemplateError as exc:
+            raise RenderError(f"component {comp.name!r}: template error: {exc}") from None
+        blocks.append({"name": comp.name, "version": version.text, "group": comp.group,
+                       "build": build.strip("\n"), "runtime": runtime.strip("\n"),
+                       "pylock": pylock, "pylock_source": f"{BUILD_FILES}/pylock/{comp.name}.txt"})
+
+    python_pins = constraint_lines(resolved)
+    constraints = "".join(f"{req}\n" for req in python_pins)
+    leaf_packages = [text for text, _ in resolved.merged.python_packages]
+    leaf_install = []
+    if leaf_packages:
+        if lock is not None:
+            if LEAF_STEP not in lock.python:
+                raise RenderError(f"{lock.path}: python.{LEAF_STEP}: missing from the lock", hint="run `dlenv lock` again")
+            leaf_options, leaf_requirements = _locked_pip(LEAF_STEP, "venv", [])
+            leaf_install = leaf_options + leaf_requirements
+            pylock_files[f"{BUILD_FILES}/pylock/{LEAF_STEP}.txt"] = lock.requirements_text(LEAF_STEP).encode()
+        else:
+            leaf_install = leaf_packages
+    versions = resolved.versions()
+    runtime_env = resolved.env
+    path = resolved.path
+    leaf_site = ""
+    if leaf_packages:
+        python = resolved.get("python")
+        if python is None:
+            raise RenderError(f"stack {resolved.name!r} has python_packages but no python component")
+        # The stack's own packages live in their own prefix: changing them re-copies only this small
+        # layer into the runtime stage, never the venv with the components' packages.
+        leaf_site = f"{LEAF}/lib/python{python.version.text}/site-packages"
+        runtime_env = dict(sorted({**runtime_env, "PYTHONPATH": leaf_site}.items()))
+        path = f"{LEAF}/bin:{path}"
+    ld_conf = "".join(f"{p}\n" for p in resolved.ld_paths)
+    profile_lines = ["# dlenv: the image's environment for login shells (/etc/profile resets PATH).",
+                     f"export PATH={shlex.quote(path)}"]
+    profile_lines += [f"export {k}={shlex.quote(v)}" for k, v in runtime_env.items()]
+    profile = "\n".join(profile_lines) + "\n"
+
+    base_pins = {}
+    base_digest = ""
+    if lock is not None:
+        if "image" in resolved.base:
+            base_digest = str(lock.base.get("digest") or "")
+        else:
+            base_pins = lock.base_packages
+    from_ref = base_ref(resolved.base, base_pins or None, base_digest or None)
+    labels = {
+        "org.opencontainers.image.title": f"dlenv/{resolved.name}",
+        "org.opencontainers.image.description": resolved.merged.description or f"dlenv stack {resolved.name}",
+        f"{LABEL_PREFIX}.stack": resolved.name,
+        f"{LABEL_PREFIX}.dlenv-version": __version__,
+        f"{LABEL_PREFIX}.base": from_ref,
+        f"{LABEL_PREFIX}.components": ",".join(f"{k}={v}" for k, v in versions.items()),
+        f"{LABEL_PREFIX}.lock": lock.digest if lock is not None else "unlocked",
+    }
+    labels.update({f"{LABEL_PREFIX}.component.{k}": v for k, v in versions.items()})
+    # What a compiled component was built from, checksum included, so an SBOM can name it.
+    labels.update({f"{LABEL_PREFIX}.source.{comp}": f"{src['package']}={src['version']} {src['file']} sha256:{src['sha256']}"
+                   for comp, src in sources.items() if src.get("sha256")})
+
+    context = {
+        "dlenv_version": __version__,
+        "stack": resolved.name,
+        "chain": [s.name for s in resolved.merged.chain],
+        "lock_note": (f"Locked by {lock.path.name if lock.path else 'its lock'} (pins {lock.digest[:16]})."
+                      if lock is not None else "Not locked: `dlenv lock` pins every package it installs."),
+        "base_ref": from_ref,
+        "apt_build": resolved.apt_build,
+        "apt_runtime": resolved.apt_runtime,
+        "source_date_epoch": base_recipe(resolved.base)["epoch"] if "image" not in resolved.base else DEFAULT_EPOCH,
+        "apt_build_file": APT_BUILD_FILE if lock is not None else "",
+        "apt_runtime_file": APT_RUNTIME_FILE if lock is not None else "",
+        "groups": [{"name": g, "blocks": [b for b in blocks if b["group"] == g]} for g in GROUPS],
+        # The venv is made by the python component (system group); any stack with it ships the venv.
+        "has_python": resolved.get("python") is not None or any(b["group"] == "python" for b in blocks)
+        or bool(leaf_packages),
+        "leaf_packages": leaf_packages,
+        "leaf_install": leaf_install,
+        "leaf_pylock": f"{PYLOCK_DIR}/{LEAF_STEP}.txt" if lock is not None and leaf_packages else "",
+        "leaf_pylock_source": f"{BUILD_FILES}/pylock/{LEAF_STEP}.txt",
+        "leaf": LEAF,
+        "venv": VENV,
+        "user": RUNTIME_USER,
+        "uid": RUNTIME_UID,
+        "workdir": WORKDIR,
+        "path": path,
+        "env": runtime_env,
+        "labels": dict(sorted(labels.items())),
+        "has_ld_conf": bool(ld_conf),
+        "build_files": BUILD_FILES,
+        "runtime_files": RUNTIME_FILES,
+        "label_prefix": LABEL_PREFIX,
+    }
+    # Build-time commands go in exec form: the JSON array quotes the command as one argument to bash
+    # (no Dockerfile or shell word splitting of the user's text; Docker expands nothing in RUN).
+    run_commands = []
+    for rc in resolved.merged.run:
+        prefix = [] if rc.as_root else ["runuser", "-u", RUNTIME_USER, "--", "env", f"HOME=/home/{RUNTIME_USER}"]
+        run_commands.append(json.dumps(prefix + ["bash", "-o", "pipefail", "-c", rc.command]))
+    context["run_commands"] = run_commands
+    copy_blocks = projectfiles.collect(resolved.merged.files, prefix=COPIED_FILES)
+    context["copies"] = [
+        {"source": f"{COPIED_FILES}/{b.index}/" if b.is_dir else next(iter(b.files), f"{COPIED_FILES}/{b.index}/"),
+         "dest": b.dest.rstrip("/") + "/" if b.is_dir else b.dest}
+        for b in copy_blocks if b.files]
+    try:
+        dockerfile = env.get_template("Dockerfile.j2").render(**context)
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"Dockerfile template error: {exc}") from None
+    files = {f"{BUILD_FILES}/constraints.txt": constraints.encode(),
+             f"{RUNTIME_FILES}/profile.sh": profile.encode(),
+             f"{RUNTIME_FILES}/ld.so.conf": ld_conf.encode()}
+    if lock is not None:
+        files[f"{BUILD_FILES}/apt-build.txt"] = Lock.apt_text(lock.apt_build).encode()
+        files[f"{RUNTIME_FILES}/apt.txt"] = Lock.apt_text(lock.apt_runtime).encode()
+        files.update(pylock_files)
+    modes = {}
+    for block in copy_blocks:
+        for rel, (data, mode) in block.files.items():
+            files[rel] = data
+            modes[rel] = mode
+    return BuildContext(stack=resolved.name, dockerfile=dockerfile, files=files, versions=versions,
+                        base=resolved.base, modes=modes, base_pins=base_pins, base_digest=base_digest,
+                        lock_digest=lock.digest if lock is not None else "")
+
+
+def constraint_lines(resolved: ResolvedStack) -> list:
+    """The components' exact pins, applied to every pip step of the python group and the leaf."""
+    return sorted(
+        {req for rc in resolved.components if rc.component.group == "python"
+         for req in pip_requirements(rc.component, rc.version) if "==" in req}, key=str.lower)
+
+
+def content_hash(ctx: BuildContext) -> str:
+    """The one name of an image: Dockerfile, generated files (the lock's pins among them), versions,
+    the lock's digest and the base's identity."""
+    if "image" in ctx.base:
+        base = {"image": ctx.base["image"], **({"digest": ctx.base_digest} if ctx.base_digest else {})}
+    else:
+        base = {"bootstrap": base_identity(ctx.base, ctx.base_pins or None)}
+    doc = {
+        "format": 1,
+        "lock": ctx.lock_digest,
+        "dockerfile": hashlib.sha256(ctx.dockerfile.encode()).hexdigest(),
+        "files": {k: hashlib.sha256(v).hexdigest() + (f":{ctx.modes[k]:o}" if ctx.modes.get(k, 0o644) != 0o644 else "")
+                  for k, v in sorted(ctx.files.items())},
+        "versions": dict(sorted(ctx.versions.items())),
+        "base": base,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

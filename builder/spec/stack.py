@@ -1,0 +1,481 @@
+"""Stack files: load, validate, follow `extends`, merge.
+
+Owns the user-facing schema of `stacks/*.yaml` and project `dlenv.yaml` files. Everything
+here is pure: it reads files and returns values (`StackSpec`, `MergedStack`) or raises
+`SpecError` naming the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from builder.errors import SpecError
+from builder.spec.yamlload import FieldPath, LineMap, field_name, load_yaml
+
+SCHEMA_VERSION = 1
+DEFAULT_BASE = {"bootstrap": {"suite": "bookworm", "variant": "minbase"}}
+# Fields whose values are versions: an unquoted YAML number there is a silent corruption
+# (`3.10` reads as 3.1), so it is refused with the fix.
+_VERSION_FIELDS = ("components",)
+
+
+@lru_cache(maxsize=None)
+def load_schema(name: str) -> dict:
+    text = resources.files("builder").joinpath("schemas", f"{name}.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+@lru_cache(maxsize=None)
+def _validator(name: str):
+    schema = load_schema(name)
+    registry = None
+    from referencing import Registry, Resource
+
+    registry = Registry().with_resources(
+        [(f"{n}.schema.json", Resource.from_contents(load_schema(n))) for n in ("stack", "component")]
+    )
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def did_you_mean(word: str, choices) -> str | None:
+    match = difflib.get_close_matches(str(word), sorted(choices), n=1, cutoff=0.6)
+    return f"did you mean {match[0]!r}?" if match else None
+
+
+def _source_token(path: Path, lines: LineMap, fpath: FieldPath) -> str | None:
+    line = lines.get(fpath)
+    if not line:
+        return None
+    try:
+        text = path.read_text("utf-8").splitlines()[line - 1]
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None
+    _, _, value = text.partition(":")
+    value = value.split("#", 1)[0].strip()
+    return value or None
+
+
+def validate_document(data: Any, lines: LineMap, path: Path, schema_name: str) -> None:
+    """Validate against the JSON schema; turn the first error into a one-line SpecError."""
+    if not isinstance(data, dict):
+        raise SpecError(path, f"expected a mapping at the top level, got {_type_name(data)}", line=1)
+    if schema_name == "stack":
+        _refuse_unquoted_versions(data, lines, path)
+    validator = _validator(schema_name)
+    errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if not errors:
+        return
+    err = errors[0]
+    raise _translate(err, lines, path, validator.schema)
+
+
+def _refuse_unquoted_versions(data: dict, lines: LineMap, path: Path) -> None:
+    for section in _VERSION_FIELDS:
+        value = data.get(section)
+        if not isinstance(value, dict):
+            continue
+        for key, version in value.items():
+            if isinstance(version, (int, float)) and not isinstance(version, bool):
+                fpath = (section, key)
+                token = _source_token(path, lines, fpath) or str(version)
+                raise SpecError(path, f"version {token} must be a quoted string: YAML reads an unquoted "
+                                f"{token} as the number {version!r}", line=lines.get(fpath),
+                                field=field_name(fpath), hint=f'write {key}: "{token}"')
+
+
+def _type_name(value) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "nothing (null)"}.get(type(value), type(value).__name__)
+
+
+def _line_for(lines: LineMap, fpath: tuple) -> int | None:
+    while True:
+        if fpath in lines:
+            return lines[fpath]
+        if not fpath:
+            return None
+        fpath = fpath[:-1]
+
+
+def _translate(err: jsonschema.ValidationError, lines: LineMap, path: Path, schema: dict) -> SpecError:
+    fpath = tuple(err.absolute_path)
+    line = _line_for(lines, fpath)
+    where = field_name(fpath)
+    v = err.validator
+    if v == "oneOf" and err.context:
+        # Explain the error of the alternative written (a string, or a mapping), not "no alternative matched".
+        kind = "object" if isinstance(err.instance, dict) else "string" if isinstance(err.instance, str) else None
+        branches = err.validator_value
+        suited = [e for e in err.context
+                  if kind and isinstance(branches[e.relative_schema_path[0]], dict)
+                  and branches[e.relative_schema_path[0]].get("type", _ref_type(branches[e.relative_schema_path[0]], schema)) == kind]
+        if suited:
+            return _translate(sorted(suited, key=lambda e: -len(e.absolute_path))[0], lines, path, schema)
+    if v == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = set(err.schema.get("properties", {}))
+        unknown = sorted(set(err.instance) - allowed)
+        key = unknown[0] if unknown else "?"
+        kpath = fpath + (key,)
+        hint = did_you_mean(key, allowed) or (f"valid fields: {', '.join(sorted(allowed))}" if allowed else None)
+        return SpecError(path, f"unknown field {key!r}", line=lines.get(kpath, line), field=field_name(kpath),
+                         hint=hint)
+    if v == "required":
+        missing = [k for k in err.validator_value if k not in err.instance]
+        return SpecError(path, f"missing required field {missing[0]!r}", line=line, field=where)
+    if v == "type":
+        expected = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "a whole number",
+                    "boolean": "true or false"}.get(err.validator_value, str(err.validator_value))
+        return SpecError(path, f"expected {expected}, got {_type_name(err.instance)}", line=line, field=where)
+    if v == "enum":
+        choices = ", ".join(repr(c) for c in err.validator_value)
+        hint = did_you_mean(err.instance, [str(c) for c in err.validator_value])
+        return SpecError(path, f"{err.instance!r} is not allowed; choose one of {choices}", line=line,
+                         field=where, hint=hint)
+    if v == "pattern":
+        return SpecError(path, f"{_shown(err.instance)} is not a valid value (allowed: {_pattern_words(err.validator_value)})",
+                         line=line, field=where)
+    if v == "propertyNames":
+        bad = err.instance
+        return SpecError(path, f"{_shown(bad)} is not a valid name", line=line, field=where)
+    if v in ("minLength", "minProperties", "minItems"):
+        return SpecError(path, "must not be empty" if v != "minProperties" or err.validator_value == 1
+                         else f"needs at least {err.validator_value} entries", line=line, field=where)
+    if v in ("maxLength", "maxItems", "maxProperties", "maximum", "minimum"):
+        return SpecError(path, f"value out of range ({v} {err.validator_value})", line=line, field=where)
+    return SpecError(path, " ".join(err.message.split())[:200], line=line, field=where)
+
+
+def _ref_type(branch: dict, schema: dict) -> str | None:
+    ref = branch.get("$ref", "")
+    if ref.startswith("#/$defs/"):
+        return schema.get("$defs", {}).get(ref.rsplit("/", 1)[-1], {}).get("type")
+    return None
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "...'"
+
+
+def _pattern_words(pattern: str) -> str:
+    known = {
+        "^[a-z0-9][a-z0-9-]{0,62}$": "lower-case letters, digits and '-'",
+        "^[a-z0-9][a-z0-9+.-]{1,100}$": "a Debian package name",
+        "^[A-Za-z_][A-Za-z0-9_]{0,100}$": "letters, digits and '_', not starting with a digit",
+        "^[a-z]{3,20}$": "a Debian suite name such as bookworm",
+    }
+    return known.get(pattern, f"pattern {pattern}")
+
+
+# --- values that reach shell lines: validated here, quoted again at render time ---------------
+
+_SAFE_SPEC = re.compile(r"^[A-Za-z0-9.*!=<>~,+ ]+$")
+
+
+def parse_version_spec(text: str, path: Path, line: int | None, where: str) -> SpecifierSet:
+    """`"7.8.1"` means `==7.8.1`; `"13.*"`, `">=12,<13"` are specifiers."""
+    if not _SAFE_SPEC.match(text):
+        raise SpecError(path, f"{_shown(text)} is not a version or version range", line=line, field=where,
+                        hint='write an exact version such as "7.8.1" or a range such as ">=13,<14"')
+    try:
+        if text[0].isdigit():
+            Version(text.replace(".*", ""))
+            return SpecifierSet(f"=={text}")
+        return SpecifierSet(text)
+    except (InvalidVersion, InvalidSpecifier):
+        raise SpecError(path, f"{_shown(text)} is not a version or version range", line=line, field=where,
+                        hint='write an exact version such as "7.8.1" or a range such as ">=13,<14"') from None
+
+
+def parse_requirement(text: str, path: Path, line: int | None, where: str) -> Requirement:
+    try:
+        req = Requirement(text)
+    except InvalidRequirement:
+        raise SpecError(path, f"{_shown(text)} is not a valid Python requirement", line=line, field=where,
+                        hint='write it like "requests==2.32.3" or "scipy>=1.11"') from None
+    if req.url:
+        raise SpecError(path, f"{_shown(text)}: direct URL requirements are not allowed", line=line, field=where,
+                        hint="name a package and version from the index")
+    if req.marker is not None or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?[A-Za-z0-9.*!=<>~, ]*$", text):
+        raise SpecError(path, f"{_shown(text)} contains characters not allowed in a requirement", line=line,
+                        field=where, hint="environment markers and shell characters are not supported")
+    return req
+
+
+def _check_env_value(value: str, path: Path, line: int | None, where: str) -> None:
+    if any(ch in value for ch in "\n\r\x00"):
+        raise SpecError(path, "environment values must be a single line", line=line, field=where)
+
+
+# --- stack files -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    kind: str  # command | python | file | library | package | script
+    target: str
+    contains: str | None = None
+    matches: str | None = None
+    exit: int = 0
+    timeout: int = 60
+    login: bool = False
+    ranks: int | None = None
+    device: bool = False      # needs a GPU: runs only where the engine has the NVIDIA runtime
+    as_root: bool = False     # inspects what only root may read (e.g. /etc/shadow)
+    origin: str = ""          # the file that declared it
+    base_dir: str = ""        # folder that `script:` paths are relative to
+
+    @classmethod
+    def from_dict(cls, raw: dict, origin: Path, base_dir: Path, *, line: int | None = None,
+                  field: str = "checks") -> "Check":
+        kinds = [k for k in ("command", "python", "file", "library", "package", "script") if k in raw]
+        if len(kinds) != 1:
+            raise SpecError(origin, f"check {raw.get('name')!r} must have exactly one of command, python, file, "
+                            "library, package, script", line=line, field=field)
+        kind = kinds[0]
+        if kind == "script":
+            _inside(origin, raw["script"], line, f"{field}.script")
+        return cls(name=raw["name"], kind=kind, target=raw[kind], contains=raw.get("contains"),
+                   matches=raw.get("matches"), exit=raw.get("exit", 0), timeout=raw.get("timeout", 60),
+                   login=raw.get("login", False), ranks=raw.get("ranks"), device=raw.get("device", False),
+                   as_root=raw.get("as_root", False),
+                   origin=str(origin),
+                   base_dir=str(base_dir))
+
+
+@dataclass(frozen=True)
+class RunCommand:
+    """A build-time command of a stack (`run:`), run in the runtime stage after its files are copied."""
+    command: str
+    as_root: bool = False
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    path: Path
+    name: str
+    description: str
+    extends: str | None
+    base: dict | None
+    components: dict            # name -> version spec string, as written
+    python_packages: tuple
+    apt_packages: tuple
+    env: dict
+    checks: tuple
+    testinfra: Path | None = None
+    files: tuple = ()           # CopiedFile, from this file's folder
+    run: tuple = ()             # RunCommand, in order
+    lines: dict = field(repr=False, compare=False, default_factory=dict)
+
+    def line(self, *fpath) -> int | None:
+        return _line_for(self.lines, tuple(fpath))
+
+
+def load_stack_file(path: Path) -> StackSpec:
+    path = Path(path)
+    data, lines = load_yaml(path)
+    validate_document(data, lines, path, "stack")
+    for key, spec in data.get("components", {}).items():
+        parse_version_spec(spec, path, lines.get(("components", key)), f"components.{key}")
+    for i, text in enumerate(data.get("python_packages", [])):
+        parse_requirement(text, path, lines.get(("python_packages", i)), f"python_packages[{i}]")
+    for key, value in data.get("env", {}).items():
+        _check_env_value(value, path, lines.get(("env", key)), f"env.{key}")
+    if "description" in data:
+        _check_env_value(data["description"], path, lines.get(("description",)), "description")
+    checks = tuple(Check.from_dict(c, path, path.parent, line=lines.get(("checks", i)), field=f"checks[{i}]")
+                   for i, c in enumerate(data.get("checks", [])))
+    files = tuple(_copied_file(path, entry, lines.get(("files", i)), f"files[{i}]")
+                  for i, entry in enumerate(data.get("files", [])))
+    run = tuple(RunCommand(e, False, f"{path}:{lines.get(('run', i)) or ''}") if isinstance(e, str)
+                else RunCommand(e["command"], bool(e.get("as_root", False)), f"{path}:{lines.get(('run', i)) or ''}")
+                for i, e in enumerate(data.get("run", [])))
+    testinfra_file = None
+    if "testinfra" in data:
+        testinfra_file = _inside(path, data["testinfra"], lines.get(("testinfra",)), "testinfra")
+    return StackSpec(
+        path=path, name=data["name"], description=data.get("description", ""), extends=data.get("extends"),
+        base=data.get("base"), components=dict(data.get("components", {})),
+        python_packages=tuple(data.get("python_packages", [])), apt_packages=tuple(data.get("apt_packages", [])),
+        env=dict(data.get("env", {})), checks=checks, testinfra=testinfra_file, files=files, run=run, lines=lines,
+    )
+
+
+def _inside(stack_path: Path, relative: str, line: int | None, where: str, allow_dir: bool = False) -> Path:
+    """A file named by a stack must lie inside the stack file's folder (no `..`, no symlink out)."""
+    folder = stack_path.parent.resolve()
+    candidate = Path(relative)
+    if candidate.is_absolute() or ".." in candidate.parts:
+        raise SpecError(stack_path, f"{relative!r} must be a path inside the stack's folder", line=line, field=where)
+    resolved = (folder / candidate).resolve()
+    if folder not in resolved.parents and not (allow_dir and resolved == folder):
+        raise SpecError(stack_path, f"{relative!r} leaves the stack's folder (through a symlink)", line=line,
+                        field=where)
+    if not (resolved.is_file() or (allow_dir and resolved.is_dir())):
+        raise SpecError(stack_path, f"{relative!r} does not exist", line=line, field=where)
+    return resolved
+
+
+@dataclass(frozen=True)
+class CopiedFile:
+    """A file or folder from the stack's folder, copied into the image (owned by the image user)."""
+    source: Path        # resolved, inside `root`
+    root: Path          # the stack file's folder: ignore patterns and symlink checks are relative to it
+    dest: str           # absolute path in the image
+
+
+_DEST_RE = re.compile(r"^/[A-Za-z0-9._+@-][A-Za-z0-9._/+@-]*$")
+
+
+def _copied_file(stack_path: Path, entry, line: int | None, where: str) -> CopiedFile:
+    src, dest = (entry, None) if isinstance(entry, str) else (entry["src"], entry.get("dest"))
+    source = _inside(stack_path, src, line, where, allow_dir=True)
+    if dest is None:
+        dest = "/workspace/" + Path(src).as_posix().strip("/")
+    if not _DEST_RE.match(dest) or "/../" in dest + "/" or "//" in dest:
+        raise SpecError(stack_path, f"destination {dest!r} must be a plain absolute path", line=line, field=where)
+    return CopiedFile(source=source, root=stack_path.parent.resolve(), dest=dest)
+
+
+def looks_like_path(ref: str) -> bool:
+    return "/" in ref or ref.endswith((".yaml", ".yml")) or ref.startswith(".")
+
+
+PROJECT_FILE = "dlenv.yaml"
+
+
+def find_stack(ref: str | None, stacks_dir: Path, relative_to: Path | None = None) -> Path:
+    """A stack reference is a catalog name (`chainermn`), a path to a YAML file, or nothing / `.`:
+    the project file ./dlenv.yaml."""
+    if ref in (None, "", "."):
+        candidate = Path.cwd() / PROJECT_FILE
+        if not candidate.is_file():
+            raise SpecError(candidate, "no stack given and no dlenv.yaml in this folder",
+                            hint="name a stack (see `dlenv list`) or write one with `dlenv init`")
+        return candidate
+    if looks_like_path(ref):
+        candidate = Path(ref)
+        if relative_to is not None and not candidate.is_absolute():
+            candidate = relative_to / candidate
+        if not candidate.is_file():
+            raise SpecError(candidate, "stack file not found")
+        return candidate
+    if not re.match(r"^[a-z0-9][a-z0-9-]{0,62}$", ref):
+        raise SpecError(ref, "not a stack name or a path to a stack file")
+    candidate = stacks_dir / f"{ref}.yaml"
+    if candidate.is_file():
+        return candidate
+    names = catalog_stack_names(stacks_dir)
+    hint = did_you_mean(ref, names) or f"known stacks: {', '.join(names)}"
+    raise SpecError(ref, "unknown stack", hint=hint)
+
+
+def catalog_stack_names(stacks_dir: Path) -> list[str]:
+    return sorted(p.stem for p in Path(stacks_dir).glob("*.yaml"))
+
+
+def load_chain(ref: str, stacks_dir: Path) -> list[StackSpec]:
+    """The stack and its parents, root first. Detects cycles and missing parents."""
+    chain: list[StackSpec] = []
+    seen: dict[Path, str] = {}
+    path = find_stack(ref, stacks_dir)
+    while True:
+        real = path.resolve()
+        if real in seen:
+            cycle = " -> ".join([s.name for s in chain] + [seen[real]])
+            raise SpecError(chain[-1].path, f"extends cycle: {cycle}", line=chain[-1].line("extends"),
+                            field="extends")
+        spec = load_stack_file(path)
+        seen[real] = spec.name
+        chain.append(spec)
+        if len(chain) > 32:
+            raise SpecError(path, "extends chain is deeper than 32 stacks", field="extends")
+        if not spec.extends:
+            break
+        try:
+            path = find_stack(spec.extends, stacks_dir, relative_to=spec.path.parent)
+        except SpecError as exc:
+            raise SpecError(spec.path, f"parent {spec.extends!r}: {exc.message.split(': ', 1)[-1]}",
+                            line=spec.line("extends"), field="extends", hint=exc.hint) from None
+    chain.reverse()
+    return chain
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a merged value came from, for messages."""
+    path: str
+    line: int | None
+    field: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}" if self.line else self.path
+
+
+@dataclass(frozen=True)
+class MergedStack:
+    name: str
+    description: str
+    chain: tuple                # StackSpec, root first
+    base: dict
+    components: dict            # name -> (SpecifierSet, spec text, Origin)
+    python_packages: tuple      # (Requirement text, Origin), in order
+    apt_packages: tuple         # sorted names
+    env: dict                   # name -> value
+    checks: tuple
+    testinfra: tuple = ()       # pytest-testinfra files named by the chain
+    files: tuple = ()           # CopiedFile from every stack of the chain, root first
+    run: tuple = ()             # RunCommand from every stack of the chain, root first
+
+    @property
+    def path(self) -> Path:
+        return self.chain[-1].path
+
+
+def merge_chain(chain: list[StackSpec]) -> MergedStack:
+    base = None
+    components: dict = {}
+    python_packages: dict = {}
+    apt: set = set()
+    env: dict = {}
+    checks: list = []
+    for spec in chain:
+        if spec.base is not None:
+            base = spec.base
+        for key, text in spec.components.items():
+            origin = Origin(str(spec.path), spec.line("components", key), f"components.{key}")
+            components[key] = (parse_version_spec(text, spec.path, origin.line, origin.field), text, origin)
+        for i, text in enumerate(spec.python_packages):
+            origin = Origin(str(spec.path), spec.line("python_packages", i), f"python_packages[{i}]")
+            req = Requirement(text)
+            python_packages[canonicalize_name(req.name)] = (text, origin)
+        apt.update(spec.apt_packages)
+        env.update(spec.env)
+        checks.extend(spec.checks)
+    leaf = chain[-1]
+    return MergedStack(
+        name=leaf.name, description=leaf.description or next((s.description for s in reversed(chain) if s.description), ""),
+        chain=tuple(chain), base=base or DEFAULT_BASE, components=components,
+        python_packages=tuple(python_packages.values()), apt_packages=tuple(sorted(apt)), env=env,
+        checks=tuple(checks), testinfra=tuple(s.testinfra for s in chain if s.testinfra),
+        files=tuple(f for s in chain for f in s.files),
+        run=tuple(r for s in chain for r in s.run),
+    )
+
+
+def load_stack(ref: str, stacks_dir: Path) -> MergedStack:
+    return merge_chain(load_chain(ref, stacks_dir))
