@@ -44,7 +44,8 @@ def main() -> None:
 
     import docker
 
-    from builder.pipeline.build import plan, write_context
+    from builder.engine.context import write_context
+    from builder.plan.plan import plan
     from builder.settings.host import find_ca_bundle, pip_build_args
 
     client = docker.from_env(timeout=3600)

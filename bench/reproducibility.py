@@ -136,10 +136,11 @@ def main() -> None:
 
     from builder.engine import base as base_mod
     from builder.pipeline import build as build_mod
+    from builder.plan.plan import plan as make_plan
     from builder.outputs import sbom as sbom
 
     client = docker.from_env(timeout=3600)
-    p = build_mod.plan(args.stack)
+    p = make_plan(args.stack)
     if p.lock_state != "locked":
         raise SystemExit(f"{args.stack}: lock is {p.lock_state}; run `dlenv lock {args.stack}` first")
     figures: dict = {"stack": args.stack, "content_hash": p.content_hash, "lock": p.lock.digest,

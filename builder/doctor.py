@@ -178,7 +178,7 @@ def _gpu_check(info: dict) -> DoctorCheck:
 
 def _base_check(client, base_spec: dict, settings) -> tuple[DoctorCheck, bool | None]:
     from builder.engine.base import base_present
-    from builder.plan.render import base_ref
+    from builder.plan.pins import base_ref
     ref = base_ref(base_spec)
     try:
         present = base_present(client, base_spec)

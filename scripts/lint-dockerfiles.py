@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from builder import paths
-from builder.pipeline.build import plan
+from builder.plan.plan import plan
 from builder.spec.stack import catalog_stack_names
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ COMMAND = ["python", "train.py", "--epochs", "5", "--out", "result dir"]
 
 
 def _plan(stack: str):
-    from builder.pipeline.build import plan
+    from builder.plan.plan import plan
     return plan(stack)
 
 

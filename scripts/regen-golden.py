@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from builder import paths
-from builder.pipeline.build import plan
+from builder.plan.plan import plan
 from builder.spec.stack import catalog_stack_names
 
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "golden"

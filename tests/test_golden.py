@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from builder import paths
-from builder.pipeline.build import plan
+from builder.plan.plan import plan
 from builder.spec.stack import catalog_stack_names
 
 ROOT = Path(__file__).resolve().parent.parent

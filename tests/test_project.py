@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from builder.pipeline.build import plan
+from builder.plan.plan import plan
 from builder.cli.app import main
 from builder.errors import SpecError
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from builder.run import cluster as cluster
 from builder.verify import runner as verify
-from builder.pipeline.build import plan
+from builder.plan.plan import plan
 from builder.run.cluster import gpu_runtime, mpi_launch
 from builder.verify.runner import plan_checks
 

@@ -6,7 +6,6 @@ exit status 1 (tracebacks only with --debug); Ctrl-C exits 130.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -14,6 +13,8 @@ import time
 import click
 
 from builder import __version__
+from builder.engine.images import promoted_image, verify_target
+from builder.plan.plan import stale_error
 
 
 class Ctx:
@@ -101,7 +102,7 @@ def main(click_ctx, debug, quiet):
 
 
 def _plan(ref: str):
-    from builder.pipeline.build import plan
+    from builder.plan.plan import plan
     return plan(ref)
 
 
@@ -113,7 +114,7 @@ def list_cmd(ctx: Ctx, as_json, markdown):
     """The catalog's stacks."""
     from builder import paths
     from builder.engine import dockerapi as engine
-    from builder.pipeline.build import promoted_image
+    from builder.engine.images import promoted_image
     from builder.errors import DlenvError
     from builder.spec.stack import catalog_stack_names
     client = None  # the catalog needs no engine; "built" is then unknown
@@ -227,8 +228,18 @@ def base(ctx: Ctx, suite, force):
     spec = {"bootstrap": {"suite": suite, "variant": "minbase"}}
     client = engine.connect()
     start = time.monotonic()
-    ref = base_mod.ensure_base(client, spec, ctx.info, force=force)
+    ref = base_mod.ensure_base(client, spec, ctx.info, force=force, mirror=_bundle_and_mirror(None)[1])
     click.echo(f"{ref} ready ({time.monotonic() - start:.1f}s)")
+
+
+def _bundle_and_mirror(ca_bundle_option: str | None):
+    """The build's CA bundle (flag, setting, environment) and Debian mirror, from the settings: only the
+    CLI reads settings; the pipeline takes these values."""
+    from builder.settings.host import find_ca_bundle
+    from builder.settings.settings import load_settings
+    settings = load_settings({"ca_bundle": ca_bundle_option})
+    bundle = find_ca_bundle(settings.get("ca_bundle"), source=settings.source("ca_bundle"))
+    return bundle, settings.get("debian_mirror")
 
 
 def _print_check(ctx: Ctx, r) -> None:
@@ -267,12 +278,13 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
     p = _plan(stack)
     registry = None if no_pull else load_settings({"registry": registry}).get("registry")
     engine_name = load_settings({"engine": engine_name}).get("engine")
+    bundle, mirror = _bundle_and_mirror(ca_bundle)
     client = engine.connect()
     if not no_verify:  # the device checks of a GPU host would otherwise fail deep inside CuPy
         from builder.run.cluster import gpu_runtime
         _check_driver(gpu_runtime(client.info()), p.resolved.versions(), p.hash_tag, False)
     if p.lock_state != "locked" or relock:
-        p = build_mod.ensure_lock(p, client, relock=relock, frozen=frozen, ca_bundle=ca_bundle, log=ctx.info,
+        p = build_mod.ensure_lock(p, client, relock=relock, frozen=frozen, ca_bundle=bundle, mirror=mirror, log=ctx.info,
                                   on_written=lambda new, report: _print_lock_written(ctx, p, new, report))
     last = {"step": None}
 
@@ -290,7 +302,7 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
         ctx.info(f"{p.resolved.name}: content hash {p.content_hash[:16]}")
     import contextlib
     with LayerProgress(ctx, "pull") if registry else contextlib.nullcontext() as pull_progress:
-        result = build_mod.build(p, client, ca_bundle=ca_bundle, verify=not no_verify, nocache=nocache,
+        result = build_mod.build(p, client, ca_bundle=bundle, mirror=mirror, verify=not no_verify, nocache=nocache,
                                  log=ctx.info, on_progress=on_progress, on_check=lambda r: _print_check(ctx, r),
                                  registry=registry, on_pull=pull_progress.update if pull_progress else None,
                                  engine_name=engine_name)
@@ -359,11 +371,12 @@ def lock(ctx: Ctx, stack, upgrade, upgrade_all, check, ca_bundle):
             return
         if p.lock_state == "missing":
             raise LockError(f"{p.lock_file} is missing", hint=f"run `dlenv lock {stack}`")
-        raise build_mod.stale_error(p)
+        raise stale_error(p)
+    bundle, mirror = _bundle_and_mirror(ca_bundle)
     client = engine.connect()
     start = time.monotonic()
     new_plan, report = build_mod.write_lock(p, client, upgrade=upgrade, upgrade_all=upgrade_all,
-                                            ca_bundle=ca_bundle, log=ctx.info)
+                                            ca_bundle=bundle, mirror=mirror, log=ctx.info)
     _print_lock_written(ctx, p, new_plan, report)
     click.echo(f"locked {new_plan.resolved.name} in {time.monotonic() - start:.0f}s: {new_plan.lock_file} "
                f"(image {new_plan.hash_tag})")
@@ -380,25 +393,11 @@ def lock(ctx: Ctx, stack, upgrade, upgrade_all, check, ca_bundle):
 def verify(ctx: Ctx, target, nodes, as_json, skip_driver_check):
     """Run the checks of STACK (or of the stack an IMAGE was built from) in a container."""
     from builder.engine import dockerapi as engine
-    from builder.pipeline.build import require_promoted
     from builder.run.cluster import gpu_runtime
-    from builder.errors import EngineError, VerifyError
+    from builder.errors import VerifyError
     from builder.verify.runner import plan_checks, verify_image
     client = engine.connect()
-    if _is_image_ref(target):
-        attrs = engine.image_attrs(client, target)
-        if attrs is None:
-            raise EngineError(f"image {target} not found")
-        stack = engine.image_labels(attrs).get("org.dlenv.stack")
-        if not stack:
-            raise EngineError(f"image {target} was not built by dlenv (no org.dlenv.stack label)")
-        p, image, components = _plan(stack), target, engine.image_labels(attrs)
-        if p.lock is not None and components.get("org.dlenv.lock") != p.lock.digest:
-            p = dataclasses.replace(p, lock_state="other")  # built from another lock: no lock check
-    else:
-        p = _plan(target)
-        require_promoted(client, p, target)
-        image, components = p.hash_tag, p.resolved.versions()
+    p, image, components = verify_target(client, target)
     _check_driver(gpu_runtime(client.info()), components, image, skip_driver_check)
     report = verify_image(client, image, plan_checks(p.resolved, p.lock if p.lock_state == "locked" else None),
                           nodes=nodes,
@@ -414,14 +413,6 @@ def verify(ctx: Ctx, target, nodes, as_json, skip_driver_check):
     if not report.passed:
         raise VerifyError(f"{c['failed']} of {len(report.results)} checks failed on {image}", report=report)
     click.echo(f"{image}: {c['passed']} passed, {c['failed']} failed, {c['skipped']} skipped in {report.seconds:.1f}s")
-
-
-def _is_image_ref(target: str) -> bool:
-    """`repo:tag` or `repo/name` that is not a stack file: an image reference."""
-    import os
-    if target.endswith((".yaml", ".yml")) or os.path.exists(target):
-        return False
-    return ":" in target or "/" in target
 
 
 def _print_report(ctx: Ctx, report) -> None:
@@ -451,7 +442,7 @@ def _image_for_use(ctx: Ctx, client, stack: str, build: bool, gpu=None, skip_dri
     from builder.errors import EngineError
     p = _plan(stack)
     _check_driver(gpu, p.resolved.versions(), p.hash_tag, skip_driver_check)
-    if build_mod.promoted_image(client, p) is not None:
+    if promoted_image(client, p) is not None:
         return p.hash_tag
     if not build:
         if sys.stdin.isatty() and sys.stderr.isatty():
@@ -459,7 +450,8 @@ def _image_for_use(ctx: Ctx, client, stack: str, build: bool, gpu=None, skip_dri
         if not build:
             raise EngineError(f"{p.hash_tag} does not exist yet",
                               hint=f"run `dlenv build {stack}` or pass --build")
-    build_mod.build(p, client, log=ctx.info, on_check=lambda r: _print_check(ctx, r))
+    bundle, mirror = _bundle_and_mirror(None)
+    build_mod.build(p, client, ca_bundle=bundle, mirror=mirror, log=ctx.info, on_check=lambda r: _print_check(ctx, r))
     return p.hash_tag
 
 

@@ -18,7 +18,7 @@ REGISTRY_HELP = "Registry HOST[:PORT][/PREFIX] (default: DLENV_REGISTRY or the `
 
 
 def _plan(stack: str):
-    from builder.pipeline.build import plan
+    from builder.plan.plan import plan
     return plan(stack)
 
 

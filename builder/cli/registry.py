@@ -108,7 +108,7 @@ def push(ctx, stack, registry):
     """Push the verified image of STACK to a registry, named by its content hash."""
     from builder.engine import dockerapi as engine
     from builder.engine import registry as registry_mod
-    from builder.pipeline.build import plan
+    from builder.plan.plan import plan
     where = resolve_registry(registry)
     p = plan(stack)
     client = engine.connect()
@@ -128,7 +128,7 @@ def pull(ctx, stack, registry):
     """Pull the image of STACK's content hash from a registry and tag it as built here."""
     from builder.engine import dockerapi as engine
     from builder.engine import registry as registry_mod
-    from builder.pipeline.build import plan
+    from builder.plan.plan import plan
     where = resolve_registry(registry)
     p = plan(stack)
     client = engine.connect()

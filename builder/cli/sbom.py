@@ -13,26 +13,7 @@ from pathlib import Path
 
 import click
 
-
-def image_for(client, target: str) -> str:
-    """TARGET as an image: an image reference (`repo:tag`, `repo/name`, an id) is used as given;
-    a stack name or stack file means the promoted image of its current content hash."""
-    from builder import paths
-    from builder.engine import dockerapi as engine
-    from builder.pipeline.build import plan, require_promoted
-    from builder.cli.app import _is_image_ref
-    from builder.errors import EngineError
-    from builder.spec.stack import catalog_stack_names
-    stack_like = (not _is_image_ref(target)) and (
-        target in catalog_stack_names(paths.stacks_dir()) or target.endswith((".yaml", ".yml"))
-        or os.path.exists(target) or engine.image_attrs(client, target) is None)
-    if stack_like:
-        p = plan(target)
-        require_promoted(client, p, target)
-        return p.hash_tag
-    if engine.image_attrs(client, target) is None:
-        raise EngineError(f"image {target} not found", hint="build it with `dlenv build STACK` or pull it")
-    return target
+from builder.engine.images import image_for
 
 
 def now_timestamp() -> str:

@@ -23,12 +23,9 @@ from builder.engine import dockerapi as engine
 from builder.settings.host import debian_sources
 from builder.errors import BaseImageError
 from builder.plan.lockfile import parse_dpkg_list
-from builder.plan.render import base_recipe, base_ref, packages_digest
-from builder.settings.settings import load_settings
+from builder.plan.pins import base_recipe, base_ref, packages_digest
+from builder.names import PACKAGES_LABEL, RECIPE_LABEL, ROOTFS_LABEL
 
-RECIPE_LABEL = "org.dlenv.base-recipe"
-ROOTFS_LABEL = "org.dlenv.base-rootfs-sha256"
-PACKAGES_LABEL = "org.dlenv.base-packages-sha256"
 DPKG_FORMAT = "${Package}\t${Version}\t${db:Status-Abbrev}\n"
 
 
@@ -43,7 +40,8 @@ def rootfs_sha256(client, ref: str) -> str:
     return engine.image_labels(engine.image_attrs(client, ref)).get(ROOTFS_LABEL, "")
 
 
-def ensure_base(client, base: dict, log=lambda msg: None, force: bool = False, pins: dict | None = None) -> str:
+def ensure_base(client, base: dict, log=lambda msg: None, force: bool = False, pins: dict | None = None,
+                mirror: str | None = None) -> str:
     """Return the base reference, bootstrapping the default base when it is missing (with `pins`,
     a base holding exactly those Debian package versions)."""
     ref = base_ref(base, pins)
@@ -70,7 +68,7 @@ def ensure_base(client, base: dict, log=lambda msg: None, force: bool = False, p
         if plain is not None and engine.image_labels(plain).get(PACKAGES_LABEL) == packages_digest(pins):
             engine.tag(client, plain["Id"], ref)
             return ref
-    bootstrap(client, base, log, pins=pins)
+    bootstrap(client, base, log, pins=pins, mirror=mirror)
     return ref
 
 
@@ -84,7 +82,8 @@ def _mismatches(pins: dict, installed: dict) -> list[str]:
     return out
 
 
-def bootstrap(client, base: dict, log=lambda msg: None, pins: dict | None = None, ref: str | None = None) -> str:
+def bootstrap(client, base: dict, log=lambda msg: None, pins: dict | None = None, ref: str | None = None,
+              mirror: str | None = None) -> str:
     """Bootstrap and import the base (as `ref`, default its recipe's name); returns the image id."""
     recipe = base_recipe(base)
     tool = shutil.which("mmdebstrap")
@@ -92,7 +91,7 @@ def bootstrap(client, base: dict, log=lambda msg: None, pins: dict | None = None
         raise BaseImageError("mmdebstrap is not installed; it bootstraps the default Debian base",
                              hint="apt-get install mmdebstrap")
     ref = ref or base_ref(base, pins)
-    sources = debian_sources(recipe["suite"], mirror=load_settings().get("debian_mirror"))
+    sources = debian_sources(recipe["suite"], mirror=mirror)
     workdir = Path(tempfile.mkdtemp(prefix="base-", dir=paths.state_dir()))
     try:
         sources_file = workdir / "debian.sources"

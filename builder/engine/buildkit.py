@@ -28,16 +28,15 @@ from typing import Callable
 
 from builder.engine.dockerapi import LOG_TAIL, BuildProgress, _build_hint, _short_build_error
 from builder.errors import BuildError, EngineError, RenderError
+from builder.names import CA_BUNDLE_TARGET, SYSTEM_CA
 
 CA_SECRET_ID = "dlenv-ca"
-CA_TARGET = "/etc/dlenv-build/ca.crt"          # where the SDK rendering COPYs the bundle; PIP_CERT names it
-SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 CLI_ENV_VAR = "DLENV_BUILDKIT_CLI"             # one CLI to use instead of probing the candidates
 CLI_CANDIDATES = ("/usr/bin/docker", "docker")  # Debian's docker.io client first: the first `docker` on
 #                                                  PATH may be a newer client without buildx
 
-_CA_COPY = re.compile(r"^COPY \S+/ca\.crt " + re.escape(CA_TARGET) + r"\s*$")
-_CA_FALLBACK = re.compile(r"^RUN \[ -s " + re.escape(CA_TARGET) + r" \] \|\| cp ")
+_CA_COPY = re.compile(r"^COPY \S+/ca\.crt " + re.escape(CA_BUNDLE_TARGET) + r"\s*$")
+_CA_FALLBACK = re.compile(r"^RUN \[ -s " + re.escape(CA_BUNDLE_TARGET) + r" \] \|\| cp ")
 _CA_COMMENT = "# The CA bundle lets pip reach the package index; it exists in this stage only."
 _FROM = re.compile(r"^FROM \S+ AS (\S+)\s*$")
 _APT = re.compile(r"\bapt-get (update|install|source)\b")
@@ -100,7 +99,7 @@ def variant(dockerfile: str, *, base: dict, ca_secret: bool = True) -> str:
     apt_mounts = (f"--mount=type=cache,id=dlenv-apt-archives-{key},target=/var/cache/apt,sharing=locked "
                   f"--mount=type=cache,id=dlenv-apt-lists-{key},target=/var/lib/apt/lists,sharing=locked")
     pip_mounts = "--mount=type=cache,id=dlenv-pip,target=/root/.cache/pip"
-    secret_mount = f"--mount=type=secret,id={CA_SECRET_ID},target={CA_TARGET}"
+    secret_mount = f"--mount=type=secret,id={CA_SECRET_ID},target={CA_BUNDLE_TARGET}"
     registry_base = "image" in base
     out: list[str] = []
     stage = None
@@ -126,7 +125,7 @@ def variant(dockerfile: str, *, base: dict, ca_secret: bool = True) -> str:
                 found["no_cache_env"] += 1
             first = first.replace(" PIP_NO_CACHE_DIR=1", "")   # pip's cache is a cache mount now
             if not ca_secret:
-                first = first.replace(f"PIP_CERT={CA_TARGET}", f"PIP_CERT={SYSTEM_CA}")
+                first = first.replace(f"PIP_CERT={CA_BUNDLE_TARGET}", f"PIP_CERT={SYSTEM_CA}")
             out.append(first)
             out.extend(block[1:])
             continue

@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import docker.errors
+from builder.names import BASE_REPO, REPO_PREFIX
 
-REPO_PREFIX = "dlenv/"
-BASE_REPO = "dlenv/base"
 
 
 @dataclass

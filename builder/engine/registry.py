@@ -31,7 +31,10 @@ import docker.errors
 import requests.exceptions
 
 from builder.engine import dockerapi as engine
-from builder.pipeline.build import HASH_LABEL, TAG_CHARS, Plan, promoted_image, stack_lock
+from builder.engine.images import promoted_image
+from builder.names import HASH_LABEL, TAG_CHARS
+from builder.plan.plan import Plan
+from builder.statelock import stack_lock
 from builder.errors import EngineError, RegistryError
 
 USER_ENV = "DLENV_REGISTRY_USER"

@@ -33,17 +33,16 @@ import jinja2
 import yaml
 
 from builder import __version__, paths
-from builder.pipeline.build import HASH_LABEL, TAG_CHARS, Plan
+from builder.names import HASH_LABEL, TAG_CHARS
+from builder.plan.plan import Plan
 from builder.errors import ArchiveError, EngineError, ExportError
-from builder.plan.render import RUNTIME_UID, RUNTIME_USER, WORKDIR
+from builder.names import K8S_LABEL_PREFIX, RUNTIME_HOME, RUNTIME_UID, RUNTIME_USER, STACK_LABEL, WORKDIR
 
 EXPORT_KINDS = ("apptainer", "slurm", "mpijob", "devcontainer")
 MANIFEST_NAME = "dlenv-manifest.json"
 MANIFEST_FORMAT = 1
-STACK_LABEL = "org.dlenv.stack"
-HOME = f"/home/{RUNTIME_USER}"
 SSH_PORT = 2222                      # sshd of the MPIJob workers runs as the image user: no port below 1024
-SSH_AUTH_PATH = f"{HOME}/.ssh"       # where mpi-operator mounts the job's ssh key pair
+SSH_AUTH_PATH = f"{RUNTIME_HOME}/.ssh"       # where mpi-operator mounts the job's ssh key pair
 SLURM_MPI = ("pmix", "pmi2")
 SLURM_RUNTIMES = ("apptainer", "pyxis")
 MPI_MODES = ("direct", "hybrid")
@@ -347,8 +346,8 @@ def mpijob(plan: Plan, command, *, registry: str | None, workers: int, gpus_per_
     image = registry_ref(plan, registry)
     hash16 = plan.content_hash[:TAG_CHARS]
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "dlenv",
-              "org.dlenv/stack": plan.resolved.name, "org.dlenv/content-hash": hash16}
-    annotations = {"org.dlenv/content-hash": plan.content_hash, "org.dlenv/image": image}
+              f"{K8S_LABEL_PREFIX}stack": plan.resolved.name, f"{K8S_LABEL_PREFIX}content-hash": hash16}
+    annotations = {f"{K8S_LABEL_PREFIX}content-hash": plan.content_hash, f"{K8S_LABEL_PREFIX}image": image}
     rsh_args = (f"-p {SSH_PORT} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
                 "-o LogLevel=ERROR -o ConnectionAttempts=10")
     exports = []
@@ -367,7 +366,7 @@ def mpijob(plan: Plan, command, *, registry: str | None, workers: int, gpus_per_
         spec: dict = {"securityContext": pod_security, "containers": [container]}
         if volumes:
             spec["volumes"] = volumes
-        return {"metadata": {"labels": {**labels, "org.dlenv/role": role}, "annotations": annotations},
+        return {"metadata": {"labels": {**labels, f"{K8S_LABEL_PREFIX}role": role}, "annotations": annotations},
                 "spec": spec}
 
     launcher = {"name": "launcher", "image": image, "imagePullPolicy": "IfNotPresent",
@@ -493,7 +492,7 @@ def save_image(client, plan: Plan, output, *, force: bool = False,
     import docker.errors
     import requests.exceptions
 
-    from builder.pipeline.build import require_promoted
+    from builder.engine.images import require_promoted
     started = time.monotonic()
     output = Path(output)
     if output.is_dir():
@@ -599,7 +598,7 @@ def load_image(client, path, on_progress: Callable[[int], None] | None = None) -
     import requests.exceptions
 
     from builder.engine import dockerapi as engine
-    from builder.pipeline.build import stack_lock
+    from builder.statelock import stack_lock
     started = time.monotonic()
     path = Path(path)
     manifest = read_manifest(path)

@@ -27,15 +27,9 @@ from packaging.utils import canonicalize_name
 
 from builder import __version__
 from builder.errors import DlenvError, EngineError
+from builder.names import COMPONENT_LABEL, DLENV_LABELS, HASH_LABEL, NVIDIA_PREFIXES, RECIPE_LABEL, SOURCE_LABEL, STACK_LABEL
 
-HASH_LABEL = "org.dlenv.content-hash"     # = build.HASH_LABEL (not imported: build pulls in verify)
-STACK_LABEL = "org.dlenv.stack"
-COMPONENT_LABEL = "org.dlenv.component."
-SOURCE_LABEL = "org.dlenv.source."        # "<package>=<version> <file> sha256:<hex>", from the lock
-RECIPE_LABEL = "org.dlenv.base-recipe"    # suite/variant/SOURCE_DATE_EPOCH of a bootstrapped base
-DLENV_LABELS = "org.dlenv."
 ECOSYSTEMS = ("deb", "pypi", "generic")   # the order of components in every output
-NVIDIA_PREFIXES = "/opt/nvidia"           # `pip --target` prefixes of the CUDA components
 # The version a compiled component reports inside the image (section name in the collector output).
 VERSION_PROBES = {"openmpi": "ompi_info"}
 COLLECT_TIMEOUT = 180
@@ -92,7 +86,7 @@ class Inventory:
     def source_date(self) -> str:
         """The fixed date of this lock: the SOURCE_DATE_EPOCH of the bootstrapped base (its recipe
         label), else dlenv's default epoch. Never the image's creation time (it changes per build)."""
-        from builder.plan.render import DEFAULT_EPOCH
+        from builder.plan.pins import DEFAULT_EPOCH
         epoch = DEFAULT_EPOCH
         recipe = self.labels.get(RECIPE_LABEL, "")
         last = recipe.rsplit("/", 1)[-1]

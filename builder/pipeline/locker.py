@@ -29,14 +29,13 @@ import docker.errors
 from builder import __version__
 from builder.engine import base as base_mod
 from builder.engine import dockerapi as engine
-from builder.settings.host import find_ca_bundle, pip_build_args
+from builder.settings.host import CABundle, find_ca_bundle, pip_build_args
 from builder.errors import BaseImageError, EngineError, LockError
-from builder.plan.lockfile import (LEAF_STEP, Lock, canonical, debian_sources, digest, lock_inputs, parse_apt_simulation,
-                   parse_dpkg_list, parse_pip_report, parse_source_uris, pip_steps)
-from builder.plan.render import base_recipe, constraint_lines
-from builder.settings.settings import load_settings
+from builder.plan.lockfile import (Lock, canonical, digest, parse_apt_simulation, parse_dpkg_list, parse_pip_report,
+                                    parse_source_uris)
+from builder.plan.pins import LEAF_STEP, base_recipe, constraint_lines, debian_sources, lock_inputs, pip_steps
+from builder.names import CA_BUNDLE_TARGET, ROLE_LABEL, SYSTEM_CA, VENV
 
-ROLE_LABEL = "org.dlenv.role"
 WORK = "/tmp/dlenv-lock"
 
 
@@ -115,7 +114,8 @@ def _resolve_apt(box: _Box, names: list, previous: dict, stage: str, report: Loc
 
 
 def make_lock(client, resolved, *, previous: Lock | None = None, upgrade=(), upgrade_all: bool = False,
-              ca_bundle: str | None = None, log=lambda msg: None) -> tuple[Lock, LockReport]:
+              ca_bundle: CABundle | None = None, mirror: str | None = None,
+              log=lambda msg: None) -> tuple[Lock, LockReport]:
     report = LockReport()
     upgrade = {canonical(u) for u in upgrade}
     keep = previous if (previous is not None and not upgrade_all) else None
@@ -126,25 +126,24 @@ def make_lock(client, resolved, *, previous: Lock | None = None, upgrade=(), upg
             and keep.base.get("epoch") == base_recipe(base)["epoch"] and keep.base_packages:
         pins = keep.base_packages
     try:
-        ref = base_mod.ensure_base(client, base, log, pins=pins)
+        ref = base_mod.ensure_base(client, base, log, pins=pins, mirror=mirror)
     except BaseImageError as exc:  # a pinned base that no longer bootstraps is resolved again
         if pins is None:
             raise
         report.notes.append(f"base: {exc.message[:200]}; bootstrapped afresh")
         pins = None
-        ref = base_mod.ensure_base(client, base, log)
+        ref = base_mod.ensure_base(client, base, log, mirror=mirror)
     if bootstrapped and not engine.image_labels(engine.image_attrs(client, ref)).get(base_mod.PACKAGES_LABEL):
         log("the local base has no recorded rootfs checksum and package set: bootstrapping it again")
-        ref = base_mod.ensure_base(client, base, log, force=True, pins=pins)
-    settings = load_settings({"ca_bundle": ca_bundle})
-    bundle = find_ca_bundle(settings.get("ca_bundle"), source=settings.source("ca_bundle")).read()
+        ref = base_mod.ensure_base(client, base, log, force=True, pins=pins, mirror=mirror)
+    bundle = (ca_bundle or find_ca_bundle()).read()
     env = {**pip_build_args(), "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8",
-           "PIP_CERT": "/etc/dlenv-build/ca.crt", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+           "PIP_CERT": CA_BUNDLE_TARGET, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
            "PIP_ROOT_USER_ACTION": "ignore", "PIP_NO_INPUT": "1"}
     log(f"resolving pins in a container of {ref}")
     box = _Box(client, ref, env)
     try:
-        box.put("/etc/dlenv-build/ca.crt", bundle)
+        box.put(CA_BUNDLE_TARGET, bundle)
         box.sh("apt-get update -qq", "apt-get update in the lock container")
         base_packages = parse_dpkg_list(box.sh(f"dpkg-query -W -f={shlex.quote(base_mod.DPKG_FORMAT)}", "dpkg-query"))
         apt_build = _resolve_apt(box, list(resolved.apt_build), keep.apt_build if keep else {}, "build", report, upgrade)
@@ -184,7 +183,7 @@ def make_lock(client, resolved, *, previous: Lock | None = None, upgrade=(), upg
     return lock, report
 
 
-CA_FALLBACK = ("{ [ -s /etc/dlenv-build/ca.crt ] || cp /etc/ssl/certs/ca-certificates.crt /etc/dlenv-build/ca.crt; }")
+CA_FALLBACK = f"{{ [ -s {CA_BUNDLE_TARGET} ] || cp {SYSTEM_CA} {CA_BUNDLE_TARGET}; }}"
 
 
 def _python_box(client, box: _Box, ref: str, env: dict, bundle: bytes, apt_build: dict, log) -> _Box:
@@ -195,20 +194,20 @@ def _python_box(client, box: _Box, ref: str, env: dict, bundle: bytes, apt_build
     env_ref = f"dlenv/lockenv:{digest({'base': base_id, 'apt': apt_build})[:16]}"
     if engine.image_attrs(client, env_ref) is not None:
         pybox = _Box(client, env_ref, env)
-        pybox.put("/etc/dlenv-build/ca.crt", bundle)
+        pybox.put(CA_BUNDLE_TARGET, bundle)
         pybox.sh(CA_FALLBACK, "CA bundle")
         return pybox
     box.put(f"{WORK}/apt-build.txt", Lock.apt_text(apt_build).encode())
     log("installing the build stage's Debian packages in the lock container")
     box.sh(f"xargs --no-run-if-empty --arg-file={WORK}/apt-build.txt apt-get install -y -qq --no-install-recommends"
-           " >/dev/null && python3 -m venv /opt/venv && rm -rf /var/lib/apt/lists/* /etc/dlenv-build/ca.crt",
+           f" >/dev/null && python3 -m venv {VENV} && rm -rf /var/lib/apt/lists/* {CA_BUNDLE_TARGET}",
            "installing Python in the lock container")
     try:
         box.container.commit(repository="dlenv/lockenv", tag=env_ref.split(":", 1)[1],
                              conf={"Labels": {ROLE_LABEL: "lockenv"}})
     except docker.errors.DockerException:
         pass  # only a cache: the lock goes on without it
-    box.put("/etc/dlenv-build/ca.crt", bundle)
+    box.put(CA_BUNDLE_TARGET, bundle)
     box.sh(CA_FALLBACK, "CA bundle")
     return box
 
@@ -281,7 +280,7 @@ def _resolve_steps(box: _Box | None, resolved, steps, keep: Lock | None, upgrade
             wheels = [p for n, p in sorted(venv_pins.items()) if n not in installed and p.file.endswith(".whl")]
             if wheels:
                 box.put(f"{WORK}/preinstall.txt", "".join(f"{p.requirement_line()}\n" for p in wheels).encode())
-                box.sh(f"/opt/venv/bin/pip install -q --no-deps --require-hashes -r {WORK}/preinstall.txt",
+                box.sh(f"{VENV}/bin/pip install -q --no-deps --require-hashes -r {WORK}/preinstall.txt",
                        f"installing the packages step {step.name} builds with")
                 installed.update(canonical(p.name) for p in wheels)
         pins = _dry_run(box, step, base_constraints, venv_pins, previous, report)
@@ -309,7 +308,7 @@ def _dry_run(box: _Box, step, base_constraints: list, venv_pins: dict, previous:
             args += ["--no-deps", "--only-binary=:all:"]
         args += list(step.options) + list(step.requirements)
         where = ("stack python_packages" if step.name == LEAF_STEP else f"component {step.name}")
-        box.sh(f"rm -f {WORK}/{step.name}.json && /opt/venv/bin/pip install {' '.join(shlex.quote(a) for a in args)}",
+        box.sh(f"rm -f {WORK}/{step.name}.json && {VENV}/bin/pip install {' '.join(shlex.quote(a) for a in args)}",
                f"resolving pip step {step.name} ({where}: {' '.join(step.requirements)[:120]})",
                env={"PIP_CONSTRAINT": f"{WORK}/constraints-{step.name}.txt"})
         return parse_pip_report(json.loads(box.sh(f"cat {WORK}/{step.name}.json", "reading the pip report")))

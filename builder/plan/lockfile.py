@@ -30,10 +30,6 @@ import yaml
 from builder.errors import LockError
 
 LOCK_FORMAT = 1
-LEAF_STEP = "python_packages"      # the stack's own packages; component names cannot contain "_"
-PYLOCK_DIR = "/etc/dlenv-build/pylock"
-APT_BUILD_FILE = "/etc/dlenv-build/apt-build.txt"
-APT_RUNTIME_FILE = "/etc/dlenv/apt-runtime.txt"
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DEB_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
@@ -53,60 +49,6 @@ def digest(value) -> str:
 
 
 # --- what a lock is made from ---------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PipStep:
-    """One `pip install` of the build stage, as the unlocked Dockerfile would run it."""
-    name: str               # component name, or LEAF_STEP
-    mode: str               # "venv" (into the venv, with dependencies), "target" (--target, no deps), "prefix" (leaf)
-    requirements: tuple
-    options: tuple
-    constrained: bool       # the components' pins apply (PIP_CONSTRAINT in the python group and the leaf)
-
-
-def pip_steps(resolved) -> list[PipStep]:
-    from builder.plan.render import pip_requirements  # render owns the requirement templates
-    steps = []
-    for rc in resolved.components:
-        reqs = pip_requirements(rc.component, rc.version)
-        if not reqs:
-            continue
-        mode = "target" if rc.component.prefix else "venv"
-        steps.append(PipStep(rc.name, mode, tuple(reqs), tuple(rc.component.pip_options),
-                             constrained=rc.component.group == "python"))
-    leaf = [text for text, _ in resolved.merged.python_packages]
-    if leaf:
-        steps.append(PipStep(LEAF_STEP, "prefix", tuple(leaf), (), constrained=True))
-    return steps
-
-
-def debian_sources(resolved) -> dict:
-    """{component: {"package", "version", "file"}} for components compiled from a Debian source package."""
-    out = {}
-    for rc in resolved.components:
-        src = rc.component.source
-        if not src:
-            continue
-        values = {"version": rc.version.text, **rc.version.vars}
-        try:
-            out[rc.name] = {key: str(src[key]).format(**values) for key in ("package", "version", "file")}
-        except KeyError as exc:
-            raise LockError(f"component {rc.name!r}: source uses unknown variable {exc}") from None
-    return out
-
-
-def lock_inputs(resolved) -> dict:
-    from builder.plan.render import base_recipe, constraint_lines
-    base = resolved.base
-    return {
-        "base": {"image": base["image"]} if "image" in base else base_recipe(base),
-        "components": dict(resolved.versions()),
-        "apt": {"build": list(resolved.apt_build), "runtime": list(resolved.apt_runtime)},
-        "sources": debian_sources(resolved),
-        "constraints": constraint_lines(resolved),
-        "python": {s.name: {"mode": s.mode, "requirements": list(s.requirements), "options": list(s.options),
-                            "constrained": s.constrained} for s in pip_steps(resolved)},
-    }
 
 
 def explain_stale(old: dict, new: dict) -> str:

@@ -19,19 +19,11 @@ from builder import __version__, paths
 from builder.spec import projectfiles as projectfiles
 from builder.plan.catalog import GROUPS
 from builder.errors import RenderError
-from builder.plan.lockfile import APT_BUILD_FILE, APT_RUNTIME_FILE, LEAF_STEP, PYLOCK_DIR, Lock, debian_sources
+from builder.plan.lockfile import Lock
+from builder.plan.pins import (DEFAULT_EPOCH, LEAF_STEP, base_identity, base_recipe, base_ref, constraint_lines,
+                                debian_sources, pip_requirements)
 from builder.plan.resolve import ResolvedStack
-
-VENV = "/opt/venv"
-LEAF = "/opt/leaf"                 # the stack's own python_packages (a prefix on PYTHONPATH)
-RUNTIME_USER = "dlenv"
-RUNTIME_UID = 1000
-WORKDIR = "/workspace"
-BUILD_FILES = "dlenv-build"        # context folder, copied into the build stage only
-RUNTIME_FILES = "dlenv-runtime"    # context folder, copied into the runtime stage
-COPIED_FILES = "dlenv-files"       # the stack's own files (`files:`), copied last into the runtime stage
-CA_BUNDLE_PATH = f"{BUILD_FILES}/ca.crt"   # written by the engine; never hashed, never in the runtime stage
-LABEL_PREFIX = "org.dlenv"
+from builder.names import APT_BUILD_FILE, APT_RUNTIME_FILE, PYLOCK_DIR, BUILD_FILES, COPIED_FILES, LABEL_PREFIX, LEAF, RUNTIME_FILES, RUNTIME_UID, RUNTIME_USER, VENV, WORKDIR
 
 
 def dockerfile_string(value: str) -> str:
@@ -40,42 +32,6 @@ def dockerfile_string(value: str) -> str:
     if any(ch in text for ch in "\n\r\x00"):
         raise RenderError(f"value {text[:40]!r} spans lines; it cannot go into an ENV or LABEL")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
-
-
-def base_ref(base: dict, pins: dict | None = None, digest: str | None = None) -> str:
-    """The FROM of both stages: a registry image (by digest when the lock knows it) or the
-    bootstrapped base named by its recipe and, when locked, its pinned package set."""
-    if "image" in base:
-        return f"{base['image'].split('@')[0]}@{digest}" if digest else base["image"]
-    return f"dlenv/base:{base_tag(base, pins)}"
-
-
-def base_recipe(base: dict) -> dict:
-    """What identifies a bootstrapped base (never a local image id)."""
-    boot = base["bootstrap"]
-    return {"suite": boot["suite"], "variant": boot.get("variant", "minbase"),
-            "epoch": int(boot.get("epoch", DEFAULT_EPOCH))}
-
-
-DEFAULT_EPOCH = 1735689600  # 2025-01-01T00:00:00Z: a fixed SOURCE_DATE_EPOCH makes the rootfs bit-identical
-
-
-def packages_digest(packages: dict) -> str:
-    return hashlib.sha256("".join(f"{k}={v}\n" for k, v in sorted(packages.items())).encode()).hexdigest()
-
-
-def base_identity(base: dict, pins: dict | None = None) -> dict:
-    """What names a bootstrapped base: its recipe, plus the locked package set when there is one."""
-    recipe = base_recipe(base)
-    if pins:
-        recipe = {**recipe, "packages": packages_digest(pins)}
-    return recipe
-
-
-def base_tag(base: dict, pins: dict | None = None) -> str:
-    recipe = base_recipe(base)
-    digest = hashlib.sha256(json.dumps(base_identity(base, pins), sort_keys=True).encode()).hexdigest()[:12]
-    return f"{recipe['suite']}-{recipe['variant']}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -107,14 +63,6 @@ def _environment() -> jinja2.Environment:
     env.filters["dq"] = dockerfile_string
     env.filters["qjoin"] = lambda vs: " ".join(shlex.quote(str(v)) for v in vs)
     return env
-
-
-def pip_requirements(comp, version) -> list:
-    values = {"version": version.text, **version.vars}
-    try:
-        return [tmpl.format(**values) for tmpl in comp.pip]
-    except KeyError as exc:
-        raise RenderError(f"component {comp.name!r}: pip requirement uses unknown variable {exc}") from None
 
 
 def _locked_pip(step: str, mode: str, options: list) -> tuple[list, list]:
@@ -285,13 +233,6 @@ def render_context(resolved: ResolvedStack, lock: Lock | None = None) -> BuildCo
     return BuildContext(stack=resolved.name, dockerfile=dockerfile, files=files, versions=versions,
                         base=resolved.base, modes=modes, base_pins=base_pins, base_digest=base_digest,
                         lock_digest=lock.digest if lock is not None else "")
-
-
-def constraint_lines(resolved: ResolvedStack) -> list:
-    """The components' exact pins, applied to every pip step of the python group and the leaf."""
-    return sorted(
-        {req for rc in resolved.components if rc.component.group == "python"
-         for req in pip_requirements(rc.component, rc.version) if "==" in req}, key=str.lower)
 
 
 def content_hash(ctx: BuildContext) -> str:

@@ -21,11 +21,10 @@ import docker.errors
 import docker.types
 
 from builder.errors import EngineError
+from builder.names import ROLE_LABEL, WORKDIR
 
-ROLE_LABEL = "org.dlenv.role"
 SSH_DIR = "/tmp/dlenv-ssh"
 SSH_PORT = 2222
-WORKSPACE = "/workspace"
 # NGC-style limits for NCCL/MPI: pinned memory unlimited, a larger stack.
 ULIMITS = (("memlock", -1, -1), ("stack", 67108864, 67108864))
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
@@ -98,8 +97,8 @@ def container_kwargs(opts: ContainerOptions, role: str) -> dict:
         kwargs["user"] = opts.user
     volumes = {}
     if opts.workspace is not None:
-        volumes[str(Path(opts.workspace).resolve())] = {"bind": WORKSPACE, "mode": "rw"}
-        kwargs["working_dir"] = WORKSPACE
+        volumes[str(Path(opts.workspace).resolve())] = {"bind": WORKDIR, "mode": "rw"}
+        kwargs["working_dir"] = WORKDIR
     for host, target, mode in opts.volumes:
         if is_docker_socket(host):
             raise EngineError(f"refusing to mount the Docker socket ({host}) into a container",

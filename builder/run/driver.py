@@ -28,8 +28,8 @@ import subprocess
 from dataclasses import dataclass
 
 from builder.errors import DriverError
+from builder.names import COMPONENT_LABEL
 
-CUDA_LABEL = "org.dlenv.component.cuda"
 # Components whose version is the image's CUDA version, in order of preference.
 CUDA_COMPONENTS = ("cuda", "cuda-headers")
 PROC_VERSION = "/proc/driver/nvidia/version"
@@ -140,7 +140,7 @@ def lowest(versions: list[str]) -> str | None:
 def cuda_version(components: dict) -> str | None:
     """The image's CUDA version from component versions ({name: version}) or image labels."""
     for name in CUDA_COMPONENTS:
-        for key in (name, f"org.dlenv.component.{name}"):
+        for key in (name, f"{COMPONENT_LABEL}{name}"):
             if components.get(key):
                 return str(components[key])
     return None

@@ -23,6 +23,7 @@ import docker.types
 
 from builder.run.cluster import Cluster, ContainerOptions, image_env_names, mpi_launch
 from builder.errors import EngineError, UsageError
+from builder.names import ROLE_LABEL, WORKDIR
 
 HOST_USER = "dlenv-host"
 HOST_HOME = "/home/dlenv-host"
@@ -98,7 +99,7 @@ def _image_file(client, image: str, path: str) -> str:
     import io
     import tarfile
 
-    container = client.containers.create(image, ["true"], labels={"org.dlenv.role": "inspect"})
+    container = client.containers.create(image, ["true"], labels={ROLE_LABEL: "inspect"})
     try:
         bits, _ = container.get_archive(path)
         with tarfile.open(fileobj=io.BytesIO(b"".join(bits))) as tar:
@@ -170,7 +171,7 @@ def shell(client, image: str, opts: ContainerOptions, ident: Identity, command: 
             _prepare_home(cluster.main, ident)
             tty = interactive or (sys.stdin.isatty() and sys.stdout.isatty())
             argv = [docker_cli(), "exec", "-i"] + (["-t"] if tty else [])
-            argv += ["-w", "/workspace" if opts.workspace else "/", cluster.main.id]
+            argv += ["-w", WORKDIR if opts.workspace else "/", cluster.main.id]
             argv += command if command else ["bash", "-l"]
             if tty:
                 # The terminal's Ctrl-C belongs to the shell inside; we only wait, then remove the container.
@@ -218,7 +219,7 @@ def run_mpi(client, image: str, opts: ContainerOptions, ident: Identity, command
                 launch = launch.replace("mpiexec ", "mpiexec --oversubscribe ", 1)
             line = f"{launch} {shlex.join(command)}"
             exec_id = client.api.exec_create(cluster.main.id, ["bash", "-c", line],
-                                             workdir="/workspace" if opts.workspace else None)["Id"]
+                                             workdir=WORKDIR if opts.workspace else None)["Id"]
             buffers = {"stdout": "", "stderr": ""}
             for chunk_out, chunk_err in client.api.exec_start(exec_id, stream=True, demux=True):
                 for name, chunk in (("stdout", chunk_out), ("stderr", chunk_err)):

@@ -22,9 +22,9 @@ import testinfra
 
 from builder.run.cluster import Cluster, ContainerOptions, gpu_runtime, image_env_names, mpi_launch, put_file
 from builder.spec.stack import Check
+from builder.names import VENV_PYTHON
 
 CHECKS_DIR = "/tmp/dlenv-checks"
-VENV_PYTHON = "/opt/venv/bin/python"
 OUTPUT_LIMIT = 4000
 
 
@@ -108,7 +108,7 @@ print(json.dumps(out))
 def lock_expectations(resolved, lock) -> dict:
     """What the runtime stage must hold according to the lock: Debian versions, and per Python
     install location the distributions of the steps that install there."""
-    from builder.plan.lockfile import LEAF_STEP
+    from builder.plan.pins import LEAF_STEP
     from builder.plan.render import LEAF, VENV
     python = resolved.get("python")
     pyver = python.version.text if python else ""

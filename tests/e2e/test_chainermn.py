@@ -127,7 +127,8 @@ def test_dlenv_run_mpi(docker_client, run_dlenv, tmp_path, nodes):
 def test_ca_bundle_of_the_build_is_in_no_runtime_layer(docker_client, run_dlenv, tmp_path):
     """The host CA bundle the build used (its certificates that no public bundle in the image has)
     is in the build stage (the scan's positive control) and nowhere in the runtime image."""
-    from builder.pipeline.build import plan, write_context
+    from builder.engine.context import write_context
+    from builder.plan.plan import plan
     from builder.settings.host import find_ca_bundle, pip_build_args
     from security import private_certificates, scan_image
 

@@ -234,7 +234,8 @@ def test_index_token_given_to_the_build_reaches_no_layer(docker_client, run_dlen
     assert layers >= 3 and not findings, findings
 
     # Positive control: the build stage did receive it (its history records the build argument).
-    from builder.pipeline.build import plan, write_context
+    from builder.engine.context import write_context
+    from builder.plan.plan import plan
     from builder.settings.host import find_ca_bundle
     p = plan(str(stack))
     context = tmp_path / "context"

@@ -94,7 +94,8 @@ def test_buildkit_build_verifies_shares_the_hash_and_keeps_the_bundle_out(bk_cli
 
         # The build stage too (the SDK engine COPYs the bundle there): build it as an image with the same
         # variant, secret and caches, and scan it.
-        from builder.pipeline.build import plan, write_context
+        from builder.engine.context import write_context
+        from builder.plan.plan import plan
         p = plan(str(project / "dlenv.yaml"))
         context = tmp_path / "context"
         context.mkdir()

@@ -34,7 +34,9 @@ import pytest
 import yaml
 
 from builder.outputs import exports as ex
-from builder.pipeline.build import HASH_LABEL, plan, promoted_image
+from builder.engine.images import promoted_image
+from builder.names import HASH_LABEL
+from builder.plan.plan import plan
 
 TOKEN = secrets.token_hex(4)
 STACK = f"dlenv-itest-export-{TOKEN}"

@@ -32,7 +32,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from registry_fixture import Registry, ThrottledProxy, ensure_tools, free_port, write_htpasswd  # noqa: E402
 
-from builder.pipeline.build import HASH_LABEL, Plan, plan as make_plan  # noqa: E402
+from builder.names import HASH_LABEL  # noqa: E402
+from builder.plan.plan import Plan, plan as make_plan
 from builder.engine.registry import remote_ref  # noqa: E402
 
 USER = "dlenv-itest"
@@ -547,7 +548,7 @@ def test_a_bare_word_is_not_taken_for_a_registry(tmp_path):
 def test_a_registry_base_image_is_pulled_and_built_on(docker_client, plain, dlenv, tmp_path, janitor):
     """`base: {image: ...}` where a registry can be reached: the base is pulled, then built on.
     The registry here serves dlenv's own bootstrapped Debian base under another name."""
-    from builder.plan.render import base_ref
+    from builder.plan.pins import base_ref
     from builder.spec.stack import DEFAULT_BASE
 
     local_base = base_ref(DEFAULT_BASE)

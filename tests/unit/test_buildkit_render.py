@@ -15,7 +15,7 @@ import pytest
 
 from builder import paths
 from builder.engine import buildkit as buildkit
-from builder.pipeline.build import plan
+from builder.plan.plan import plan
 from builder.engine.dockerapi import BuildProgress
 from builder.errors import BuildError, EngineError, RenderError
 from builder.spec.stack import catalog_stack_names

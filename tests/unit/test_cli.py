@@ -8,7 +8,7 @@ import re
 import pytest
 
 from builder import __version__, paths
-from builder.pipeline.build import plan
+from builder.plan.plan import plan
 
 from dlenv_unit import BAD, CATALOG_NAMES, GOOD, SHIPPED_STACKS
 

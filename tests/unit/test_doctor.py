@@ -18,7 +18,7 @@ from builder import doctor
 from builder.cli.app import main
 from builder.cli.doctor import doctor as doctor_cmd
 from builder.errors import EngineError
-from builder.plan.render import base_ref
+from builder.plan.pins import base_ref
 from builder.settings.settings import KEYS, load_settings
 
 if "doctor" not in main.commands:  # until builder/cli.py registers it

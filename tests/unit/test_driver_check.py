@@ -13,6 +13,7 @@ import builder.pipeline.build
 import builder.cli.app
 import builder.run.driver as driver
 import builder.engine.dockerapi
+import builder.engine.images
 import builder.run.session
 import builder.verify.runner
 from builder.run.driver import HostDriver, Verdict, assess, check_host_driver, read_host_driver
@@ -340,8 +341,8 @@ def host(monkeypatch):
     monkeypatch.setattr(builder.cli.app, "_WARNED", set())
     monkeypatch.setattr(builder.engine.dockerapi, "connect", lambda *a, **k: FakeClient(state.runtimes))
     monkeypatch.setattr(driver, "read_host_driver", read)
-    monkeypatch.setattr(builder.pipeline.build, "promoted_image", lambda client, p: object())
-    monkeypatch.setattr(builder.pipeline.build, "require_promoted", lambda client, p, target: None)
+    monkeypatch.setattr(builder.cli.app, "promoted_image", lambda client, p: object())
+    monkeypatch.setattr(builder.engine.images, "require_promoted", lambda client, p, target: None)
     monkeypatch.setattr(builder.pipeline.build, "build", lambda *a, **k: state.builds.append(a))
     monkeypatch.setattr(builder.run.session, "shell",
                         lambda client, image, opts, ident, command=None: state.started.append(("shell", opts.gpu)) or 0)
@@ -424,7 +425,7 @@ def test_cpu_stack_on_a_gpu_host_is_not_checked(cli, host):
 
 
 def test_missing_image_with_old_driver_fails_before_offering_a_build(cli, host, monkeypatch):
-    monkeypatch.setattr(builder.pipeline.build, "promoted_image", lambda client, p: None)
+    monkeypatch.setattr(builder.cli.app, "promoted_image", lambda client, p: None)
     host.runtimes = {"nvidia": {}}
     host.driver = HostDriver("470.223.02", "11.4", "nvidia-smi")
     result = cli("shell", "chainermn", "--build", "--", "true")

@@ -27,7 +27,8 @@ from click.testing import CliRunner
 
 from builder import __version__
 from builder.outputs import exports as ex
-from builder.pipeline.build import HASH_LABEL, plan
+from builder.names import HASH_LABEL
+from builder.plan.plan import plan
 from builder.cli.app import main
 from builder.cli.export import export, load, save
 from builder.errors import DlenvError, EngineError, RegistryError

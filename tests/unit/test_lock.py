@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from builder.plan import lockfile as L
-from builder.pipeline.build import plan
+from builder.plan import pins as P
+from builder.plan.plan import plan
 from builder.cli.app import main
 from builder.errors import LockError
 from builder.plan.render import content_hash, render_context
@@ -23,14 +24,14 @@ SHA = "a" * 64
 def fake_lock(resolved, *, tweak=None) -> L.Lock:
     """A lock for `resolved` with made-up pins: one pin per requirement of every pip step."""
     python = {}
-    for step in L.pip_steps(resolved):
+    for step in P.pip_steps(resolved):
         pins = []
         for req in step.requirements:
             name, _, version = req.partition("==")
             pins.append(L.PythonPin(name, version or "1.0", f"{name}-{version or '1.0'}-py3-none-any.whl", SHA))
         python[step.name] = tuple(pins)
-    sources = {comp: {**src, "sha256": "b" * 64, "size": 10} for comp, src in L.debian_sources(resolved).items()}
-    lock = L.Lock(stack=resolved.name, inputs=L.lock_inputs(resolved), platform={"arch": "amd64", "python": "3.11.2"},
+    sources = {comp: {**src, "sha256": "b" * 64, "size": 10} for comp, src in P.debian_sources(resolved).items()}
+    lock = L.Lock(stack=resolved.name, inputs=P.lock_inputs(resolved), platform={"arch": "amd64", "python": "3.11.2"},
                   base={"suite": "bookworm", "variant": "minbase", "epoch": 1735689600, "rootfs_sha256": "c" * 64,
                         "packages": {"bash": "5.2.15-2+b13", "dpkg": "1.21.23"}},
                   apt_build={"python3": "3.11.2-1+b1", "gcc": "4:12.2.0-3"}, apt_runtime={"python3": "3.11.2-1+b1"},
@@ -328,7 +329,7 @@ def _project_steps(tmp_path):
     path = tmp_path / "dlenv.yaml"
     path.write_text('schema: 1\nname: proj\nextends: python\npython_packages: ["requests>=2"]\n')
     p = plan(str(path))
-    return p.resolved, L.pip_steps(p.resolved)
+    return p.resolved, P.pip_steps(p.resolved)
 
 
 def _previous(resolved, version):
@@ -370,7 +371,7 @@ def test_a_relock_resolves_only_the_steps_whose_inputs_changed(tmp_path):
     path.write_text('schema: 1\nname: proj\nextends: chainer\npython_packages: ["six==1.17.0"]\n')
     p = plan(str(path))
     previous = fake_lock(p.resolved)
-    steps = L.pip_steps(p.resolved)
+    steps = P.pip_steps(p.resolved)
     assert reusable_steps(p.resolved, steps, previous, set(), previous.apt_build) == len(steps)
     assert reusable_steps(p.resolved, steps, previous, set(), {"python3": "other"}) == 0   # another Python
     first = [s.name for s in steps].index("numpy")
@@ -378,12 +379,12 @@ def test_a_relock_resolves_only_the_steps_whose_inputs_changed(tmp_path):
     # One more package for the stack: every component step is kept without a dry run, the leaf resolved.
     path.write_text(path.read_text().replace('["six==1.17.0"]', '["six==1.17.0", "packaging==24.1"]'))
     p = plan(str(path))
-    steps = L.pip_steps(p.resolved)
+    steps = P.pip_steps(p.resolved)
     reuse = reusable_steps(p.resolved, steps, previous, set(), previous.apt_build)
-    assert reuse == len(steps) - 1 and steps[-1].name == L.LEAF_STEP
-    box = FakeBox({L.LEAF_STEP: _report(("six", "1.17.0"), ("packaging", "24.1"))})
+    assert reuse == len(steps) - 1 and steps[-1].name == P.LEAF_STEP
+    box = FakeBox({P.LEAF_STEP: _report(("six", "1.17.0"), ("packaging", "24.1"))})
     report = LockReport()
     out, _ = _resolve_steps(box, p.resolved, steps, previous, set(), report, lambda m: None, reuse=reuse)
     assert len(box.constraints) == 1                      # one dry run: the leaf's
     assert all(out[s.name] == previous.python[s.name] for s in steps[:-1])
-    assert {x.name for x in out[L.LEAF_STEP]} == {"six", "packaging"}
+    assert {x.name for x in out[P.LEAF_STEP]} == {"six", "packaging"}

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from builder.pipeline.build import plan
+from builder.plan.plan import plan
 
 from test_render import logical_lines, stages
 

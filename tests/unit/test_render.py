@@ -11,10 +11,11 @@ import pytest
 import yaml
 
 from builder import paths
-from builder.pipeline.build import plan
+from builder.plan.plan import plan
 from builder.plan.catalog import Catalog
 from builder.errors import RenderError
-from builder.plan.render import CA_BUNDLE_PATH, content_hash, dockerfile_string, render_context
+from builder.names import CA_BUNDLE_PATH
+from builder.plan.render import content_hash, dockerfile_string, render_context
 from builder.plan.resolve import resolve
 from builder.spec.stack import load_stack
 
@@ -264,7 +265,7 @@ def test_build_time_commands_render_in_exec_form_as_the_image_user(tmp_path):
     """A `run:` command reaches the Dockerfile as one JSON-quoted argument of bash: quotes, `$`,
     newlines and `&&` stay the user's shell text, never Dockerfile syntax; as_root drops runuser."""
     import json as _json
-    from builder.pipeline.build import plan
+    from builder.plan.plan import plan
     stack = tmp_path / "dlenv.yaml"
     stack.write_text('schema: 1\nname: rt\nextends: python\nrun:\n'
                      '  - "echo \\"$HOME\\" it\'s && printf \'%s\\\\n\' x > ~/f"\n'

@@ -214,7 +214,7 @@ def test_spdx_created_is_the_lock_date_not_the_clock():
     recipe = dict(inv.labels, **{"org.dlenv.base-recipe": "trixie/minbase/1767225600"})
     assert S.to_spdx(inventory(labels=recipe))["creationInfo"]["created"] == "2026-01-01T00:00:00Z"
     bare = {k: v for k, v in inv.labels.items() if k != "org.dlenv.base-recipe"}
-    from builder.plan.render import DEFAULT_EPOCH
+    from builder.plan.pins import DEFAULT_EPOCH
     assert S.to_spdx(inventory(labels=bare))["creationInfo"]["created"] == S.format_time(DEFAULT_EPOCH)
     assert S.to_spdx(inv, created="2031-05-06T07:08:09Z")["creationInfo"]["created"] == "2031-05-06T07:08:09Z"
 
@@ -388,9 +388,8 @@ def test_help(cli, command):
 
 
 def test_image_for_tells_images_from_stacks(monkeypatch):
-    from builder.pipeline import build as build
-    from builder.cli import sbom as cli_sbom
     from builder.engine import dockerapi as engine
+    from builder.engine import images
     from builder.errors import DlenvError
 
     class Plan:
@@ -399,7 +398,7 @@ def test_image_for_tells_images_from_stacks(monkeypatch):
     known = {"dlenv/other:latest", "9ccd54bad4af"}
     planned = []
     monkeypatch.setattr(engine, "image_attrs", lambda client, ref: {"Id": ref} if ref in known else None)
-    monkeypatch.setattr(build, "promoted_image", lambda client, p: {"Id": "x"})
+    monkeypatch.setattr(images, "promoted_image", lambda client, p: {"Id": "x"})
 
     def fake_plan(ref):
         planned.append(ref)
@@ -407,18 +406,18 @@ def test_image_for_tells_images_from_stacks(monkeypatch):
             raise DlenvError("unknown stack 'nosuch'")
         return Plan()
 
-    monkeypatch.setattr(build, "plan", fake_plan)
-    assert cli_sbom.image_for(None, "dlenv/other:latest") == "dlenv/other:latest"
-    assert cli_sbom.image_for(None, "9ccd54bad4af") == "9ccd54bad4af"          # an image id, not a stack
-    assert cli_sbom.image_for(None, "python") == Plan.hash_tag                 # a catalog stack
+    monkeypatch.setattr(images, "plan", fake_plan)
+    assert images.image_for(None, "dlenv/other:latest") == "dlenv/other:latest"
+    assert images.image_for(None, "9ccd54bad4af") == "9ccd54bad4af"          # an image id, not a stack
+    assert images.image_for(None, "python") == Plan.hash_tag                 # a catalog stack
     with pytest.raises(DlenvError, match="unknown stack"):
-        cli_sbom.image_for(None, "nosuch")                                      # neither: the stack's error
+        images.image_for(None, "nosuch")                                      # neither: the stack's error
     assert planned == ["python", "nosuch"]
     with pytest.raises(EngineError, match="image dlenv/gone:1 not found"):
-        cli_sbom.image_for(None, "dlenv/gone:1")
-    monkeypatch.setattr(build, "promoted_image", lambda client, p: None)
+        images.image_for(None, "dlenv/gone:1")
+    monkeypatch.setattr(images, "promoted_image", lambda client, p: None)
     with pytest.raises(EngineError, match="does not exist"):
-        cli_sbom.image_for(None, "python")
+        images.image_for(None, "python")
 
 
 def test_sbom_into_a_missing_folder_is_one_line(cli, fake_engine, tmp_path):

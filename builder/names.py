@@ -1,0 +1,72 @@
+"""The names dlenv gives things: label keys, image names and tags, paths inside images.
+
+One home for each: every module that writes or reads a label, formats `dlenv/<stack>` or
+spells an in-image path takes it from here, so a rename is one edit. Pure constants and
+tiny formatters; imports nothing from dlenv.
+"""
+
+from __future__ import annotations
+
+# --- labels on images and containers -------------------------------------------------------
+LABEL_PREFIX = "org.dlenv"
+DLENV_LABELS = f"{LABEL_PREFIX}."                          # every dlenv label starts so
+HASH_LABEL = f"{LABEL_PREFIX}.content-hash"                # the content hash promotion trusts
+STACK_LABEL = f"{LABEL_PREFIX}.stack"
+LOCK_LABEL = f"{LABEL_PREFIX}.lock"                        # the lock's digest, or "unlocked"
+VERSION_LABEL = f"{LABEL_PREFIX}.dlenv-version"
+BASE_LABEL = f"{LABEL_PREFIX}.base"
+COMPONENTS_LABEL = f"{LABEL_PREFIX}.components"
+COMPONENT_LABEL = f"{LABEL_PREFIX}.component."             # + component name -> version
+SOURCE_LABEL = f"{LABEL_PREFIX}.source."                   # + component -> "<pkg>=<ver> <file> sha256:<hex>"
+CUDA_LABEL = f"{COMPONENT_LABEL}cuda"
+RECIPE_LABEL = f"{LABEL_PREFIX}.base-recipe"               # suite/variant/SOURCE_DATE_EPOCH of a bootstrapped base
+ROOTFS_LABEL = f"{LABEL_PREFIX}.base-rootfs-sha256"
+PACKAGES_LABEL = f"{LABEL_PREFIX}.base-packages-sha256"
+ROLE_LABEL = f"{LABEL_PREFIX}.role"                        # on containers dlenv starts: lock, verify, shell, ...
+K8S_LABEL_PREFIX = f"{LABEL_PREFIX}/"                      # Kubernetes label keys use a slash
+
+# --- images ----------------------------------------------------------------------------------
+REPO_PREFIX = "dlenv/"
+BASE_REPO = f"{REPO_PREFIX}base"
+LOCKENV_REPO = f"{REPO_PREFIX}lockenv"
+TAG_CHARS = 16                                              # hash characters in a tag
+
+
+def image_repo(stack: str) -> str:
+    """`dlenv/<stack>`: the repository of a stack's images."""
+    return f"{REPO_PREFIX}{stack}"
+
+
+def hash_tag(stack: str, content_hash: str) -> str:
+    return f"{image_repo(stack)}:{content_hash[:TAG_CHARS]}"
+
+
+def candidate_tag(stack: str, content_hash: str) -> str:
+    return f"{hash_tag(stack, content_hash)}-candidate"
+
+
+def latest_tag(stack: str) -> str:
+    return f"{image_repo(stack)}:latest"
+
+
+# --- paths inside images -----------------------------------------------------------------------
+VENV = "/opt/venv"
+VENV_PYTHON = f"{VENV}/bin/python"
+LEAF = "/opt/leaf"                  # the stack's own python_packages (a prefix on PYTHONPATH)
+NVIDIA_PREFIXES = "/opt/nvidia"     # `pip --target` prefixes of the CUDA components
+RUNTIME_USER = "dlenv"
+RUNTIME_UID = 1000
+RUNTIME_HOME = f"/home/{RUNTIME_USER}"
+WORKDIR = "/workspace"
+BUILD_DIR = "/etc/dlenv-build"      # build stage only: CA bundle, pins
+CA_BUNDLE_TARGET = f"{BUILD_DIR}/ca.crt"
+SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
+PYLOCK_DIR = f"{BUILD_DIR}/pylock"
+APT_BUILD_FILE = f"{BUILD_DIR}/apt-build.txt"
+APT_RUNTIME_FILE = "/etc/dlenv/apt-runtime.txt"
+
+# --- build context folders (relative to the context) -------------------------------------------
+BUILD_FILES = "dlenv-build"         # copied into the build stage only
+RUNTIME_FILES = "dlenv-runtime"     # copied into the runtime stage
+COPIED_FILES = "dlenv-files"        # the stack's own files (`files:`), copied last into the runtime stage
+CA_BUNDLE_PATH = f"{BUILD_FILES}/ca.crt"   # written by the engine; never hashed, never in the runtime stage
