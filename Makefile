@@ -4,12 +4,12 @@ PYTHON ?= python3
 DLENV  := $(VENV)/bin/dlenv
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: help venv host chainermn test unit integration e2e e2e-all golden lint clean-images
+.PHONY: help venv host chainermn test unit integration e2e e2e-all golden lint lint-imports clean-images
 
 help:
 	@echo "make chainermn   build the chainermn image (installs Docker and the venv first)"
 	@echo "make test        all tests: unit, integration and the chainermn e2e build (needs root for Docker)"
-	@echo "make unit        engine-free unit tests only"
+	@echo "make unit        engine-free tests: unit, golden Dockerfiles and component goldens, import contracts"
 	@echo "make e2e-all     build and verify the all-in-one CPU stack (heavy: ~5 GB of wheels; not in make test)"
 	@echo "make golden      regenerate tests/golden/*.Dockerfile and tests/golden/exports/* on purpose"
 	@echo "make lint        hadolint on every rendered Dockerfile"
@@ -28,11 +28,16 @@ host:
 chainermn: venv host
 	$(DLENV) build chainermn
 
-test: venv host
+test: venv host lint-imports
 	DLENV_REQUIRE_ENGINE=1 $(PYTEST) tests -v -rs
 
-unit: venv
-	$(PYTEST) tests/unit -q
+# Engine-free: tests/unit and the top-level tests (goldens, packaging, project, verify logic).
+unit: venv lint-imports
+	$(PYTEST) tests/unit tests/test_*.py -q
+
+# The dependency rule of ARCHITECTURE.md (contracts in pyproject.toml).
+lint-imports: venv
+	$(VENV)/bin/lint-imports
 
 integration: venv host
 	DLENV_REQUIRE_ENGINE=1 $(PYTEST) tests/integration -v -rs

@@ -137,7 +137,9 @@ def main() -> None:
     from builder.engine import base as base_mod
     from builder.pipeline import build as build_mod
     from builder.plan.plan import plan as make_plan
-    from builder.outputs import sbom as sbom
+    from builder.engine.inventory import collect
+    from builder.outputs.sbom.cyclonedx import to_cyclonedx
+    from builder.outputs.sbom.model import render_json
 
     client = docker.from_env(timeout=3600)
     p = make_plan(args.stack)
@@ -169,8 +171,8 @@ def main() -> None:
             result = build_mod.build(p, client, verify=False, nocache=True)
             seconds = time.monotonic() - start
             attrs = client.api.inspect_image(result.image_id)
-            inv = sbom.collect(client, result.image_id)
-            doc = sbom.render_json(sbom.to_cyclonedx(inv))
+            inv = collect(client, result.image_id)
+            doc = render_json(to_cyclonedx(inv))
             runs.append({"image_id": result.image_id, "seconds": round(seconds, 1),
                          "layers": attrs["RootFS"]["Layers"], "sbom": doc,
                          "manifest": manifest(client, result.image_id)})

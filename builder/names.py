@@ -49,6 +49,11 @@ def latest_tag(stack: str) -> str:
     return f"{image_repo(stack)}:latest"
 
 
+# --- containers ---------------------------------------------------------------------------------
+# NGC-style limits for NCCL/MPI: pinned memory unlimited, a larger stack. Every container dlenv
+# starts gets them, and so does an exported devcontainer.
+ULIMITS = (("memlock", -1, -1), ("stack", 67108864, 67108864))
+
 # --- paths inside images -----------------------------------------------------------------------
 VENV = "/opt/venv"
 VENV_PYTHON = f"{VENV}/bin/python"
@@ -64,9 +69,11 @@ SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 PYLOCK_DIR = f"{BUILD_DIR}/pylock"
 APT_BUILD_FILE = f"{BUILD_DIR}/apt-build.txt"
 APT_RUNTIME_FILE = "/etc/dlenv/apt-runtime.txt"
+CHECKS_DIR = "/tmp/dlenv-checks"  # where verify copies check scripts into a container
 
 # --- build context folders (relative to the context) -------------------------------------------
 BUILD_FILES = "dlenv-build"         # copied into the build stage only
 RUNTIME_FILES = "dlenv-runtime"     # copied into the runtime stage
 COPIED_FILES = "dlenv-files"        # the stack's own files (`files:`), copied last into the runtime stage
 CA_BUNDLE_PATH = f"{BUILD_FILES}/ca.crt"   # written by the engine; never hashed, never in the runtime stage
+CA_SECRET_ID = "dlenv-ca"                  # BuildKit: the CA bundle as a secret instead of a context file

@@ -28,21 +28,24 @@ def _plan(stack: str):
 
 
 def _cases() -> dict:
-    from builder.outputs import exports as ex
+    from builder.outputs.exports.apptainer import apptainer_def
+    from builder.outputs.exports.devcontainer import devcontainer
+    from builder.outputs.exports.mpijob import mpijob
+    from builder.outputs.exports.slurm import slurm_script
     return {
-        "chainermn.apptainer.def": lambda: ex.apptainer_def(_plan("chainermn")),
-        "chainermn.apptainer-registry.def": lambda: ex.apptainer_def(_plan("chainermn"), REGISTRY),
-        "chainermn.slurm-apptainer.sbatch": lambda: ex.slurm_script(
+        "chainermn.apptainer.def": lambda: apptainer_def(_plan("chainermn")),
+        "chainermn.apptainer-registry.def": lambda: apptainer_def(_plan("chainermn"), REGISTRY),
+        "chainermn.slurm-apptainer.sbatch": lambda: slurm_script(
             _plan("chainermn"), COMMAND, nodes=2, gpus_per_node=4, time_limit="01:00:00", partition="gpu"),
-        "chainermn.slurm-apptainer-hybrid.sbatch": lambda: ex.slurm_script(
+        "chainermn.slurm-apptainer-hybrid.sbatch": lambda: slurm_script(
             _plan("chainermn"), COMMAND, nodes=2, gpus_per_node=4, mpi_mode="hybrid", registry=REGISTRY),
-        "chainermn.slurm-pyxis.sbatch": lambda: ex.slurm_script(
+        "chainermn.slurm-pyxis.sbatch": lambda: slurm_script(
             _plan("chainermn"), COMMAND, nodes=4, gpus_per_node=8, ntasks_per_node=8, time_limit="1-00:00:00",
             runtime="pyxis", registry=REGISTRY),
-        "chainermn.mpijob.yaml": lambda: ex.mpijob(
+        "chainermn.mpijob.yaml": lambda: mpijob(
             _plan("chainermn"), COMMAND, registry=REGISTRY, workers=2, gpus_per_worker=4, shm_size="8g"),
-        "chainermn.devcontainer.json": lambda: ex.devcontainer(_plan("chainermn"), shm_size="8g"),
-        "python.devcontainer.json": lambda: ex.devcontainer(_plan("python"), shm_size="8g"),
+        "chainermn.devcontainer.json": lambda: devcontainer(_plan("chainermn"), shm_size="8g"),
+        "python.devcontainer.json": lambda: devcontainer(_plan("python"), shm_size="8g"),
     }
 
 

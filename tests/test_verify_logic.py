@@ -9,7 +9,7 @@ from builder.run import cluster as cluster
 from builder.verify import runner as verify
 from builder.plan.plan import plan
 from builder.run.cluster import gpu_runtime, mpi_launch
-from builder.verify.runner import plan_checks
+from builder.verify.checks import plan_checks
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -42,7 +42,7 @@ def write_output(ctx, text: str, output: str | None, force: bool) -> None:
     if output is None or output == "-":
         click.echo(text, nl=False)
         return
-    from builder.outputs.exports import ExportError
+    from builder.errors import ExportError
     from builder.fileio import write_text_atomic
     target = Path(output)
     if target.is_dir():
@@ -89,7 +89,8 @@ def export():
 @click.pass_obj
 def apptainer(ctx, stack, registry, local, output, force):
     """An Apptainer definition file for STACK's image."""
-    from builder.outputs.exports import ExportError, apptainer_def
+    from builder.errors import ExportError
+    from builder.outputs.exports.apptainer import apptainer_def
     if local and registry:
         raise ExportError("--local and --registry exclude each other")
     p = _plan(stack)
@@ -119,7 +120,8 @@ def apptainer(ctx, stack, registry, local, output, force):
 def slurm(ctx, stack, nodes, gpus_per_node, ntasks_per_node, time_limit, partition, job_name, runtime, mpi,
           mpi_mode, registry, local, image_file, output, force, command):
     """An sbatch script running `-- COMMAND...` in STACK's image on Slurm, one rank per task."""
-    from builder.outputs.exports import ExportError, slurm_script
+    from builder.errors import ExportError
+    from builder.outputs.exports.slurm import slurm_script
     if local and registry:
         raise ExportError("--local and --registry exclude each other")
     p = _plan(stack)
@@ -142,7 +144,7 @@ def slurm(ctx, stack, nodes, gpus_per_node, ntasks_per_node, time_limit, partiti
 @click.pass_obj
 def mpijob(ctx, stack, workers, gpus_per_worker, slots_per_worker, name, registry, output, force, command):
     """A Kubeflow MPIJob running `-- COMMAND...` under mpirun on STACK's image from a registry."""
-    from builder.outputs.exports import mpijob as make_mpijob
+    from builder.outputs.exports.mpijob import mpijob as make_mpijob
     p = _plan(stack)
     text = make_mpijob(p, list(command), registry=_registry(registry), workers=workers,
                        gpus_per_worker=gpus_per_worker, slots_per_worker=slots_per_worker, name=name,
@@ -161,7 +163,7 @@ def mpijob(ctx, stack, workers, gpus_per_worker, slots_per_worker, name, registr
 @click.pass_obj
 def devcontainer(ctx, stack, registry, output, force):
     """A dev container definition (VS Code, devcontainer CLI) pinned to STACK's image."""
-    from builder.outputs.exports import devcontainer as make_devcontainer
+    from builder.outputs.exports.devcontainer import devcontainer as make_devcontainer
     p = _plan(stack)
     text = make_devcontainer(p, registry=_registry(registry, use_setting=False), shm_size=_shm_size())
     if output == "-":
@@ -219,7 +221,7 @@ def _size(n: int) -> str:
 def save(ctx, stack, output, force):
     """Write STACK's verified image and its manifest to one archive, for a machine without a registry."""
     from builder.engine import dockerapi as engine
-    from builder.outputs.exports import save_image
+    from builder.engine.archive import save_image
     p = _plan(stack)
     client = engine.connect()
     with _Bytes(ctx, "save") as progress:
@@ -234,7 +236,7 @@ def save(ctx, stack, output, force):
 def load(ctx, archive):
     """Load an archive written by `dlenv save`; tag it only if it holds what its manifest says."""
     from builder.engine import dockerapi as engine
-    from builder.outputs.exports import load_image
+    from builder.engine.archive import load_image
     client = engine.connect()
     total = os.path.getsize(archive) if os.path.isfile(archive) else None
     with _Bytes(ctx, "load", total) as progress:

@@ -19,7 +19,7 @@ from builder.engine.images import image_for
 def now_timestamp() -> str:
     """The current time, or SOURCE_DATE_EPOCH when set (reproducible-builds.org)."""
     import time
-    from builder.outputs.sbom import format_time
+    from builder.outputs.sbom.model import format_time
     from builder.errors import DlenvError
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch:
@@ -43,19 +43,22 @@ def sbom(ctx, target, fmt, output, timestamp):
     """SBOM of a built image: Debian packages, Python distributions (venv and /opt/nvidia prefixes)
     and sources compiled in (Open MPI), with package URLs; deterministic."""
     from builder.engine import dockerapi as engine
-    from builder.outputs import sbom as sbom_mod
+    from builder.engine import inventory
+    from builder.outputs.sbom.cyclonedx import to_cyclonedx
+    from builder.outputs.sbom.model import ECOSYSTEMS, render_json
+    from builder.outputs.sbom.spdx import to_spdx
     client = engine.connect()
     image = image_for(client, target)
-    inv = sbom_mod.collect(client, image)
+    inv = inventory.collect(client, image)
     stamp = now_timestamp() if timestamp else None
-    doc = sbom_mod.to_cyclonedx(inv, timestamp=stamp) if fmt == "cyclonedx" else sbom_mod.to_spdx(inv, created=stamp)
-    text = sbom_mod.render_json(doc)
+    doc = to_cyclonedx(inv, timestamp=stamp) if fmt == "cyclonedx" else to_spdx(inv, created=stamp)
+    text = render_json(doc)
     if not output:
         click.echo(text, nl=False)
         return
     from builder.fileio import write_text_atomic
     write_text_atomic(Path(output).resolve(), text)
-    counts = {eco: sum(1 for p in inv.packages if p.ecosystem == eco) for eco in sbom_mod.ECOSYSTEMS}
+    counts = {eco: sum(1 for p in inv.packages if p.ecosystem == eco) for eco in ECOSYSTEMS}
     label = "CycloneDX 1.5" if fmt == "cyclonedx" else "SPDX 2.3"
     click.echo(f"wrote {output}: {label} SBOM of {inv.name} {inv.content_hash[:16]} "
                f"({counts['deb']} Debian packages, {counts['pypi']} Python distributions, "
@@ -69,7 +72,7 @@ def _short(items: tuple) -> tuple:
 
 
 def _cells(change, ecosystem: str) -> tuple:
-    from builder.outputs.sbom import describe
+    from builder.outputs.sbom.diff import describe
     wheres_a = {w for _, w in change.before}
     wheres_b = {w for _, w in change.after}
     several = len(change.before) > 1 or len(change.after) > 1
@@ -90,10 +93,11 @@ def diff_cmd(ctx, image_a, image_b, as_json, exit_code):
     """Packages added, removed and changed from IMAGE_A to IMAGE_B (Debian, Python, compiled sources),
     and the dlenv labels that differ. Exits 0 unless --exit-code is given and they differ."""
     from builder.engine import dockerapi as engine
-    from builder.outputs import sbom as sbom_mod
+    from builder.engine import inventory
+    from builder.outputs.sbom.diff import diff
     client = engine.connect()
     ref_a, ref_b = image_for(client, image_a), image_for(client, image_b)
-    result = sbom_mod.diff(sbom_mod.collect(client, ref_a), sbom_mod.collect(client, ref_b))
+    result = diff(inventory.collect(client, ref_a), inventory.collect(client, ref_b))
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
@@ -120,7 +124,7 @@ def _print_diff(ctx, result, ref_a: str, ref_b: str) -> None:
             table.add_row(Text(what, style=style), change.ecosystem, Text(change.name), Text(a), Text(b))
         console.print(table)
     if result.labels:
-        from builder.outputs.sbom import DLENV_LABELS
+        from builder.names import DLENV_LABELS
         table = Table()
         table.add_column(f"label ({DLENV_LABELS}*)", no_wrap=True)
         table.add_column("A", overflow="fold")

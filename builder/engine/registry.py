@@ -33,6 +33,8 @@ import requests.exceptions
 from builder.engine import dockerapi as engine
 from builder.engine.images import promoted_image
 from builder.names import HASH_LABEL, TAG_CHARS
+from builder.outputs.exports.common import registry_host
+from builder.outputs.exports.common import registry_ref as remote_ref
 from builder.plan.plan import Plan
 from builder.statelock import stack_lock
 from builder.errors import EngineError, RegistryError
@@ -68,20 +70,6 @@ ProgressCallback = Callable[[LayerEvent], None]
 
 
 # ---------------------------------------------------------------------------- names and credentials
-
-def registry_host(registry: str) -> str:
-    return registry.split("/", 1)[0]
-
-
-def remote_ref(plan: Plan, registry: str) -> str:
-    registry = registry.strip().rstrip("/")
-    host = registry_host(registry)
-    if not host or not ("." in host or ":" in host or host == "localhost"):
-        # Docker would read `myhost/dlenv/x` as a Docker Hub repository of the user `myhost`.
-        raise RegistryError(f"registry {registry!r} does not name a registry host",
-                            kind="config", hint="give HOST:PORT, a domain name or localhost, e.g. 127.0.0.1:5000")
-    return f"{registry}/{plan.repo}:{plan.content_hash[:TAG_CHARS]}"
-
 
 def credentials(registry: str, environ=os.environ) -> dict | None:
     """The auth config to send, or None to let docker-py use the Docker config for the host."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from builder import paths
 from builder.engine import base as base_mod
-from builder.engine import buildkit
+from builder.engine import buildkit, sdk
 from builder.engine import dockerapi as engine
 from builder.engine import registry as registry_mod
 from builder.engine.context import write_context
@@ -24,13 +24,15 @@ from builder.errors import LockError, VerifyError
 from builder.fileio import write_text_atomic
 from builder.names import TAG_CHARS
 from builder.pipeline import locker
+from builder.plan import buildkit_variant
 from builder.plan.lockfile import dump
 from builder.plan.lockfile import load as load_lock
 from builder.plan.plan import Plan, stale_error
 from builder.plan.render import content_hash, render_context
 from builder.settings.host import CABundle, find_ca_bundle, pip_build_args
 from builder.statelock import stack_lock
-from builder.verify.runner import Report, plan_checks, verify_image
+from builder.verify.checks import Report, plan_checks
+from builder.verify.runner import verify_image
 
 
 def ensure_lock(p: Plan, client, *, relock: bool = False, frozen: bool = False, ca_bundle: CABundle | None = None,
@@ -82,14 +84,61 @@ class BuildResult:
     pulled: bool = False
 
 
+def _prepare_base(client, p: Plan, mirror: str | None, log) -> None:
+    """The base both stages start from, bootstrapped when missing (one process at a time)."""
+    with stack_lock("_base", log):  # builds of different stacks must not bootstrap the same base twice
+        base_mod.ensure_base(client, p.resolved.base, log, pins=p.context.base_pins or None, mirror=mirror)
+        if p.lock is not None and p.lock_state == "locked" and "image" not in p.resolved.base:
+            want = p.lock.base.get("rootfs_sha256", "")
+            got = base_mod.rootfs_sha256(client, p.context.base_ref)
+            if want and got and want != got:
+                log(f"note: the base rootfs (sha256 {got[:16]}) differs from the lock's ({want[:16]}) although "
+                    "its packages are the locked ones")
+
+
+def _build_candidate(client, p: Plan, bundle: CABundle, engine_name: str, cli: str | None, log_path: Path, *,
+                     nocache: bool, on_progress) -> str:
+    """Build the candidate image with the chosen engine from a temporary context; returns its id."""
+    workdir = Path(tempfile.mkdtemp(prefix="context-", dir=paths.state_dir()))
+    try:
+        buildargs = {**pip_build_args(), "DLENV_CONTENT_HASH": p.content_hash}
+        if engine_name == "buildkit":
+            # The bundle is no file of the context: the CLI hands it over as a secret.
+            dockerfile = buildkit_variant.variant(p.context.dockerfile, base=p.resolved.base, ca_secret=bundle.path is not None)
+            write_context(p.context, workdir, None, dockerfile=dockerfile)
+            return buildkit.build(cli, workdir, p.candidate_tag, buildargs, log_path,
+                                  secret_file=bundle.path, on_progress=on_progress, nocache=nocache)
+        write_context(p.context, workdir, bundle.read())
+        return sdk.build(client, workdir, p.candidate_tag, buildargs, log_path,
+                         on_progress=on_progress, nocache=nocache)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _verify_candidate(client, p: Plan, on_check) -> Report:
+    """Run the stack's checks on the candidate; a failure leaves every promoted tag where it was."""
+    report = verify_image(client, p.candidate_tag, plan_checks(p.resolved, p.lock if p.lock_state == "locked" else None),
+                          on_result=on_check, testinfra_files=p.resolved.merged.testinfra)
+    if not report.passed:
+        failed = [r.name for r in report.results if r.status == "failed"]
+        raise VerifyError(f"{len(failed)} check(s) failed on {p.candidate_tag}: {', '.join(failed)}; "
+                          f"{p.hash_tag} and {p.latest_tag} were not moved", report=report)
+    return report
+
+
+def _promote(client, p: Plan, image_id: str) -> None:
+    engine.tag(client, image_id, p.hash_tag)
+    engine.tag(client, image_id, p.latest_tag)
+    engine.untag(client, p.candidate_tag)
+
+
 def build(p: Plan, client, *, ca_bundle: CABundle | None = None, mirror: str | None = None, verify: bool = True,
-          nocache: bool = False,
-          log=lambda msg: None, on_progress=None, on_check=None, registry: str | None = None,
+          nocache: bool = False, log=lambda msg: None, on_progress=None, on_check=None, registry: str | None = None,
           on_pull=None, engine_name: str = "sdk") -> BuildResult:
     """Build `p` (unless its hash is already promoted, whichever engine built it), verify, promote.
 
     engine_name "sdk" builds through docker-py (classic builder); "buildkit" through a Docker CLI with
-    BuildKit, from the variant of the same Dockerfile (see builder/buildkit.py): same content hash,
+    BuildKit, from the variant of the same Dockerfile (see plan/buildkit_variant.py): same content hash,
     same label, same candidate/promote steps."""
     started = time.monotonic()
     with stack_lock(p.resolved.name, log):
@@ -97,49 +146,18 @@ def build(p: Plan, client, *, ca_bundle: CABundle | None = None, mirror: str | N
         if attrs and not nocache:
             engine.tag(client, attrs["Id"], p.latest_tag)
             return BuildResult(p, attrs["Id"], True, [p.hash_tag, p.latest_tag], time.monotonic() - started)
-        if registry and not nocache:
-            # A registry holding this content hash saves the build; it was verified before its push.
-            if registry_mod.try_pull(client, p, registry, warn=log, on_progress=on_pull):
-                attrs = promoted_image(client, p)
-                return BuildResult(p, attrs["Id"], False, [p.hash_tag, p.latest_tag],
-                                   time.monotonic() - started, pulled=True)
+        # A registry holding this content hash saves the build; it was verified before its push.
+        if registry and not nocache and registry_mod.try_pull(client, p, registry, warn=log, on_progress=on_pull):
+            attrs = promoted_image(client, p)
+            return BuildResult(p, attrs["Id"], False, [p.hash_tag, p.latest_tag],
+                               time.monotonic() - started, pulled=True)
         bundle = ca_bundle or find_ca_bundle()
-        if engine_name == "buildkit":
-            cli = buildkit.find_cli()   # before the base: a missing client fails in a second
-            dockerfile = buildkit.variant(p.context.dockerfile, base=p.resolved.base, ca_secret=bundle.path is not None)
-        with stack_lock("_base", log):  # builds of different stacks must not bootstrap the same base twice
-            base_mod.ensure_base(client, p.resolved.base, log, pins=p.context.base_pins or None, mirror=mirror)
-            if p.lock is not None and p.lock_state == "locked" and "image" not in p.resolved.base:
-                want = p.lock.base.get("rootfs_sha256", "")
-                got = base_mod.rootfs_sha256(client, p.context.base_ref)
-                if want and got and want != got:
-                    log(f"note: the base rootfs (sha256 {got[:16]}) differs from the lock's ({want[:16]}) although "
-                        "its packages are the locked ones")
+        cli = buildkit.find_cli() if engine_name == "buildkit" else None   # before the base: fails in a second
+        _prepare_base(client, p, mirror, log)
         log_path = paths.state_dir() / "logs" / f"{p.resolved.name}-{p.content_hash[:TAG_CHARS]}.log"
-        workdir = Path(tempfile.mkdtemp(prefix="context-", dir=paths.state_dir()))
-        try:
-            buildargs = {**pip_build_args(), "DLENV_CONTENT_HASH": p.content_hash}
-            if engine_name == "buildkit":
-                # The bundle is no file of the context: the CLI hands it over as a secret.
-                write_context(p.context, workdir, None, dockerfile=dockerfile)
-                image_id = buildkit.build(cli, workdir, p.candidate_tag, buildargs, log_path,
-                                          secret_file=bundle.path, on_progress=on_progress, nocache=nocache)
-            else:
-                write_context(p.context, workdir, bundle.read())
-                image_id = engine.build(client, workdir, p.candidate_tag, buildargs, log_path,
-                                        on_progress=on_progress, nocache=nocache)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        report = None
-        if verify:
-            report = verify_image(client, p.candidate_tag, plan_checks(p.resolved, p.lock if p.lock_state == "locked" else None), on_result=on_check,
-                                  testinfra_files=p.resolved.merged.testinfra)
-            if not report.passed:
-                failed = [r.name for r in report.results if r.status == "failed"]
-                raise VerifyError(f"{len(failed)} check(s) failed on {p.candidate_tag}: {', '.join(failed)}; "
-                                  f"{p.hash_tag} and {p.latest_tag} were not moved", report=report)
-        engine.tag(client, image_id, p.hash_tag)
-        engine.tag(client, image_id, p.latest_tag)
-        engine.untag(client, p.candidate_tag)
+        image_id = _build_candidate(client, p, bundle, engine_name, cli, log_path, nocache=nocache,
+                                    on_progress=on_progress)
+        report = _verify_candidate(client, p, on_check) if verify else None
+        _promote(client, p, image_id)
         return BuildResult(p, image_id, False, [p.hash_tag, p.latest_tag], time.monotonic() - started,
                            str(log_path), report)

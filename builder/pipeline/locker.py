@@ -113,13 +113,8 @@ def _resolve_apt(box: _Box, names: list, previous: dict, stage: str, report: Loc
     return pinned
 
 
-def make_lock(client, resolved, *, previous: Lock | None = None, upgrade=(), upgrade_all: bool = False,
-              ca_bundle: CABundle | None = None, mirror: str | None = None,
-              log=lambda msg: None) -> tuple[Lock, LockReport]:
-    report = LockReport()
-    upgrade = {canonical(u) for u in upgrade}
-    keep = previous if (previous is not None and not upgrade_all) else None
-    base = resolved.base
+def _lock_base(client, base: dict, keep: Lock | None, report: LockReport, mirror: str | None, log) -> str:
+    """The base the lock resolves in: the previous lock's pinned base when it still bootstraps."""
     bootstrapped = "image" not in base
     pins = None
     if keep is not None and bootstrapped and keep.base.get("suite") == base_recipe(base)["suite"] \
@@ -136,6 +131,44 @@ def make_lock(client, resolved, *, previous: Lock | None = None, upgrade=(), upg
     if bootstrapped and not engine.image_labels(engine.image_attrs(client, ref)).get(base_mod.PACKAGES_LABEL):
         log("the local base has no recorded rootfs checksum and package set: bootstrapping it again")
         ref = base_mod.ensure_base(client, base, log, force=True, pins=pins, mirror=mirror)
+    return ref
+
+
+def _resolve_sources(box: _Box, resolved) -> dict:
+    """Each Debian source package compiled from, with its upstream tarball's size and sha256."""
+    sources = {}
+    for comp, src in debian_sources(resolved).items():
+        uris = parse_source_uris(box.sh(
+            f"apt-get source --print-uris --only-source {shlex.quote(src['package'] + '=' + src['version'])}",
+            f"finding the Debian source package {src['package']} {src['version']} (component {comp})"))
+        if src["file"] not in uris:
+            raise LockError(f"component {comp}: Debian source package {src['package']} {src['version']} has no "
+                            f"file {src['file']} (it has: {', '.join(sorted(uris)) or 'nothing'})")
+        size, sha = uris[src["file"]]
+        sources[comp] = {**src, "sha256": sha, "size": size}
+    return sources
+
+
+def _base_document(client, base: dict, ref: str, base_packages: dict) -> dict:
+    """The lock's `base`: a bootstrapped base's recipe and rootfs checksum, or a registry base's digest."""
+    if "image" not in base:
+        return {**base_recipe(base), "rootfs_sha256": base_mod.rootfs_sha256(client, ref), "packages": base_packages}
+    attrs = engine.image_attrs(client, ref) or {}
+    repo = base["image"].split("@")[0].rsplit(":", 1)[0]
+    digests = [d for d in attrs.get("RepoDigests", []) if d.split("@")[0] == repo]
+    return {"image": base["image"], "digest": digests[0].split("@", 1)[1] if digests else "",
+            "id": attrs.get("Id", ""), "packages": base_packages}
+
+
+def make_lock(client, resolved, *, previous: Lock | None = None, upgrade=(), upgrade_all: bool = False,
+              ca_bundle: CABundle | None = None, mirror: str | None = None,
+              log=lambda msg: None) -> tuple[Lock, LockReport]:
+    """Resolve every pin of `resolved` in a container of its base, keeping `previous` pins that still apply."""
+    report = LockReport()
+    upgrade = {canonical(u) for u in upgrade}
+    keep = previous if (previous is not None and not upgrade_all) else None
+    base = resolved.base
+    ref = _lock_base(client, base, keep, report, mirror, log)
     bundle = (ca_bundle or find_ca_bundle()).read()
     env = {**pip_build_args(), "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8",
            "PIP_CERT": CA_BUNDLE_TARGET, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
@@ -151,33 +184,16 @@ def make_lock(client, resolved, *, previous: Lock | None = None, upgrade=(), upg
                                    report, upgrade)
         log(f"Debian: {len(base_packages)} base packages, {len(apt_build)} for the build stage, "
             f"{len(apt_runtime)} for the runtime stage")
-        sources = {}
-        for comp, src in debian_sources(resolved).items():
-            uris = parse_source_uris(box.sh(
-                f"apt-get source --print-uris --only-source {shlex.quote(src['package'] + '=' + src['version'])}",
-                f"finding the Debian source package {src['package']} {src['version']} (component {comp})"))
-            if src["file"] not in uris:
-                raise LockError(f"component {comp}: Debian source package {src['package']} {src['version']} has no "
-                                f"file {src['file']} (it has: {', '.join(sorted(uris)) or 'nothing'})")
-            size, sha = uris[src["file"]]
-            sources[comp] = {**src, "sha256": sha, "size": size}
+        sources = _resolve_sources(box, resolved)
         arch = box.sh("dpkg --print-architecture", "dpkg --print-architecture").strip()
         python, platform = _resolve_python(client, box, ref, env, bundle, resolved, apt_build, keep, upgrade,
                                            report, log)
         platform["arch"] = arch
-        platform["suite"] = base_recipe(base)["suite"] if bootstrapped else ""
+        platform["suite"] = base_recipe(base)["suite"] if "image" not in base else ""
     finally:
         box.close()
-    if bootstrapped:
-        recipe = base_recipe(base)
-        base_doc = {**recipe, "rootfs_sha256": base_mod.rootfs_sha256(client, ref), "packages": base_packages}
-    else:
-        attrs = engine.image_attrs(client, ref) or {}
-        repo = base["image"].split("@")[0].rsplit(":", 1)[0]
-        digests = [d for d in attrs.get("RepoDigests", []) if d.split("@")[0] == repo]
-        base_doc = {"image": base["image"], "digest": digests[0].split("@", 1)[1] if digests else "",
-                    "id": attrs.get("Id", ""), "packages": base_packages}
-    lock = Lock(stack=resolved.name, inputs=lock_inputs(resolved), platform=platform, base=base_doc,
+    lock = Lock(stack=resolved.name, inputs=lock_inputs(resolved), platform=platform,
+                base=_base_document(client, base, ref, base_packages),
                 apt_build=apt_build, apt_runtime=apt_runtime, sources=sources, python=python,
                 dlenv_version=__version__)
     return lock, report

@@ -331,3 +331,21 @@ def parse_pip_report(report: dict) -> list[PythonPin]:
 
 def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+
+def lock_changes(old: Lock | None, new: Lock) -> list[str]:
+    """Pins that differ between two locks, as 'name old -> new' lines."""
+    if old is None:
+        return []
+    out = []
+    def table(lock):
+        rows = {f"deb {k}": v for k, v in {**lock.base_packages, **lock.apt_build, **lock.apt_runtime}.items()}
+        rows.update({f"py {k}": v for k, v in lock.python_pins().items()})
+        rows.update({f"src {k}": f"{v['version']} {v['sha256'][:12]}" for k, v in lock.sources.items()})
+        return rows
+    a, b = table(old), table(new)
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            out.append(f"{key} {a.get(key, '(none)')} -> {b.get(key, '(none)')}")
+    return out

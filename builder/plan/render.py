@@ -23,7 +23,10 @@ from builder.plan.lockfile import Lock
 from builder.plan.pins import (DEFAULT_EPOCH, LEAF_STEP, base_identity, base_recipe, base_ref, constraint_lines,
                                 debian_sources, pip_requirements)
 from builder.plan.resolve import ResolvedStack
-from builder.names import APT_BUILD_FILE, APT_RUNTIME_FILE, PYLOCK_DIR, BUILD_FILES, COPIED_FILES, LABEL_PREFIX, LEAF, RUNTIME_FILES, RUNTIME_UID, RUNTIME_USER, VENV, WORKDIR
+from builder.names import (APT_BUILD_FILE, APT_RUNTIME_FILE, BASE_LABEL, BUILD_FILES, COMPONENT_LABEL, COMPONENTS_LABEL,
+                           COPIED_FILES, LABEL_PREFIX, LEAF, LOCK_LABEL, PYLOCK_DIR, RUNTIME_FILES, RUNTIME_HOME,
+                           RUNTIME_UID, RUNTIME_USER, SOURCE_LABEL, STACK_LABEL, VENV, VERSION_LABEL, WORKDIR,
+                           image_repo)
 
 
 def dockerfile_string(value: str) -> str:
@@ -74,9 +77,8 @@ def _locked_pip(step: str, mode: str, options: list) -> tuple[list, list]:
     return list(options), ["--require-hashes", "-r", path]
 
 
-def render_context(resolved: ResolvedStack, lock: Lock | None = None) -> BuildContext:
-    """The build context of a stack; with `lock`, every apt, pip and source install is pinned."""
-    env = _environment()
+def _locked_sources(resolved: ResolvedStack, lock: Lock | None) -> dict:
+    """The Debian source packages compiled from, with the lock's tarball checksums when locked."""
     sources = debian_sources(resolved)
     if lock is not None:
         for comp, src in sources.items():
@@ -85,90 +87,163 @@ def render_context(resolved: ResolvedStack, lock: Lock | None = None) -> BuildCo
                 raise RenderError(f"{lock.path}: sources.{comp}: the lock does not match the stack",
                                   hint="run `dlenv lock` again")
             src["sha256"] = locked["sha256"]
-    pylock_files = {}
-    blocks = []
-    for rc in resolved.components:
-        comp, version = rc.component, rc.version
-        requirements = pip_requirements(comp, version)
-        options = list(comp.pip_options)
-        pylock = ""
-        if lock is not None and requirements:
-            if comp.name not in lock.python:
-                raise RenderError(f"{lock.path}: python.{comp.name}: missing from the lock", hint="run `dlenv lock` again")
-            options, requirements = _locked_pip(comp.name, "target" if comp.prefix else "venv", options)
-            pylock = f"{PYLOCK_DIR}/{comp.name}.txt"
-            pylock_files[f"{BUILD_FILES}/pylock/{comp.name}.txt"] = lock.requirements_text(comp.name).encode()
-        src = sources.get(comp.name)
-        fragment_vars = {
-            "name": comp.name, "version": version.text, "vars": dict(sorted(version.vars.items())),
-            "pip_requirements": requirements, "pip_options": options,
-            "prefix": comp.prefix or "", "venv": VENV, "versions": resolved.versions(),
-            "source": {"sha256": "", **src} if src else {},
-        }
-        try:
-            build = env.get_template(f"components/{comp.name}/build.j2").render(**fragment_vars)
-            runtime = (env.get_template(f"components/{comp.name}/runtime.j2").render(**fragment_vars)
-                       if comp.has_runtime_fragment else "")
-        except jinja2.TemplateError as exc:
-            raise RenderError(f"component {comp.name!r}: template error: {exc}") from None
-        blocks.append({"name": comp.name, "version": version.text, "group": comp.group,
-                       "build": build.strip("\n"), "runtime": runtime.strip("\n"),
-                       "pylock": pylock, "pylock_source": f"{BUILD_FILES}/pylock/{comp.name}.txt"})
+    return sources
 
-    python_pins = constraint_lines(resolved)
-    constraints = "".join(f"{req}\n" for req in python_pins)
-    leaf_packages = [text for text, _ in resolved.merged.python_packages]
-    leaf_install = []
-    if leaf_packages:
-        if lock is not None:
-            if LEAF_STEP not in lock.python:
-                raise RenderError(f"{lock.path}: python.{LEAF_STEP}: missing from the lock", hint="run `dlenv lock` again")
-            leaf_options, leaf_requirements = _locked_pip(LEAF_STEP, "venv", [])
-            leaf_install = leaf_options + leaf_requirements
-            pylock_files[f"{BUILD_FILES}/pylock/{LEAF_STEP}.txt"] = lock.requirements_text(LEAF_STEP).encode()
-        else:
-            leaf_install = leaf_packages
-    versions = resolved.versions()
-    runtime_env = resolved.env
-    path = resolved.path
-    leaf_site = ""
-    if leaf_packages:
-        python = resolved.get("python")
-        if python is None:
-            raise RenderError(f"stack {resolved.name!r} has python_packages but no python component")
-        # The stack's own packages live in their own prefix: changing them re-copies only this small
-        # layer into the runtime stage, never the venv with the components' packages.
-        leaf_site = f"{LEAF}/lib/python{python.version.text}/site-packages"
-        runtime_env = dict(sorted({**runtime_env, "PYTHONPATH": leaf_site}.items()))
-        path = f"{LEAF}/bin:{path}"
-    ld_conf = "".join(f"{p}\n" for p in resolved.ld_paths)
-    profile_lines = ["# dlenv: the image's environment for login shells (/etc/profile resets PATH).",
-                     f"export PATH={shlex.quote(path)}"]
-    profile_lines += [f"export {k}={shlex.quote(v)}" for k, v in runtime_env.items()]
-    profile = "\n".join(profile_lines) + "\n"
 
-    base_pins = {}
-    base_digest = ""
-    if lock is not None:
-        if "image" in resolved.base:
-            base_digest = str(lock.base.get("digest") or "")
-        else:
-            base_pins = lock.base_packages
-    from_ref = base_ref(resolved.base, base_pins or None, base_digest or None)
-    labels = {
-        "org.opencontainers.image.title": f"dlenv/{resolved.name}",
-        "org.opencontainers.image.description": resolved.merged.description or f"dlenv stack {resolved.name}",
-        f"{LABEL_PREFIX}.stack": resolved.name,
-        f"{LABEL_PREFIX}.dlenv-version": __version__,
-        f"{LABEL_PREFIX}.base": from_ref,
-        f"{LABEL_PREFIX}.components": ",".join(f"{k}={v}" for k, v in versions.items()),
-        f"{LABEL_PREFIX}.lock": lock.digest if lock is not None else "unlocked",
+def _pylock_file(lock: Lock, step: str) -> tuple[str, bytes]:
+    """(context path, text) of one pip step's locked requirements."""
+    if step not in lock.python:
+        raise RenderError(f"{lock.path}: python.{step}: missing from the lock", hint="run `dlenv lock` again")
+    return f"{BUILD_FILES}/pylock/{step}.txt", lock.requirements_text(step).encode()
+
+
+def _component_block(env: jinja2.Environment, resolved: ResolvedStack, rc, lock: Lock | None, sources: dict,
+                     pylock_files: dict) -> dict:
+    """One component's build and runtime fragments, rendered; its locked requirements go to `pylock_files`."""
+    comp, version = rc.component, rc.version
+    requirements = pip_requirements(comp, version)
+    options = list(comp.pip_options)
+    pylock = ""
+    if lock is not None and requirements:
+        rel, text = _pylock_file(lock, comp.name)
+        options, requirements = _locked_pip(comp.name, "target" if comp.prefix else "venv", options)
+        pylock = f"{PYLOCK_DIR}/{comp.name}.txt"
+        pylock_files[rel] = text
+    src = sources.get(comp.name)
+    fragment_vars = {
+        "name": comp.name, "version": version.text, "vars": dict(sorted(version.vars.items())),
+        "pip_requirements": requirements, "pip_options": options,
+        "prefix": comp.prefix or "", "venv": VENV, "versions": resolved.versions(),
+        "source": {"sha256": "", **src} if src else {},
     }
-    labels.update({f"{LABEL_PREFIX}.component.{k}": v for k, v in versions.items()})
-    # What a compiled component was built from, checksum included, so an SBOM can name it.
-    labels.update({f"{LABEL_PREFIX}.source.{comp}": f"{src['package']}={src['version']} {src['file']} sha256:{src['sha256']}"
-                   for comp, src in sources.items() if src.get("sha256")})
+    try:
+        build = env.get_template(f"components/{comp.name}/build.j2").render(**fragment_vars)
+        runtime = (env.get_template(f"components/{comp.name}/runtime.j2").render(**fragment_vars)
+                   if comp.has_runtime_fragment else "")
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"component {comp.name!r}: template error: {exc}") from None
+    return {"name": comp.name, "version": version.text, "group": comp.group,
+            "build": build.strip("\n"), "runtime": runtime.strip("\n"),
+            "pylock": pylock, "pylock_source": f"{BUILD_FILES}/pylock/{comp.name}.txt"}
 
+
+def _leaf_install(resolved: ResolvedStack, lock: Lock | None, pylock_files: dict) -> tuple[list, list]:
+    """(the stack's own python_packages, what their pip step installs: the lock's file or the packages)."""
+    leaf_packages = [text for text, _ in resolved.merged.python_packages]
+    if not leaf_packages:
+        return [], []
+    if lock is None:
+        return leaf_packages, leaf_packages
+    rel, text = _pylock_file(lock, LEAF_STEP)
+    pylock_files[rel] = text
+    leaf_options, leaf_requirements = _locked_pip(LEAF_STEP, "venv", [])
+    return leaf_packages, leaf_options + leaf_requirements
+
+
+def _runtime_environment(resolved: ResolvedStack, has_leaf: bool) -> tuple[dict, str]:
+    """(ENV of the runtime stage, PATH): the leaf prefix goes first on PYTHONPATH and PATH."""
+    runtime_env, path = resolved.env, resolved.path
+    if not has_leaf:
+        return runtime_env, path
+    python = resolved.get("python")
+    if python is None:
+        raise RenderError(f"stack {resolved.name!r} has python_packages but no python component")
+    # The stack's own packages live in their own prefix: changing them re-copies only this small
+    # layer into the runtime stage, never the venv with the components' packages.
+    leaf_site = f"{LEAF}/lib/python{python.version.text}/site-packages"
+    return dict(sorted({**runtime_env, "PYTHONPATH": leaf_site}.items())), f"{LEAF}/bin:{path}"
+
+
+def _profile(path: str, runtime_env: dict) -> str:
+    """/etc/profile.d/dlenv.sh: the image's environment for login shells."""
+    lines = ["# dlenv: the image's environment for login shells (/etc/profile resets PATH).",
+             f"export PATH={shlex.quote(path)}"]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in runtime_env.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _locked_base(resolved: ResolvedStack, lock: Lock | None) -> tuple[dict, str]:
+    """(pinned Debian packages of a bootstrapped base, digest of a registry base), from the lock."""
+    if lock is None:
+        return {}, ""
+    if "image" in resolved.base:
+        return {}, str(lock.base.get("digest") or "")
+    return lock.base_packages, ""
+
+
+def _labels(resolved: ResolvedStack, from_ref: str, lock: Lock | None, sources: dict) -> dict:
+    """OCI and org.dlenv.* labels, sorted (the content-hash label is a build argument, not here)."""
+    versions = resolved.versions()
+    labels = {
+        "org.opencontainers.image.title": image_repo(resolved.name),
+        "org.opencontainers.image.description": resolved.merged.description or f"dlenv stack {resolved.name}",
+        STACK_LABEL: resolved.name,
+        VERSION_LABEL: __version__,
+        BASE_LABEL: from_ref,
+        COMPONENTS_LABEL: ",".join(f"{k}={v}" for k, v in versions.items()),
+        LOCK_LABEL: lock.digest if lock is not None else "unlocked",
+    }
+    labels.update({f"{COMPONENT_LABEL}{k}": v for k, v in versions.items()})
+    # What a compiled component was built from, checksum included, so an SBOM can name it.
+    labels.update({f"{SOURCE_LABEL}{comp}": f"{src['package']}={src['version']} {src['file']} sha256:{src['sha256']}"
+                   for comp, src in sources.items() if src.get("sha256")})
+    return dict(sorted(labels.items()))
+
+
+def _run_commands(resolved: ResolvedStack) -> list:
+    """Build-time commands in exec form: the JSON array quotes the command as one argument to bash
+    (no Dockerfile or shell word splitting of the user's text; Docker expands nothing in RUN)."""
+    out = []
+    for rc in resolved.merged.run:
+        prefix = [] if rc.as_root else ["runuser", "-u", RUNTIME_USER, "--", "env", f"HOME={RUNTIME_HOME}"]
+        out.append(json.dumps(prefix + ["bash", "-o", "pipefail", "-c", rc.command]))
+    return out
+
+
+def _copies(copy_blocks: list) -> list:
+    """The runtime stage's COPY lines of the stack's own files: a folder keeps its trailing slash."""
+    return [{"source": f"{COPIED_FILES}/{b.index}/" if b.is_dir else next(iter(b.files), f"{COPIED_FILES}/{b.index}/"),
+             "dest": b.dest.rstrip("/") + "/" if b.is_dir else b.dest}
+            for b in copy_blocks if b.files]
+
+
+def _context_files(constraints: str, profile: str, ld_conf: str, lock: Lock | None, pylock_files: dict,
+                   copy_blocks: list) -> tuple[dict, dict]:
+    """(relative path -> bytes, relative path -> mode where not 0644) of the generated and copied files."""
+    files = {f"{BUILD_FILES}/constraints.txt": constraints.encode(),
+             f"{RUNTIME_FILES}/profile.sh": profile.encode(),
+             f"{RUNTIME_FILES}/ld.so.conf": ld_conf.encode()}
+    if lock is not None:
+        files[f"{BUILD_FILES}/apt-build.txt"] = Lock.apt_text(lock.apt_build).encode()
+        files[f"{RUNTIME_FILES}/apt.txt"] = Lock.apt_text(lock.apt_runtime).encode()
+        files.update(pylock_files)
+    modes = {}
+    for block in copy_blocks:
+        for rel, (data, mode) in block.files.items():
+            files[rel] = data
+            modes[rel] = mode
+    return files, modes
+
+
+def _render_dockerfile(env: jinja2.Environment, context: dict) -> str:
+    try:
+        return env.get_template("Dockerfile.j2").render(**context)
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"Dockerfile template error: {exc}") from None
+
+
+def render_context(resolved: ResolvedStack, lock: Lock | None = None) -> BuildContext:
+    """The build context of a stack; with `lock`, every apt, pip and source install is pinned."""
+    env = _environment()
+    sources = _locked_sources(resolved, lock)
+    pylock_files: dict = {}
+    blocks = [_component_block(env, resolved, rc, lock, sources, pylock_files) for rc in resolved.components]
+    leaf_packages, leaf_install = _leaf_install(resolved, lock, pylock_files)
+    runtime_env, path = _runtime_environment(resolved, bool(leaf_packages))
+    ld_conf = "".join(f"{p}\n" for p in resolved.ld_paths)
+    base_pins, base_digest = _locked_base(resolved, lock)
+    from_ref = base_ref(resolved.base, base_pins or None, base_digest or None)
+    copy_blocks = projectfiles.collect(resolved.merged.files, prefix=COPIED_FILES)
     context = {
         "dlenv_version": __version__,
         "stack": resolved.name,
@@ -189,48 +264,21 @@ def render_context(resolved: ResolvedStack, lock: Lock | None = None) -> BuildCo
         "leaf_install": leaf_install,
         "leaf_pylock": f"{PYLOCK_DIR}/{LEAF_STEP}.txt" if lock is not None and leaf_packages else "",
         "leaf_pylock_source": f"{BUILD_FILES}/pylock/{LEAF_STEP}.txt",
-        "leaf": LEAF,
-        "venv": VENV,
-        "user": RUNTIME_USER,
-        "uid": RUNTIME_UID,
-        "workdir": WORKDIR,
+        "leaf": LEAF, "venv": VENV, "user": RUNTIME_USER, "uid": RUNTIME_UID, "workdir": WORKDIR,
         "path": path,
         "env": runtime_env,
-        "labels": dict(sorted(labels.items())),
+        "labels": _labels(resolved, from_ref, lock, sources),
         "has_ld_conf": bool(ld_conf),
         "build_files": BUILD_FILES,
         "runtime_files": RUNTIME_FILES,
         "label_prefix": LABEL_PREFIX,
+        "run_commands": _run_commands(resolved),
+        "copies": _copies(copy_blocks),
     }
-    # Build-time commands go in exec form: the JSON array quotes the command as one argument to bash
-    # (no Dockerfile or shell word splitting of the user's text; Docker expands nothing in RUN).
-    run_commands = []
-    for rc in resolved.merged.run:
-        prefix = [] if rc.as_root else ["runuser", "-u", RUNTIME_USER, "--", "env", f"HOME=/home/{RUNTIME_USER}"]
-        run_commands.append(json.dumps(prefix + ["bash", "-o", "pipefail", "-c", rc.command]))
-    context["run_commands"] = run_commands
-    copy_blocks = projectfiles.collect(resolved.merged.files, prefix=COPIED_FILES)
-    context["copies"] = [
-        {"source": f"{COPIED_FILES}/{b.index}/" if b.is_dir else next(iter(b.files), f"{COPIED_FILES}/{b.index}/"),
-         "dest": b.dest.rstrip("/") + "/" if b.is_dir else b.dest}
-        for b in copy_blocks if b.files]
-    try:
-        dockerfile = env.get_template("Dockerfile.j2").render(**context)
-    except jinja2.TemplateError as exc:
-        raise RenderError(f"Dockerfile template error: {exc}") from None
-    files = {f"{BUILD_FILES}/constraints.txt": constraints.encode(),
-             f"{RUNTIME_FILES}/profile.sh": profile.encode(),
-             f"{RUNTIME_FILES}/ld.so.conf": ld_conf.encode()}
-    if lock is not None:
-        files[f"{BUILD_FILES}/apt-build.txt"] = Lock.apt_text(lock.apt_build).encode()
-        files[f"{RUNTIME_FILES}/apt.txt"] = Lock.apt_text(lock.apt_runtime).encode()
-        files.update(pylock_files)
-    modes = {}
-    for block in copy_blocks:
-        for rel, (data, mode) in block.files.items():
-            files[rel] = data
-            modes[rel] = mode
-    return BuildContext(stack=resolved.name, dockerfile=dockerfile, files=files, versions=versions,
+    dockerfile = _render_dockerfile(env, context)
+    constraints = "".join(f"{req}\n" for req in constraint_lines(resolved))
+    files, modes = _context_files(constraints, _profile(path, runtime_env), ld_conf, lock, pylock_files, copy_blocks)
+    return BuildContext(stack=resolved.name, dockerfile=dockerfile, files=files, versions=resolved.versions(),
                         base=resolved.base, modes=modes, base_pins=base_pins, base_digest=base_digest,
                         lock_digest=lock.digest if lock is not None else "")
 
@@ -252,3 +300,13 @@ def content_hash(ctx: BuildContext) -> str:
         "base": base,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def render_component(resolved: ResolvedStack, name: str, lock: Lock | None = None) -> dict:
+    """One component's rendered fragments ({"build", "runtime"}) as they appear in the stack's Dockerfile:
+    a change to one component's template shows in its own golden file (tests/golden/components/)."""
+    rc = next((c for c in resolved.components if c.name == name), None)
+    if rc is None:
+        raise RenderError(f"stack {resolved.name!r} has no component {name!r}")
+    block = _component_block(_environment(), resolved, rc, lock, _locked_sources(resolved, lock), {})
+    return {"build": block["build"], "runtime": block["runtime"]}

@@ -106,21 +106,26 @@ def _all_constraints(comp: Component, v: ComponentVersion) -> dict:
     return out
 
 
-def resolve(merged: MergedStack, catalog: Catalog) -> ResolvedStack:
-    wanted: dict[str, tuple[SpecifierSet, str, Origin]] = dict(merged.components)
-    comps = {}
-    for name, (_, _, origin) in wanted.items():
-        try:
-            comps[name] = catalog.get(name)
-        except CatalogError as exc:
-            raise SpecError(origin.path, exc.message, line=origin.line, field=origin.field, hint=exc.hint) from None
-    rejections: list[_Rejection] = []
-    reasons: dict[str, str] = {name: str(origin) for name, (_, _, origin) in wanted.items()}
+class _Search:
+    """A backtracking search over component versions: the stack's wishes first (in group order), then
+    what the chosen versions require; every rejected candidate is recorded to explain a failure."""
 
-    def candidates(name: str) -> list[ComponentVersion]:
-        comp = comps[name]
-        if name in wanted:
-            spec, text, origin = wanted[name]
+    def __init__(self, merged: MergedStack, catalog: Catalog):
+        self.catalog = catalog
+        self.wanted: dict[str, tuple[SpecifierSet, str, Origin]] = dict(merged.components)
+        self.comps = {}
+        for name, (_, _, origin) in self.wanted.items():
+            try:
+                self.comps[name] = catalog.get(name)
+            except CatalogError as exc:
+                raise SpecError(origin.path, exc.message, line=origin.line, field=origin.field, hint=exc.hint) from None
+        self.rejections: list[_Rejection] = []
+        self.reasons: dict[str, str] = {name: str(origin) for name, (_, _, origin) in self.wanted.items()}
+
+    def candidates(self, name: str) -> list[ComponentVersion]:
+        comp = self.comps[name]
+        if name in self.wanted:
+            spec, text, origin = self.wanted[name]
             matching = [v for v in comp.versions if spec.contains(v.version, prereleases=True)]
             if not matching:
                 raise ResolveError(
@@ -130,10 +135,11 @@ def resolve(merged: MergedStack, catalog: Catalog) -> ResolvedStack:
         default = comp.version(comp.default)
         return [default] + [v for v in comp.versions if v is not default]
 
-    def describe(name: str, v: ComponentVersion) -> str:
-        return f"{name} {v.text} ({comps[name].folder / 'component.yaml'})"
+    def describe(self, name: str, v: ComponentVersion) -> str:
+        return f"{name} {v.text} ({self.comps[name].folder / 'component.yaml'})"
 
-    def consistent(name: str, v: ComponentVersion, assigned: dict) -> _Rejection | None:
+    def consistent(self, name: str, v: ComponentVersion, assigned: dict) -> _Rejection | None:
+        wanted, comps = self.wanted, self.comps
         if name in wanted and not wanted[name][0].contains(v.version, prereleases=True):
             return _Rejection(name, v.text, str(wanted[name][2]), f"stack asks {name} {wanted[name][1]}")
         for other, ov in assigned.items():
@@ -142,41 +148,49 @@ def resolve(merged: MergedStack, catalog: Catalog) -> ResolvedStack:
                 why = f"{other} {ov.text} needs {name}{spec}"
                 if name in wanted:
                     why += f", but stack asks {name} {wanted[name][1]} ({wanted[name][2]})"
-                return _Rejection(name, v.text, describe(other, ov), why)
+                return _Rejection(name, v.text, self.describe(other, ov), why)
         for target, spec in _all_constraints(comps[name], v).items():
             if target in assigned and not spec.contains(assigned[target].version, prereleases=True):
                 side = (f"stack asks {target} {wanted[target][1]} ({wanted[target][2]})" if target in wanted
-                        else f"{target} {assigned[target].text} was chosen ({reasons.get(target, '')})")
-                return _Rejection(name, v.text, describe(name, v), f"{name} {v.text} needs {target}{spec}, but {side}")
+                        else f"{target} {assigned[target].text} was chosen ({self.reasons.get(target, '')})")
+                return _Rejection(name, v.text, self.describe(name, v), f"{name} {v.text} needs {target}{spec}, but {side}")
         return None
 
-    def solve(assigned: dict, pending: list) -> dict | None:
+    def required(self, name: str, v: ComponentVersion, assigned: dict, rest: list) -> list:
+        """Components `name` at `v` requires that are neither chosen nor pending yet."""
+        added = []
+        for target in sorted(_constraints(self.comps[name], v)):
+            if target not in assigned and target not in rest and target not in added:
+                if target not in self.comps:
+                    self.comps[target] = self.catalog.get(target)
+                self.reasons[target] = f"required by {name} {v.text}"
+                added.append(target)
+        return added
+
+    def solve(self, assigned: dict, pending: list) -> dict | None:
         if not pending:
             return assigned
         name, rest = pending[0], pending[1:]
-        for v in candidates(name):
-            rejected = consistent(name, v, assigned)
+        for v in self.candidates(name):
+            rejected = self.consistent(name, v, assigned)
             if rejected:
-                rejections.append(rejected)
+                self.rejections.append(rejected)
                 continue
             new_assigned = {**assigned, name: v}
-            added = []
-            for target in sorted(_constraints(comps[name], v)):
-                if target not in new_assigned and target not in rest and target not in added:
-                    if target not in comps:
-                        comps[target] = catalog.get(target)
-                    reasons[target] = f"required by {name} {v.text}"
-                    added.append(target)
-            result = solve(new_assigned, rest + added)
+            result = self.solve(new_assigned, rest + self.required(name, v, new_assigned, rest))
             if result is not None:
                 return result
         return None
 
-    order = sorted(wanted, key=lambda n: (GROUPS.index(comps[n].group), n))
-    solution = solve({}, order)
+
+def resolve(merged: MergedStack, catalog: Catalog) -> ResolvedStack:
+    """Choose one version per component so that every constraint holds; explain a conflict by both sides."""
+    search = _Search(merged, catalog)
+    order = sorted(search.wanted, key=lambda n: (GROUPS.index(search.comps[n].group), n))
+    solution = search.solve({}, order)
     if solution is None:
-        raise ResolveError(_explain(rejections, wanted))
-    return ResolvedStack(name=merged.name, merged=merged, components=_build_order(solution, comps, reasons),
+        raise ResolveError(_explain(search.rejections, search.wanted))
+    return ResolvedStack(name=merged.name, merged=merged, components=_build_order(solution, search.comps, search.reasons),
                          base=merged.base)
 
 

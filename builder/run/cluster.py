@@ -1,33 +1,27 @@
 """Containers that dlenv starts for people and checks: one, or several on a private network
 with ssh between them so Open MPI can launch ranks across them.
 
-Owns container options (shared memory, ulimits, GPU, the host user's identity), the per-run
-ssh keys (made inside the containers' /tmp, never in an image) and cleanup: everything a
-`Cluster` started is removed when it closes, also on Ctrl-C. Never mounts the Docker socket
-and never runs a container privileged.
+Owns the per-run ssh keys (made inside the containers' /tmp, never in an image), the mpirun
+command line and cleanup: everything a `Cluster` started is removed when it closes, also on
+Ctrl-C. Starting one container (options, ulimits, GPU, mounts) is `builder.engine.containers`.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import secrets
 import shlex
 import tarfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker.errors
-import docker.types
 
+from builder.engine.containers import ContainerOptions, start_container
 from builder.errors import EngineError
-from builder.names import ROLE_LABEL, WORKDIR
+from builder.names import ROLE_LABEL
 
 SSH_DIR = "/tmp/dlenv-ssh"
 SSH_PORT = 2222
-# NGC-style limits for NCCL/MPI: pinned memory unlimited, a larger stack.
-ULIMITS = (("memlock", -1, -1), ("stack", 67108864, 67108864))
-DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 
 _SSHD_CONFIG = f"""Port {SSH_PORT}
 HostKey {SSH_DIR}/host_key
@@ -58,97 +52,6 @@ def gpu_runtime(info: dict) -> str | None:
     """The engine's GPU runtime name, from `docker info` (`Runtimes`), or None."""
     runtimes = info.get("Runtimes") or {}
     return "nvidia" if "nvidia" in runtimes else None
-
-
-def is_docker_socket(path: str) -> bool:
-    real = os.path.realpath(path)
-    return real in DOCKER_SOCKETS or any(os.path.realpath(s) == real for s in DOCKER_SOCKETS) \
-        or real.endswith("/docker.sock")
-
-
-@dataclass
-class ContainerOptions:
-    """How a container is started. Values come from the CLI and settings, validated there."""
-    shm_size: str | None = "8g"
-    ipc_host: bool = False
-    gpu: str | None = None            # runtime name, from gpu_runtime()
-    user: str | None = None           # "uid:gid"; None: the image's default user
-    workspace: Path | None = None     # host folder mounted at /workspace
-    env: dict = field(default_factory=dict)
-    ports: dict = field(default_factory=dict)      # container port -> host port
-    volumes: list = field(default_factory=list)    # (host path, container path, mode)
-    extra_mounts: list = field(default_factory=list)  # docker.types.Mount
-    init: bool = True
-    network_name: str | None = None
-    on_warning: object = None         # callable(str) for things the user should know
-
-
-def container_kwargs(opts: ContainerOptions, role: str) -> dict:
-    kwargs: dict = dict(detach=True, labels={ROLE_LABEL: role}, init=opts.init,
-                        ulimits=[docker.types.Ulimit(name=n, soft=s, hard=h) for n, s, h in ULIMITS],
-                        privileged=False)
-    if opts.ipc_host:
-        kwargs["ipc_mode"] = "host"
-    elif opts.shm_size:
-        kwargs["shm_size"] = opts.shm_size
-    if opts.gpu:
-        kwargs.update(runtime=opts.gpu, device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])])
-    if opts.user:
-        kwargs["user"] = opts.user
-    volumes = {}
-    if opts.workspace is not None:
-        volumes[str(Path(opts.workspace).resolve())] = {"bind": WORKDIR, "mode": "rw"}
-        kwargs["working_dir"] = WORKDIR
-    for host, target, mode in opts.volumes:
-        if is_docker_socket(host):
-            raise EngineError(f"refusing to mount the Docker socket ({host}) into a container",
-                              hint="a container with the socket controls the host's engine")
-        volumes[str(Path(host).resolve())] = {"bind": target, "mode": mode}
-    if volumes:
-        kwargs["volumes"] = volumes
-    if opts.extra_mounts:
-        kwargs["mounts"] = list(opts.extra_mounts)
-    if opts.env:
-        kwargs["environment"] = dict(opts.env)
-    if opts.ports:
-        kwargs["ports"] = dict(opts.ports)
-    if opts.network_name:
-        kwargs["network"] = opts.network_name
-    return kwargs
-
-
-def start_container(client, image: str, opts: ContainerOptions, role: str, command=None, name: str | None = None):
-    kwargs = container_kwargs(opts, role)
-    kwargs.pop("detach")
-    if name:
-        kwargs.update(name=name, hostname=name)
-    limits = list(kwargs["ulimits"])
-    while True:
-        try:
-            container = client.containers.create(image, command or ["sleep", "infinity"], **kwargs)
-        except docker.errors.ImageNotFound:
-            raise EngineError(f"image {image} not found", hint="build it first with `dlenv build`") from None
-        except docker.errors.APIError as exc:
-            raise EngineError(f"cannot create a container from {image}: {exc.explanation}") from None
-        try:
-            container.start()
-            return container
-        except docker.errors.APIError as exc:
-            text = str(exc.explanation)
-            try:
-                container.remove(force=True)
-            except docker.errors.APIError:
-                pass
-            # Some hosts (rootless engines, sandboxes) may not raise RLIMIT_MEMLOCK: drop the limit
-            # the runtime refused, say so, and go on with the rest rather than not start at all.
-            if "error setting rlimit" in text and limits:
-                dropped = limits.pop(0)
-                kwargs["ulimits"] = limits
-                if opts.on_warning:
-                    opts.on_warning(f"this engine refuses --ulimit {dropped['Name']}={dropped['Soft']}; "
-                                    "starting without it (NCCL may pin less memory)")
-                continue
-            raise EngineError(f"cannot start a container from {image}: {text}") from None
 
 
 def exec_checked(container, command: str, what: str) -> str:

@@ -1,7 +1,8 @@
-"""Verification: run a stack's checks inside a running container, through pytest-testinfra.
+"""Verification: run planned checks inside running containers, through pytest-testinfra.
 
-Owns the check kinds (command, python, file, library, package, script), their deadlines and
-the report. Containers started here are always removed, also on Ctrl-C.
+Owns the execution of each check kind (command, python, file, library, package, script, lock),
+their deadlines and watchdog, and a user's testinfra files. What to check and the report's shape
+come from builder.verify.checks. Containers started here are always removed, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -15,154 +16,16 @@ import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import testinfra
 
+from builder.names import CHECKS_DIR, VENV_PYTHON
 from builder.run.cluster import Cluster, ContainerOptions, gpu_runtime, image_env_names, mpi_launch, put_file
-from builder.spec.stack import Check
-from builder.names import VENV_PYTHON
+from builder.verify.checks import (INSTALLED_SCRIPT, LOCK_CHECK_KIND, CheckResult, PlannedCheck, Report,
+                                   compare_installed, library_code, package_version_code)
 
-CHECKS_DIR = "/tmp/dlenv-checks"
 OUTPUT_LIMIT = 4000
-
-
-@dataclass
-class CheckResult:
-    name: str
-    kind: str
-    status: str            # passed | failed | skipped
-    seconds: float
-    command: str = ""
-    output: str = ""
-    reason: str = ""
-
-
-@dataclass
-class Report:
-    image: str
-    results: list = field(default_factory=list)
-    seconds: float = 0.0
-    nodes: int = 1
-
-    @property
-    def passed(self) -> bool:
-        return all(r.status != "failed" for r in self.results)
-
-    @property
-    def counts(self) -> dict:
-        out = {"passed": 0, "failed": 0, "skipped": 0}
-        for r in self.results:
-            out[r.status] += 1
-        return out
-
-    def to_json(self) -> dict:
-        return {"image": self.image, "nodes": self.nodes, "passed": self.passed, "counts": self.counts,
-                "seconds": round(self.seconds, 2), "checks": [asdict(r) for r in self.results]}
-
-
-@dataclass(frozen=True)
-class PlannedCheck:
-    """A check with its placeholders ({version}, {major}, component vars) filled in."""
-    check: Check
-    values: dict
-
-    def fill(self, text: str | None) -> str | None:
-        if text is None:
-            return None
-        for key, value in self.values.items():
-            text = text.replace("{" + key + "}", str(value))
-        return text
-
-    @property
-    def name(self) -> str:
-        return self.fill(self.check.name)
-
-
-LOCK_CHECK_KIND = "lock"
-
-# Lists what is installed where the lock says it should be: Debian's database and, per install
-# prefix, the Python distributions found there (importlib.metadata reads *.dist-info).
-_INSTALLED_SCRIPT = r"""
-import json, os, subprocess, sys
-out = {"debian": {}, "python": {}}
-fmt = "${Package}\t${Version}\t${db:Status-Abbrev}\n"
-for line in subprocess.run(["dpkg-query", "-W", "-f=" + fmt], capture_output=True, text=True).stdout.splitlines():
-    name, version, status = (line.split("\t") + ["", "", ""])[:3]
-    if status.startswith("ii"):
-        out["debian"][name.split(":")[0]] = version
-try:
-    import importlib.metadata as md
-except ImportError:
-    md = None
-for path in sys.argv[1:]:
-    if md is None or not os.path.isdir(path):
-        out["python"][path] = None
-        continue
-    out["python"][path] = {d.metadata["Name"]: d.version for d in md.distributions(path=[path])}
-print(json.dumps(out))
-"""
-
-
-def lock_expectations(resolved, lock) -> dict:
-    """What the runtime stage must hold according to the lock: Debian versions, and per Python
-    install location the distributions of the steps that install there."""
-    from builder.plan.pins import LEAF_STEP
-    from builder.plan.render import LEAF, VENV
-    python = resolved.get("python")
-    pyver = python.version.text if python else ""
-    where = {}
-    for rc in resolved.components:
-        if rc.name in lock.python and not rc.component.pip_build_only:
-            where[rc.name] = rc.component.prefix or f"{VENV}/lib/python{pyver}/site-packages"
-    where[LEAF_STEP] = f"{LEAF}/lib/python{pyver}/site-packages"
-    expected_python: dict = {}
-    for step, pins in lock.python.items():
-        path = where.get(step)
-        if path:
-            expected_python.setdefault(path, {}).update({p.name: p.version for p in pins})
-    return {"debian": {**lock.base_packages, **lock.apt_runtime}, "python": expected_python}
-
-
-def compare_installed(expected: dict, found: dict) -> list[str]:
-    """Differences between the lock's expectations and what a container holds (pure)."""
-    from builder.plan.lockfile import canonical
-    problems = []
-    deb = found.get("debian", {})
-    for name, version in sorted(expected["debian"].items()):
-        if deb.get(name) != version:
-            problems.append(f"deb {name} is {deb.get(name) or 'missing'}, the lock says {version}")
-    for name in sorted(set(deb) - set(expected["debian"])):
-        problems.append(f"deb {name} {deb[name]} is installed but not in the lock")
-    for path, pins in sorted(expected["python"].items()):
-        dists = found.get("python", {}).get(path)
-        if dists is None:
-            continue  # a build-stage-only prefix (e.g. headers to compile against)
-        have = {canonical(k): v for k, v in dists.items()}
-        for name, version in sorted(pins.items()):
-            if have.get(canonical(name)) != version:
-                problems.append(f"{name} in {path} is {have.get(canonical(name)) or 'missing'}, the lock says {version}")
-    return problems
-
-
-def plan_checks(resolved, lock=None) -> list[PlannedCheck]:
-    planned = []
-    if lock is not None:
-        planned.append(PlannedCheck(
-            Check(name="installed packages are the locked versions", kind=LOCK_CHECK_KIND,
-                  target=json.dumps(lock_expectations(resolved, lock), sort_keys=True), timeout=60,
-                  origin=str(lock.path or "")), {}))
-    for rc in resolved.components:
-        values = {"version": rc.version.text, "major": rc.version.version.major, **rc.version.vars}
-        planned.extend(PlannedCheck(chk, values) for chk in rc.component.checks)
-    pins = {}
-    for text, _ in resolved.merged.python_packages:
-        name, sep, version = text.partition("==")
-        if sep:
-            pins[name.strip().lower()] = version.strip()
-    planned.extend(PlannedCheck(chk, {"version": pins.get(chk.target.lower(), "")}) for chk in resolved.merged.checks)
-    return planned
 
 
 def _shell(command: str, login: bool, timeout: int) -> str:
@@ -175,63 +38,89 @@ def _clip(text: str) -> str:
     return text if len(text) <= OUTPUT_LIMIT else "..." + text[-OUTPUT_LIMIT:]
 
 
-def _run_one(host, container, planned: PlannedCheck, hosts=None, env_names=()) -> CheckResult:
+class _Outcome:
+    """Makes the CheckResult of one planned check, timed from its start."""
+
+    def __init__(self, planned: PlannedCheck):
+        self.planned = planned
+        self.start = time.monotonic()
+
+    def __call__(self, ok: bool, command: str, output: str, reason: str = "") -> CheckResult:
+        return CheckResult(self.planned.name, self.planned.check.kind, "passed" if ok else "failed",
+                           time.monotonic() - self.start, command, _clip(output), "" if ok else reason)
+
+
+def _run_lock_check(host, planned: PlannedCheck, result: _Outcome) -> CheckResult:
+    """Lists the packages in the container and compares them with the lock's expectations."""
+    chk = planned.check
+    expected = json.loads(chk.target)
+    paths = " ".join(shlex.quote(p) for p in sorted(expected["python"]))
+    command = _shell(f"python3 -c {shlex.quote(INSTALLED_SCRIPT)} {paths}", False, chk.timeout)
+    out = host.run(command)
+    if out.rc != 0:
+        return result(False, "list installed packages", out.stdout + out.stderr, f"exit status {out.rc}")
+    problems = compare_installed(expected, json.loads(out.stdout))
+    counted = len(expected["debian"]) + sum(len(v) for v in expected["python"].values())
+    if problems:
+        return result(False, "compare dpkg-query and dist-info with the lock", "\n".join(problems),
+                      f"{len(problems)} package(s) differ from the lock: {problems[0]}")
+    return result(True, "compare dpkg-query and dist-info with the lock", f"{counted} pins match")
+
+
+def _run_file_check(host, planned: PlannedCheck, result: _Outcome) -> CheckResult:
+    target = planned.fill(planned.check.target)
+    ok = host.file(target).exists
+    return result(ok, f"test -e {target}", "", f"{target} does not exist")
+
+
+def _run_library_check(host, planned: PlannedCheck, result: _Outcome) -> CheckResult:
+    """The library must load in a non-login and in a login shell."""
     chk = planned.check
     target = planned.fill(chk.target)
-    start = time.monotonic()
-
-    def result(ok: bool, command: str, output: str, reason: str = "") -> CheckResult:
-        return CheckResult(planned.name, chk.kind, "passed" if ok else "failed", time.monotonic() - start,
-                           command, _clip(output), "" if ok else reason)
-
-    if chk.kind == LOCK_CHECK_KIND:
-        expected = json.loads(chk.target)
-        paths = " ".join(shlex.quote(p) for p in sorted(expected["python"]))
-        command = _shell(f"python3 -c {shlex.quote(_INSTALLED_SCRIPT)} {paths}", False, chk.timeout)
+    code = library_code(target)
+    outputs = []
+    for login in (False, True):
+        command = _shell(f"python -c {shlex.quote(code)}", login, chk.timeout)
         out = host.run(command)
+        outputs.append(out.stdout + out.stderr)
         if out.rc != 0:
-            return result(False, "list installed packages", out.stdout + out.stderr, f"exit status {out.rc}")
-        problems = compare_installed(expected, json.loads(out.stdout))
-        counted = len(expected["debian"]) + sum(len(v) for v in expected["python"].values())
-        if problems:
-            return result(False, "compare dpkg-query and dist-info with the lock", "\n".join(problems),
-                          f"{len(problems)} package(s) differ from the lock: {problems[0]}")
-        return result(True, "compare dpkg-query and dist-info with the lock", f"{counted} pins match")
-    if chk.kind == "file":
-        ok = host.file(target).exists
-        return result(ok, f"test -e {target}", "", f"{target} does not exist")
-    if chk.kind == "library":
-        code = f"import ctypes; ctypes.CDLL({target!r}); print('loaded {target}')"
-        outputs = []
-        for login in (False, True):
-            command = _shell(f"python -c {shlex.quote(code)}", login, chk.timeout)
-            out = host.run(command)
-            outputs.append(out.stdout + out.stderr)
-            if out.rc != 0:
-                shell = "login" if login else "non-login"
-                return result(False, command, "\n".join(outputs), f"cannot load {target} in a {shell} shell")
-        return result(True, f"python -c ctypes.CDLL({target!r}) (login and non-login)", "\n".join(outputs))
-    if chk.kind == "package":
-        expected = planned.values.get("version", "")
-        code = f"import importlib.metadata as m; print(m.version({target!r}))"
-        command = _shell(f"python -c {shlex.quote(code)}", False, chk.timeout)
-        out = host.run(command)
-        installed = out.stdout.strip()
-        if out.rc != 0:
-            return result(False, command, out.stdout + out.stderr, f"{target} is not installed")
-        if expected and installed != expected:
-            return result(False, command, installed, f"{target} is {installed}, the lock says {expected}")
-        return result(True, command, installed)
+            shell = "login" if login else "non-login"
+            return result(False, command, "\n".join(outputs), f"cannot load {target} in a {shell} shell")
+    return result(True, f"python -c ctypes.CDLL({target!r}) (login and non-login)", "\n".join(outputs))
+
+
+def _run_package_check(host, planned: PlannedCheck, result: _Outcome) -> CheckResult:
+    """The distribution must be installed, at the locked version when there is one."""
+    chk = planned.check
+    target = planned.fill(chk.target)
+    expected = planned.values.get("version", "")
+    command = _shell(f"python -c {shlex.quote(package_version_code(target))}", False, chk.timeout)
+    out = host.run(command)
+    installed = out.stdout.strip()
+    if out.rc != 0:
+        return result(False, command, out.stdout + out.stderr, f"{target} is not installed")
+    if expected and installed != expected:
+        return result(False, command, installed, f"{target} is {installed}, the lock says {expected}")
+    return result(True, command, installed)
+
+
+def _command(planned: PlannedCheck, hosts, env_names) -> str:
+    """The shell line of a command, python or script check, under its deadline."""
+    chk = planned.check
+    target = planned.fill(chk.target)
     if chk.kind == "python":
-        command = _shell(f"python -c {shlex.quote(target)}", chk.login, chk.timeout)
-    elif chk.kind == "script":
+        return _shell(f"python -c {shlex.quote(target)}", chk.login, chk.timeout)
+    if chk.kind == "script":
         run = f"{VENV_PYTHON} {CHECKS_DIR}/{Path(chk.target).name}"
         if chk.ranks:
             run = f"{mpi_launch(chk.ranks, hosts, list(env_names))} {run}"
-        command = _shell(run, chk.login, chk.timeout)
-    else:
-        command = _shell(target, chk.login, chk.timeout)
-    out = host.run(command)
+        return _shell(run, chk.login, chk.timeout)
+    return _shell(target, chk.login, chk.timeout)
+
+
+def _judge_output(planned: PlannedCheck, command: str, out, result: _Outcome) -> CheckResult:
+    """Exit status (a killed check timed out), then `contains` and `matches` on the output."""
+    chk = planned.check
     output = out.stdout + out.stderr
     if out.rc == 137 or out.rc == 124:
         return result(False, command, output, f"did not finish within {chk.timeout}s and was killed")
@@ -245,6 +134,19 @@ def _run_one(host, container, planned: PlannedCheck, hosts=None, env_names=()) -
         if not re.search(matches, output, re.MULTILINE):
             return result(False, command, output, f"output does not match {matches!r}")
     return result(True, command, output)
+
+
+_SPECIAL_KINDS = {LOCK_CHECK_KIND: _run_lock_check, "file": _run_file_check, "library": _run_library_check,
+                  "package": _run_package_check}
+
+
+def _run_one(host, container, planned: PlannedCheck, hosts=None, env_names=()) -> CheckResult:
+    result = _Outcome(planned)
+    special = _SPECIAL_KINDS.get(planned.check.kind)
+    if special is not None:
+        return special(host, planned, result)
+    command = _command(planned, hosts, env_names)
+    return _judge_output(planned, command, host.run(command), result)
 
 
 NO_GPU_REASON = "no NVIDIA container runtime registered in the Docker engine"

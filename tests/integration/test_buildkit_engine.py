@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from builder.engine import buildkit as buildkit
+from builder.plan import buildkit_variant
 from builder.errors import EngineError
 from security import scan_image
 
@@ -99,7 +100,7 @@ def test_buildkit_build_verifies_shares_the_hash_and_keeps_the_bundle_out(bk_cli
         p = plan(str(project / "dlenv.yaml"))
         context = tmp_path / "context"
         context.mkdir()
-        write_context(p.context, context, None, dockerfile=buildkit.variant(p.context.dockerfile, base=p.resolved.base))
+        write_context(p.context, context, None, dockerfile=buildkit_variant.variant(p.context.dockerfile, base=p.resolved.base))
         assert not (context / "dlenv-build" / "ca.crt").exists()
         subprocess.run([bk_cli, "build", "--progress=plain", "--target", "build", "-t", stage_tag,
                         "--secret", f"id=dlenv-ca,src={bundle}", "--build-arg", f"DLENV_CONTENT_HASH={p.content_hash}",

@@ -33,9 +33,11 @@ import docker.errors
 import pytest
 import yaml
 
-from builder.outputs import exports as ex
 from builder.engine.images import promoted_image
 from builder.names import HASH_LABEL
+from builder.outputs.exports.common import shm_bytes
+from builder.outputs.exports.manifest import MANIFEST_NAME, read_manifest
+from builder.outputs.exports.mpijob import mpijob
 from builder.plan.plan import plan
 
 TOKEN = secrets.token_hex(4)
@@ -166,7 +168,7 @@ def test_devcontainer_runs_with_exactly_its_run_args(docker_client, built, tmp_p
         assert as_remote_user("id -un").strip() == "dlenv"
         df = as_remote_user("df -h /dev/shm").splitlines()
         assert df[1].split()[1] == "8.0G", df          # --shm-size=8g
-        assert as_remote_user("df -B1 --output=size /dev/shm | tail -n 1").strip() == str(ex.shm_bytes("8g"))
+        assert as_remote_user("df -B1 --output=size /dev/shm | tail -n 1").strip() == str(shm_bytes("8g"))
         assert as_remote_user("ulimit -s").strip() == "65536"          # --ulimit stack=67108864 (bytes)
         if not dropped:
             assert as_remote_user("ulimit -l").strip() == "unlimited"
@@ -188,7 +190,7 @@ def test_save_load_round_trip(docker_client, built, tmp_path):
     out = built["dlenv"]("save", built["path"], "-o", archive).stdout
     assert f"saved {p.hash_tag}" in out and archive.read_bytes()[:2] == b"\x1f\x8b"
     assert not list(tmp_path.glob("*.partial"))
-    manifest = ex.read_manifest(archive)
+    manifest = read_manifest(archive)
     assert manifest["content_hash"] == p.content_hash and manifest["image_id"] == image_id
     assert manifest["stack"] == STACK and manifest["versions"] == {"python": "3.11"}
 
@@ -236,7 +238,7 @@ def _rewrite(src: Path, dst: Path, *, manifest_changes: dict | None = None, cut_
     with tarfile.open(src, "r|") as tin, tarfile.open(dst, "w|", format=tarfile.PAX_FORMAT) as tout:
         for member in tin:
             data = tin.extractfile(member) if member.isreg() else None
-            if member.name == ex.MANIFEST_NAME:
+            if member.name == MANIFEST_NAME:
                 manifest = json.loads(data.read())
                 manifest.update(manifest_changes or {})
                 body = json.dumps(manifest).encode()
@@ -283,7 +285,7 @@ def test_mpijob_commands_run_across_two_workers(docker_client, tmp_path):
     p = plan("chainermn")
     if promoted_image(docker_client, p) is None:
         pytest.skip(f"needs the promoted chainermn image {p.hash_tag} (tests/e2e builds it)")
-    doc = yaml.safe_load(ex.mpijob(p, ["python", "-c", MPI_CODE], registry="127.0.0.1:5000", workers=2,
+    doc = yaml.safe_load(mpijob(p, ["python", "-c", MPI_CODE], registry="127.0.0.1:5000", workers=2,
                                    gpus_per_worker=0, slots_per_worker=2, name=f"itest-{TOKEN}"))
     spec = doc["spec"]
     launcher = spec["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]
@@ -301,7 +303,7 @@ def test_mpijob_commands_run_across_two_workers(docker_client, tmp_path):
                "security_opt": [] if csc["allowPrivilegeEscalation"] else ["no-new-privileges"]}
         for volume in pod.get("volumes", []):
             if volume["emptyDir"].get("medium") == "Memory":
-                out["shm_size"] = ex.shm_bytes(volume["emptyDir"]["sizeLimit"].replace("Gi", "g").replace("Mi", "m"))
+                out["shm_size"] = shm_bytes(volume["emptyDir"]["sizeLimit"].replace("Gi", "g").replace("Mi", "m"))
         return out
 
     # What mpi-operator provides: the job's key pair mounted at sshAuthMountPath (root-owned, mode

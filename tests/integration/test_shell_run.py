@@ -13,7 +13,7 @@ import time
 import pytest
 
 from builder.engine import dockerapi as engine
-from builder.run.cluster import ContainerOptions, container_kwargs
+from builder.engine.containers import ContainerOptions, container_kwargs
 from builder.run.session import host_identity, show_rank_line, shell
 
 

@@ -15,8 +15,9 @@ import pytest
 
 from builder import paths
 from builder.engine import buildkit as buildkit
+from builder.plan import buildkit_variant
 from builder.plan.plan import plan
-from builder.engine.dockerapi import BuildProgress
+from builder.engine.sdk import BuildProgress
 from builder.errors import BuildError, EngineError, RenderError
 from builder.spec.stack import catalog_stack_names
 
@@ -27,7 +28,7 @@ MOUNT = re.compile(r"--mount=\S+ ")
 def instructions(text: str) -> list[tuple[str, str]]:
     """(stage, instruction with continuation lines joined), comments and blank lines dropped."""
     out, stage = [], None
-    for block in buildkit._instructions(text):
+    for block in buildkit_variant._instructions(text):
         first = block[0]
         if not first.strip() or first.lstrip().startswith("#"):
             continue
@@ -42,7 +43,7 @@ def instructions(text: str) -> list[tuple[str, str]]:
 def test_variant_adds_mounts_and_changes_nothing_else(stack):
     p = plan(stack)
     canonical = p.context.dockerfile
-    bk = buildkit.variant(canonical, base=p.resolved.base)
+    bk = buildkit_variant.variant(canonical, base=p.resolved.base)
     assert "ca.crt /etc/dlenv-build/ca.crt" not in bk and "[ -s /etc/dlenv-build/ca.crt ]" not in bk
     assert "PIP_NO_CACHE_DIR" not in bk and "rm -rf /var/lib/apt/lists" not in bk
     for stage, ins in instructions(bk):
@@ -75,14 +76,14 @@ def test_content_hash_and_label_do_not_depend_on_the_engine(stack, cli, monkeypa
     assert plan(stack).content_hash == before
     res = cli("render", stack, "--engine", "buildkit")
     assert res.exit_code == 0, res.output
-    assert res.stdout == buildkit.variant(plan(stack).context.dockerfile, base=plan(stack).resolved.base)
+    assert res.stdout == buildkit_variant.variant(plan(stack).context.dockerfile, base=plan(stack).resolved.base)
     # The label is filled from the same build argument by both variants.
     assert 'LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}"' in res.stdout
 
 
 def test_without_a_bundle_pip_trusts_the_images_own_certificates():
     p = plan("chainer")
-    bk = buildkit.variant(p.context.dockerfile, base=p.resolved.base, ca_secret=False)
+    bk = buildkit_variant.variant(p.context.dockerfile, base=p.resolved.base, ca_secret=False)
     assert "type=secret" not in bk and "/etc/dlenv-build/ca.crt" not in bk
     assert "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt " in bk
     assert "target=/root/.cache/pip" in bk
@@ -90,21 +91,21 @@ def test_without_a_bundle_pip_trusts_the_images_own_certificates():
 
 def test_registry_base_drops_docker_clean_in_the_build_stage_only():
     p = plan("chainer")
-    assert "RUN rm -f /etc/apt/apt.conf.d/docker-clean" not in buildkit.variant(
+    assert "RUN rm -f /etc/apt/apt.conf.d/docker-clean" not in buildkit_variant.variant(
         p.context.dockerfile, base=p.resolved.base)  # minbase has none
     base = {"image": "debian:bookworm-slim"}
-    bk = buildkit.variant(p.context.dockerfile, base=base)
+    bk = buildkit_variant.variant(p.context.dockerfile, base=base)
     stages = {s: [i for t, i in instructions(bk) if t == s] for s in ("build", "runtime")}
     assert stages["build"][2] == "RUN rm -f /etc/apt/apt.conf.d/docker-clean"
     assert not any("docker-clean" in i for i in stages["runtime"])
-    assert "id=dlenv-apt-archives-img-" in bk and buildkit.cache_key(base) != buildkit.cache_key(p.resolved.base)
+    assert "id=dlenv-apt-archives-img-" in bk and buildkit_variant.cache_key(base) != buildkit_variant.cache_key(p.resolved.base)
 
 
 def test_a_template_change_the_variant_does_not_know_is_refused():
     p = plan("chainer")
     text = p.context.dockerfile.replace("COPY dlenv-build/ca.crt /etc/dlenv-build/ca.crt\n", "")
     with pytest.raises(RenderError, match="did not find the CA bundle"):
-        buildkit.variant(text, base=p.resolved.base)
+        buildkit_variant.variant(text, base=p.resolved.base)
 
 
 def test_engine_setting_is_validated(cli):

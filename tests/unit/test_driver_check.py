@@ -11,6 +11,9 @@ import pytest
 
 import builder.pipeline.build
 import builder.cli.app
+import builder.cli.common
+import builder.cli.use
+import builder.cli.verify
 import builder.run.driver as driver
 import builder.engine.dockerapi
 import builder.engine.images
@@ -18,7 +21,7 @@ import builder.run.session
 import builder.verify.runner
 from builder.run.driver import HostDriver, Verdict, assess, check_host_driver, read_host_driver
 from builder.errors import DlenvError, DriverError
-from builder.verify.runner import Report
+from builder.verify.checks import Report
 
 from dlenv_unit import ROOT
 
@@ -338,18 +341,18 @@ def host(monkeypatch):
         return state.driver
 
     monkeypatch.delenv("DOCKER_HOST", raising=False)
-    monkeypatch.setattr(builder.cli.app, "_WARNED", set())
+    monkeypatch.setattr(builder.cli.common, "_WARNED", set())
     monkeypatch.setattr(builder.engine.dockerapi, "connect", lambda *a, **k: FakeClient(state.runtimes))
     monkeypatch.setattr(driver, "read_host_driver", read)
-    monkeypatch.setattr(builder.cli.app, "promoted_image", lambda client, p: object())
+    monkeypatch.setattr(builder.cli.common, "promoted_image", lambda client, p: object())
     monkeypatch.setattr(builder.engine.images, "require_promoted", lambda client, p, target: None)
     monkeypatch.setattr(builder.pipeline.build, "build", lambda *a, **k: state.builds.append(a))
-    monkeypatch.setattr(builder.run.session, "shell",
+    monkeypatch.setattr(builder.cli.use, "run_shell",
                         lambda client, image, opts, ident, command=None: state.started.append(("shell", opts.gpu)) or 0)
-    monkeypatch.setattr(builder.run.session, "run_mpi",
+    monkeypatch.setattr(builder.cli.use, "run_mpi",
                         lambda client, image, opts, ident, command, ranks, **k: state.started.append(("run", opts.gpu))
                         or 0)
-    monkeypatch.setattr(builder.verify.runner, "verify_image",
+    monkeypatch.setattr(builder.cli.verify, "verify_image",
                         lambda client, image, planned, **k: state.started.append(("verify", image)) or Report(image))
     return state
 
@@ -425,7 +428,7 @@ def test_cpu_stack_on_a_gpu_host_is_not_checked(cli, host):
 
 
 def test_missing_image_with_old_driver_fails_before_offering_a_build(cli, host, monkeypatch):
-    monkeypatch.setattr(builder.cli.app, "promoted_image", lambda client, p: None)
+    monkeypatch.setattr(builder.cli.common, "promoted_image", lambda client, p: None)
     host.runtimes = {"nvidia": {}}
     host.driver = HostDriver("470.223.02", "11.4", "nvidia-smi")
     result = cli("shell", "chainermn", "--build", "--", "true")

@@ -26,12 +26,19 @@ import yaml
 from click.testing import CliRunner
 
 from builder import __version__
-from builder.outputs import exports as ex
-from builder.names import HASH_LABEL
-from builder.plan.plan import plan
 from builder.cli.app import main
 from builder.cli.export import export, load, save
-from builder.errors import DlenvError, EngineError, RegistryError
+from builder.engine.archive import load_image, save_image
+from builder.errors import ArchiveError, DlenvError, EngineError, ExportError, RegistryError
+from builder.names import HASH_LABEL
+from builder.outputs.exports import apptainer
+from builder.outputs.exports.apptainer import apptainer_def
+from builder.outputs.exports.common import EXPORT_KINDS
+from builder.outputs.exports.devcontainer import devcontainer
+from builder.outputs.exports.manifest import MANIFEST_NAME, read_manifest
+from builder.outputs.exports.mpijob import mpijob
+from builder.outputs.exports.slurm import slurm_script
+from builder.plan.plan import plan
 
 from dlenv_unit import CLI_ENV, ROOT
 
@@ -108,7 +115,7 @@ def deffile(text: str) -> tuple[dict, dict]:
 
 
 def test_apptainer_local_engine(mn):
-    header, sections = deffile(ex.apptainer_def(mn))
+    header, sections = deffile(apptainer_def(mn))
     assert header == {"Bootstrap": "docker-daemon", "From": f"dlenv/chainermn:{mn.content_hash[:16]}"}
     assert set(sections) == {"labels", "help", "environment", "runscript", "test"}
     labels = dict(line.split(None, 1) for line in sections["labels"].splitlines())
@@ -116,13 +123,13 @@ def test_apptainer_local_engine(mn):
 
 
 def test_apptainer_registry(mn):
-    header, _ = deffile(ex.apptainer_def(mn, REGISTRY))
+    header, _ = deffile(apptainer_def(mn, REGISTRY))
     assert header == {"Bootstrap": "docker", "From": f"{REGISTRY}/dlenv/chainermn:{mn.content_hash[:16]}"}
 
 
 def test_apptainer_refuses_a_registry_that_is_not_a_host(mn):
     with pytest.raises(RegistryError, match="does not name a registry host"):
-        ex.apptainer_def(mn, "team")
+        apptainer_def(mn, "team")
 
 
 def _bash(script: str, *args, env=None) -> subprocess.CompletedProcess:
@@ -131,7 +138,7 @@ def _bash(script: str, *args, env=None) -> subprocess.CompletedProcess:
 
 
 def test_apptainer_environment_section_exports_path_loader_path_and_stack_env(mn):
-    _, sections = deffile(ex.apptainer_def(mn))
+    _, sections = deffile(apptainer_def(mn))
     script = sections["environment"] + 'printf "%s\\n" "$PATH" "$LD_LIBRARY_PATH" "$CHAINERMN_FORCE_ABORT_ON_EXCEPTION"'
     out = _bash(script, env={"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": "/.singularity.d/libs"})
     assert out.returncode == 0, out.stderr
@@ -154,7 +161,7 @@ def test_apptainer_environment_keeps_hostile_values_literal(tmp_path):
         env:
           GREETING: "hello $USER \\"quoted\\" `id` $(touch pwned) 'single'"
     """))
-    _, sections = deffile(ex.apptainer_def(plan(str(stack))))
+    _, sections = deffile(apptainer_def(plan(str(stack))))
     out = subprocess.run(["bash", "-c", sections["environment"] + 'printf "%s" "$GREETING"'], cwd=tmp_path,
                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "USER": "x"})
     assert out.stdout == "hello $USER \"quoted\" `id` $(touch pwned) 'single'"
@@ -162,20 +169,20 @@ def test_apptainer_environment_keeps_hostile_values_literal(tmp_path):
 
 
 def test_apptainer_runscript_execs_its_arguments(mn):
-    _, sections = deffile(ex.apptainer_def(mn))
+    _, sections = deffile(apptainer_def(mn))
     out = _bash(sections["runscript"], "printf", "%s|", "a b", "$HOME")
     assert out.returncode == 0 and out.stdout == "a b|$HOME|"
 
 
 def test_apptainer_test_imports_the_stacks_modules_without_device_checks(mn, py):
-    _, sections = deffile(ex.apptainer_def(mn))
+    _, sections = deffile(apptainer_def(mn))
     words = shlex.split(sections["test"])
     assert words[:2] == ["python", "-c"] and len(words) == 3
     modules = [m.strip() for m in words[2].removeprefix("import ").split(",")]
-    assert modules == ex.test_modules(mn)
+    assert modules == apptainer.test_modules(mn)
     assert {"chainer", "chainermn", "cupy", "mpi4py"} <= set(modules)
     assert "arange" not in sections["test"]          # the CuPy kernel check needs a GPU: not in %test
-    _, sections = deffile(ex.apptainer_def(py))
+    _, sections = deffile(apptainer_def(py))
     assert sections["test"].strip() == "python --version"   # python checks nothing importable
 
 
@@ -194,7 +201,7 @@ def sbatch_options(text: str) -> dict:
 
 
 def test_slurm_sbatch_options(mn):
-    text = ex.slurm_script(mn, COMMAND, nodes=2, gpus_per_node=4, time_limit="01:00:00", partition="gpu")
+    text = slurm_script(mn, COMMAND, nodes=2, gpus_per_node=4, time_limit="01:00:00", partition="gpu")
     assert text.startswith("#!/bin/bash\n")
     assert sbatch_options(text) == {"--job-name": "dlenv-chainermn", "--nodes": "2", "--ntasks-per-node": "4",
                                     "--gpus-per-node": "4", "--time": "01:00:00", "--partition": "gpu"}
@@ -203,7 +210,7 @@ def test_slurm_sbatch_options(mn):
 
 
 def test_slurm_cpu_only_and_explicit_tasks(mn):
-    text = ex.slurm_script(mn, ["python", "x.py"], nodes=3, gpus_per_node=0, ntasks_per_node=2)
+    text = slurm_script(mn, ["python", "x.py"], nodes=3, gpus_per_node=0, ntasks_per_node=2)
     assert sbatch_options(text) == {"--job-name": "dlenv-chainermn", "--nodes": "3", "--ntasks-per-node": "2"}
     assert "--nv" not in text
 
@@ -237,7 +244,7 @@ HOSTILE = ["python", "train.py", "--name", "a b", "$(touch pwned)", "`touch pwne
 
 def test_slurm_apptainer_runs_the_command_word_for_word(mn, tmp_path):
     sif = f"dlenv-chainermn-{mn.content_hash[:16]}.sif"
-    proc = run_sbatch(tmp_path, ex.slurm_script(mn, HOSTILE, nodes=2, gpus_per_node=4), files=[sif])
+    proc = run_sbatch(tmp_path, slurm_script(mn, HOSTILE, nodes=2, gpus_per_node=4), files=[sif])
     assert proc.returncode == 0, proc.stderr
     call = json.loads(proc.stdout)
     work = str(tmp_path / "submit dir")
@@ -247,17 +254,17 @@ def test_slurm_apptainer_runs_the_command_word_for_word(mn, tmp_path):
 
 
 def test_slurm_apptainer_stops_when_the_sif_is_missing(mn, tmp_path):
-    proc = run_sbatch(tmp_path, ex.slurm_script(mn, COMMAND, nodes=1, gpus_per_node=1))
+    proc = run_sbatch(tmp_path, slurm_script(mn, COMMAND, nodes=1, gpus_per_node=1))
     assert proc.returncode == 1 and proc.stdout == ""
     assert "not found" in proc.stderr and ".sif" in proc.stderr
 
 
 def test_slurm_hybrid_uses_the_hosts_mpirun(mn, tmp_path):
-    text = ex.slurm_script(mn, COMMAND, nodes=2, gpus_per_node=4, mpi_mode="hybrid", image_file="/shared/img.sif")
+    text = slurm_script(mn, COMMAND, nodes=2, gpus_per_node=4, mpi_mode="hybrid", image_file="/shared/img.sif")
     proc = run_sbatch(tmp_path, text, env={"SLURM_NTASKS": "8"})
     assert proc.returncode == 1 and "/shared/img.sif not found" in proc.stderr
     Path(tmp_path / "submit dir").mkdir(exist_ok=True)
-    text = ex.slurm_script(mn, COMMAND, nodes=2, gpus_per_node=4, mpi_mode="hybrid", image_file="img.sif")
+    text = slurm_script(mn, COMMAND, nodes=2, gpus_per_node=4, mpi_mode="hybrid", image_file="img.sif")
     proc = run_sbatch(tmp_path, text, files=["img.sif"])
     assert proc.returncode == 0, proc.stderr
     argv = json.loads(proc.stdout)["argv"]
@@ -266,7 +273,7 @@ def test_slurm_hybrid_uses_the_hosts_mpirun(mn, tmp_path):
 
 
 def test_slurm_pyxis_registry(mn, tmp_path):
-    text = ex.slurm_script(mn, HOSTILE, nodes=4, gpus_per_node=8, runtime="pyxis", registry=REGISTRY)
+    text = slurm_script(mn, HOSTILE, nodes=4, gpus_per_node=8, runtime="pyxis", registry=REGISTRY)
     proc = run_sbatch(tmp_path, text)
     assert proc.returncode == 0, proc.stderr
     call = json.loads(proc.stdout)
@@ -280,7 +287,7 @@ def test_slurm_pyxis_registry(mn, tmp_path):
 
 def test_slurm_pyxis_without_registry_uses_a_squashfs_file(mn, tmp_path):
     sqsh = f"dlenv-chainermn-{mn.content_hash[:16]}.sqsh"
-    text = ex.slurm_script(mn, COMMAND, nodes=1, gpus_per_node=0, runtime="pyxis")
+    text = slurm_script(mn, COMMAND, nodes=1, gpus_per_node=0, runtime="pyxis")
     assert f"enroot import -o ./{sqsh} dockerd://dlenv/chainermn:{mn.content_hash[:16]}" in text
     proc = run_sbatch(tmp_path, text, files=[sqsh])
     assert proc.returncode == 0, proc.stderr
@@ -304,32 +311,32 @@ def test_slurm_pyxis_without_registry_uses_a_squashfs_file(mn, tmp_path):
 ])
 def test_slurm_validation(mn, kwargs, message):
     args = {"nodes": 2, "gpus_per_node": 4, **kwargs}
-    with pytest.raises(ex.ExportError) as info:
-        ex.slurm_script(mn, COMMAND, **args)
+    with pytest.raises(ExportError) as info:
+        slurm_script(mn, COMMAND, **args)
     assert message in info.value.one_line() and "\n" not in info.value.one_line()
 
 
 def test_slurm_accepts_day_time_limits_and_partition_lists(mn):
-    text = ex.slurm_script(mn, COMMAND, nodes=1, gpus_per_node=1, time_limit="2-12:00:00", partition="a100,h100")
+    text = slurm_script(mn, COMMAND, nodes=1, gpus_per_node=1, time_limit="2-12:00:00", partition="a100,h100")
     assert sbatch_options(text)["--time"] == "2-12:00:00" and sbatch_options(text)["--partition"] == "a100,h100"
 
 
 def test_slurm_needs_a_command(mn):
-    with pytest.raises(ex.ExportError, match="no command given"):
-        ex.slurm_script(mn, [], nodes=1, gpus_per_node=1)
+    with pytest.raises(ExportError, match="no command given"):
+        slurm_script(mn, [], nodes=1, gpus_per_node=1)
 
 
 def test_slurm_pmi2_is_allowed_for_a_stack_without_open_mpi(py):
-    text = ex.slurm_script(py, ["python", "x.py"], nodes=1, gpus_per_node=0, mpi="pmi2")
+    text = slurm_script(py, ["python", "x.py"], nodes=1, gpus_per_node=0, mpi="pmi2")
     assert "srun --mpi=pmi2" in text and "This stack has no MPI" in text
-    with pytest.raises(ex.ExportError, match="has no Open MPI"):
-        ex.slurm_script(py, ["python", "x.py"], nodes=1, gpus_per_node=0, mpi_mode="hybrid")
+    with pytest.raises(ExportError, match="has no Open MPI"):
+        slurm_script(py, ["python", "x.py"], nodes=1, gpus_per_node=0, mpi_mode="hybrid")
 
 
 # ------------------------------------------------------------------------------------------ mpijob
 
 def test_mpijob_document(mn):
-    text = ex.mpijob(mn, COMMAND, registry=REGISTRY, workers=3, gpus_per_worker=4)
+    text = mpijob(mn, COMMAND, registry=REGISTRY, workers=3, gpus_per_worker=4)
     assert "&id" not in text and "*id" not in text                    # no YAML anchors
     doc = yaml.safe_load(text)
     image = f"{REGISTRY}/dlenv/chainermn:{mn.content_hash[:16]}"
@@ -366,7 +373,7 @@ def test_mpijob_document(mn):
 
 
 def test_mpijob_slots_cpu_only_and_shm_size(mn):
-    doc = yaml.safe_load(ex.mpijob(mn, COMMAND, registry=REGISTRY, workers=2, gpus_per_worker=0,
+    doc = yaml.safe_load(mpijob(mn, COMMAND, registry=REGISTRY, workers=2, gpus_per_worker=0,
                                    slots_per_worker=3, shm_size="512m", name="my-job"))
     assert doc["metadata"]["name"] == "my-job" and doc["spec"]["slotsPerWorker"] == 3
     worker = doc["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
@@ -376,8 +383,8 @@ def test_mpijob_slots_cpu_only_and_shm_size(mn):
 
 
 def test_mpijob_needs_a_registry(mn):
-    with pytest.raises(ex.ExportError) as info:
-        ex.mpijob(mn, COMMAND, registry=None, workers=2, gpus_per_worker=1)
+    with pytest.raises(ExportError) as info:
+        mpijob(mn, COMMAND, registry=None, workers=2, gpus_per_worker=1)
     line = info.value.one_line()
     assert "needs a registry" in line and "--registry" in line and "dlenv push chainermn" in line
 
@@ -391,19 +398,19 @@ def test_mpijob_needs_a_registry(mn):
 ])
 def test_mpijob_validation(mn, kwargs, message):
     args = {"registry": REGISTRY, "workers": 2, "gpus_per_worker": 1, **kwargs}
-    with pytest.raises(ex.ExportError, match=re.escape(message)):
-        ex.mpijob(mn, COMMAND, **args)
+    with pytest.raises(ExportError, match=re.escape(message)):
+        mpijob(mn, COMMAND, **args)
 
 
 def test_mpijob_needs_open_mpi(py):
-    with pytest.raises(ex.ExportError, match="has no Open MPI"):
-        ex.mpijob(py, COMMAND, registry=REGISTRY, workers=2, gpus_per_worker=0)
+    with pytest.raises(ExportError, match="has no Open MPI"):
+        mpijob(py, COMMAND, registry=REGISTRY, workers=2, gpus_per_worker=0)
 
 
 # ------------------------------------------------------------------------------------ devcontainer
 
 def test_devcontainer_python(py):
-    doc = json.loads(ex.devcontainer(py))
+    doc = json.loads(devcontainer(py))
     assert doc["image"] == f"dlenv/python:{py.content_hash[:16]}"
     assert doc["remoteUser"] == "dlenv" and "containerUser" not in doc
     assert doc["workspaceFolder"] == "/workspace"
@@ -414,7 +421,7 @@ def test_devcontainer_python(py):
 
 
 def test_devcontainer_gpu_stack_and_registry(mn):
-    doc = json.loads(ex.devcontainer(mn, registry="127.0.0.1:5000", shm_size="16g"))
+    doc = json.loads(devcontainer(mn, registry="127.0.0.1:5000", shm_size="16g"))
     assert doc["image"] == f"127.0.0.1:5000/dlenv/chainermn:{mn.content_hash[:16]}"
     assert doc["hostRequirements"] == {"gpu": "optional"}
     assert doc["runArgs"][0] == "--shm-size=16g"
@@ -451,7 +458,7 @@ def test_cli_help_lists_the_new_commands(run_cli):
     for command in ("export", "save", "load"):
         assert re.search(rf"^\s+{command}\b", out, flags=re.M), command
     out = ok(run_cli("export", "--help")).stdout
-    for kind in ex.EXPORT_KINDS:
+    for kind in EXPORT_KINDS:
         assert re.search(rf"^\s+{kind}\b", out, flags=re.M), kind
 
 
@@ -632,14 +639,14 @@ def members(path: Path) -> list:
 def test_save_writes_the_manifest_first_then_the_engines_archive(py, tmp_path, state, name):
     api = FakeAPI(py)
     progress = []
-    result = ex.save_image(FakeClient(api), py, tmp_path / name, on_progress=progress.append)
+    result = save_image(FakeClient(api), py, tmp_path / name, on_progress=progress.append)
     out = tmp_path / name
     assert result.image_id == IMAGE_ID and result.image == py.hash_tag and result.bytes_written == out.stat().st_size
     if name.endswith(".gz"):
         assert out.read_bytes()[:2] == b"\x1f\x8b"
         gzip.decompress(out.read_bytes())
     got = members(out)
-    assert got[0][0] == ex.MANIFEST_NAME
+    assert got[0][0] == MANIFEST_NAME
     manifest = json.loads(got[0][1])
     assert manifest == {"format": 1, "stack": "python", "content_hash": py.content_hash, "image_id": IMAGE_ID,
                         "image": py.hash_tag, "dlenv_version": __version__, "versions": {"python": "3.11"},
@@ -649,47 +656,47 @@ def test_save_writes_the_manifest_first_then_the_engines_archive(py, tmp_path, s
     assert got[1:] == expected
     assert progress and progress[-1] == len(engine_archive())
     assert not (tmp_path / f"{name}.partial").exists()
-    assert ex.read_manifest(out) == manifest
+    assert read_manifest(out) == manifest
 
 
 def test_save_interrupted_leaves_no_file(py, tmp_path, state):
     api = FakeAPI(py, interrupt_after=20000)
     with pytest.raises(KeyboardInterrupt):
-        ex.save_image(FakeClient(api), py, tmp_path / "out.tar")
+        save_image(FakeClient(api), py, tmp_path / "out.tar")
     assert not list(tmp_path.glob("out.tar*"))
 
 
 def test_save_refuses_an_existing_file_and_a_missing_image(py, tmp_path, state):
     target = tmp_path / "out.tar"
     target.write_text("keep me")
-    with pytest.raises(ex.ExportError, match="already exists"):
-        ex.save_image(FakeClient(FakeAPI(py)), py, target)
+    with pytest.raises(ExportError, match="already exists"):
+        save_image(FakeClient(FakeAPI(py)), py, target)
     assert target.read_text() == "keep me"
-    ex.save_image(FakeClient(FakeAPI(py)), py, target, force=True)
-    assert members(target)[0][0] == ex.MANIFEST_NAME
+    save_image(FakeClient(FakeAPI(py)), py, target, force=True)
+    assert members(target)[0][0] == MANIFEST_NAME
     api = FakeAPI(py, labels={HASH_LABEL: "0" * 64})             # the tag names another build
     with pytest.raises(EngineError, match="does not exist"):
-        ex.save_image(FakeClient(api), py, tmp_path / "other.tar")
+        save_image(FakeClient(api), py, tmp_path / "other.tar")
     assert not (tmp_path / "other.tar").exists()
 
 
 def test_save_refuses_an_engine_archive_without_the_image(py, tmp_path, state):
     api = FakeAPI(py, archive=engine_archive(image_hex="cd" * 32))
     with pytest.raises(EngineError, match="does not hold the image"):
-        ex.save_image(FakeClient(api), py, tmp_path / "out.tar")
+        save_image(FakeClient(api), py, tmp_path / "out.tar")
     assert not list(tmp_path.glob("out.tar*"))
 
 
 @pytest.fixture
 def saved(py, tmp_path, state):
     path = tmp_path / "py.tar"
-    ex.save_image(FakeClient(FakeAPI(py)), py, path)
+    save_image(FakeClient(FakeAPI(py)), py, path)
     return path
 
 
 def test_load_tags_after_the_checks(py, saved, state):
     api = FakeAPI(py)
-    result = ex.load_image(FakeClient(api), saved)
+    result = load_image(FakeClient(api), saved)
     assert api.loaded_bytes == saved.stat().st_size          # the whole file went to the engine as it is
     assert api.tags == [(IMAGE_ID, py.hash_tag), (IMAGE_ID, "dlenv/python:latest")]
     assert result.tags == [py.hash_tag, "dlenv/python:latest"] and result.fresh and result.image_id == IMAGE_ID
@@ -702,8 +709,8 @@ def test_load_tags_after_the_checks(py, saved, state):
 ])
 def test_load_mismatch_moves_no_tag_and_drops_the_new_image(py, saved, state, change, message):
     api = FakeAPI(py, **change)
-    with pytest.raises(ex.ArchiveError) as info:
-        ex.load_image(FakeClient(api), saved)
+    with pytest.raises(ArchiveError) as info:
+        load_image(FakeClient(api), saved)
     assert message in info.value.one_line() and "no tag was moved" in info.value.one_line()
     assert api.tags == []
     assert api.removed == [api.load_id]
@@ -712,8 +719,8 @@ def test_load_mismatch_moves_no_tag_and_drops_the_new_image(py, saved, state, ch
 def test_load_mismatch_keeps_an_image_the_engine_already_had(py, saved, state):
     other = "sha256:" + "cd" * 32
     api = FakeAPI(py, load_id=other, existing=[other])
-    with pytest.raises(ex.ArchiveError):
-        ex.load_image(FakeClient(api), saved)
+    with pytest.raises(ArchiveError):
+        load_image(FakeClient(api), saved)
     assert api.tags == [] and api.removed == []
 
 
@@ -721,7 +728,7 @@ def rewrite_manifest(src: Path, dst: Path, **changes) -> Path:
     with tarfile.open(src) as tar_in, tarfile.open(dst, "w") as tar_out:
         for m in tar_in:
             data = tar_in.extractfile(m).read()
-            if m.name == ex.MANIFEST_NAME:
+            if m.name == MANIFEST_NAME:
                 manifest = json.loads(data)
                 manifest.update(changes)
                 data = json.dumps(manifest).encode()
@@ -739,26 +746,26 @@ def rewrite_manifest(src: Path, dst: Path, **changes) -> Path:
 def test_load_refuses_a_bad_manifest_before_touching_the_engine(py, saved, tmp_path, state, changes, message):
     bad = rewrite_manifest(saved, tmp_path / "bad.tar", **changes)
     api = FakeAPI(py)
-    with pytest.raises(ex.ArchiveError, match=re.escape(message)):
-        ex.load_image(FakeClient(api), bad)
+    with pytest.raises(ArchiveError, match=re.escape(message)):
+        load_image(FakeClient(api), bad)
     assert api.loaded_bytes == 0 and api.tags == []
 
 
 def test_load_refuses_what_is_not_a_dlenv_archive(py, tmp_path, state):
     plain = tmp_path / "plain.tar"
     plain.write_bytes(engine_archive())
-    with pytest.raises(ex.ArchiveError, match="is not a dlenv save archive"):
-        ex.read_manifest(plain)
+    with pytest.raises(ArchiveError, match="is not a dlenv save archive"):
+        read_manifest(plain)
     junk = tmp_path / "junk.tar"
     junk.write_bytes(b"not a tar at all" * 100)
-    with pytest.raises(ex.ArchiveError, match="not a readable tar archive"):
-        ex.read_manifest(junk)
-    with pytest.raises(ex.ArchiveError, match="does not exist"):
-        ex.read_manifest(tmp_path / "missing.tar")
+    with pytest.raises(ArchiveError, match="not a readable tar archive"):
+        read_manifest(junk)
+    with pytest.raises(ArchiveError, match="does not exist"):
+        read_manifest(tmp_path / "missing.tar")
 
 
 def test_errors_are_dlenv_errors():
-    assert issubclass(ex.ExportError, DlenvError) and issubclass(ex.ArchiveError, DlenvError)
+    assert issubclass(ExportError, DlenvError) and issubclass(ArchiveError, DlenvError)
 
 
 def test_export_templates_are_found_with_a_foreign_catalog(tmp_path, monkeypatch, py):
@@ -766,4 +773,4 @@ def test_export_templates_are_found_with_a_foreign_catalog(tmp_path, monkeypatch
     foreign = tmp_path / "templates"
     shutil.copytree(ROOT / "templates", foreign, ignore=shutil.ignore_patterns("exports"))
     monkeypatch.setenv("DLENV_TEMPLATES_DIR", str(foreign))
-    assert ex.apptainer_def(py).startswith("Bootstrap: docker-daemon\n")
+    assert apptainer_def(py).startswith("Bootstrap: docker-daemon\n")

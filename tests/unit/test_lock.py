@@ -15,7 +15,7 @@ from builder.plan.plan import plan
 from builder.cli.app import main
 from builder.errors import LockError
 from builder.plan.render import content_hash, render_context
-from builder.verify.runner import compare_installed, lock_expectations
+from builder.verify.checks import compare_installed, lock_expectations
 
 ENV = {"NO_COLOR": "1", "COLUMNS": "300", "DOCKER_HOST": "unix:///nonexistent.sock"}
 SHA = "a" * 64
@@ -263,7 +263,7 @@ def test_build_refuses_relock_with_locked(tmp_path):
 
 
 def test_a_build_that_meets_a_missing_pin_says_which_and_what_to_do():
-    from builder.engine.dockerapi import _build_hint
+    from builder.engine.buildlog import _build_hint
     hint = _build_hint("The command '/bin/bash ...' returned a non-zero code: 100",
                        ["E: Version '0.0-gone' for 'python3' was not found"])
     assert "pinned versions no longer available: python3=0.0-gone" in hint and "dlenv lock" in hint

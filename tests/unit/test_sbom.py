@@ -11,10 +11,24 @@ import uuid
 import pytest
 
 from builder import __version__
-from builder.outputs import sbom as S
 from builder.cli.app import main
 from builder.cli.sbom import diff_cmd, sbom
+from builder.engine import inventory as engine_inventory
 from builder.errors import EngineError
+from builder.outputs.sbom.cyclonedx import to_cyclonedx
+from builder.outputs.sbom.diff import diff
+from builder.outputs.sbom.model import (
+    NAMESPACE,
+    Package,
+    debian_source_purl,
+    format_time,
+    inventory_from_output,
+    make_inventory,
+    purl,
+    render_json,
+    upstream_version,
+)
+from builder.outputs.sbom.spdx import to_spdx
 
 # The commands are registered in cli.py; until then (or if that changes) the tests add them here.
 if "sbom" not in main.commands:
@@ -41,20 +55,20 @@ def labels(content_hash=HASH_A, stack="demo", **components):
 
 def packages():
     return [
-        S.Package("pypi", "six", "1.16.0", location=VENV_SITE),
-        S.Package("deb", "python3", "3.11.2-1+b1", arch="amd64"),
-        S.Package("deb", "openssh-client", "1:9.2p1-2+deb12u3", arch="amd64"),
-        S.Package("pypi", "typing_extensions", "4.12.2", location=VENV_SITE),
-        S.Package("pypi", "nvidia-cublas-cu12", "12.6.4.1", location="/opt/nvidia/cuda"),
-        S.Package("generic", "openmpi", "4.1.4", location="/opt/openmpi", properties=OMPI_PROPS),
-        S.Package("deb", "libc6", "2.36-9+deb12u9", arch="amd64"),
-        S.Package("pypi", "pip", "23.0.1", location=VENV_SITE),
+        Package("pypi", "six", "1.16.0", location=VENV_SITE),
+        Package("deb", "python3", "3.11.2-1+b1", arch="amd64"),
+        Package("deb", "openssh-client", "1:9.2p1-2+deb12u3", arch="amd64"),
+        Package("pypi", "typing_extensions", "4.12.2", location=VENV_SITE),
+        Package("pypi", "nvidia-cublas-cu12", "12.6.4.1", location="/opt/nvidia/cuda"),
+        Package("generic", "openmpi", "4.1.4", location="/opt/openmpi", properties=OMPI_PROPS),
+        Package("deb", "libc6", "2.36-9+deb12u9", arch="amd64"),
+        Package("pypi", "pip", "23.0.1", location=VENV_SITE),
     ]
 
 
 def inventory(pkgs=None, content_hash=HASH_A, stack="demo", **kw):
     lab = kw.pop("labels", None) or labels(content_hash, stack, python="3.11", openmpi="4.1.4")
-    return S.make_inventory(name=f"dlenv/{stack}", content_hash=content_hash, labels=lab,
+    return make_inventory(name=f"dlenv/{stack}", content_hash=content_hash, labels=lab,
                             packages=packages() if pkgs is None else pkgs, os_id="debian", os_version="12",
                             image=f"dlenv/{stack}:{content_hash[:16]}", image_id="sha256:" + "f" * 64, **kw)
 
@@ -62,38 +76,38 @@ def inventory(pkgs=None, content_hash=HASH_A, stack="demo", **kw):
 # -- package URLs ---------------------------------------------------------------------------
 
 def test_deb_purl_keeps_the_epoch_colon_and_encodes_plus():
-    pkg = S.Package("deb", "openssh-client", "1:9.2p1-2+deb12u3", arch="amd64")
-    assert S.purl(pkg, "debian", "12") == "pkg:deb/debian/openssh-client@1:9.2p1-2%2Bdeb12u3?arch=amd64&distro=debian-12"
-    assert S.purl(pkg) == "pkg:deb/debian/openssh-client@1:9.2p1-2%2Bdeb12u3?arch=amd64"
+    pkg = Package("deb", "openssh-client", "1:9.2p1-2+deb12u3", arch="amd64")
+    assert purl(pkg, "debian", "12") == "pkg:deb/debian/openssh-client@1:9.2p1-2%2Bdeb12u3?arch=amd64&distro=debian-12"
+    assert purl(pkg) == "pkg:deb/debian/openssh-client@1:9.2p1-2%2Bdeb12u3?arch=amd64"
 
 
 def test_deb_purl_namespace_follows_os_release():
-    pkg = S.Package("deb", "bash", "5.2.21-2ubuntu4", arch="arm64")
-    assert S.purl(pkg, "ubuntu", "24.04") == "pkg:deb/ubuntu/bash@5.2.21-2ubuntu4?arch=arm64&distro=ubuntu-24.04"
+    pkg = Package("deb", "bash", "5.2.21-2ubuntu4", arch="arm64")
+    assert purl(pkg, "ubuntu", "24.04") == "pkg:deb/ubuntu/bash@5.2.21-2ubuntu4?arch=arm64&distro=ubuntu-24.04"
 
 
 def test_pypi_purl_is_lowercase_with_dashes_and_encodes_local_versions():
-    assert S.purl(S.Package("pypi", "Typing_Extensions", "4.12.2")) == "pkg:pypi/typing-extensions@4.12.2"
-    assert S.purl(S.Package("pypi", "torch", "2.4.0+cu121")) == "pkg:pypi/torch@2.4.0%2Bcu121"
+    assert purl(Package("pypi", "Typing_Extensions", "4.12.2")) == "pkg:pypi/typing-extensions@4.12.2"
+    assert purl(Package("pypi", "torch", "2.4.0+cu121")) == "pkg:pypi/torch@2.4.0%2Bcu121"
 
 
 def test_generic_and_debian_source_purls():
-    assert S.purl(S.Package("generic", "openmpi", "4.1.4")) == "pkg:generic/openmpi@4.1.4"
-    assert S.debian_source_purl("openmpi", "4.1.4-3") == "pkg:deb/debian/openmpi@4.1.4-3?arch=source"
+    assert purl(Package("generic", "openmpi", "4.1.4")) == "pkg:generic/openmpi@4.1.4"
+    assert debian_source_purl("openmpi", "4.1.4-3") == "pkg:deb/debian/openmpi@4.1.4-3?arch=source"
 
 
 def test_upstream_version_drops_epoch_and_revision():
-    assert S.upstream_version("4.1.4-3") == "4.1.4"
-    assert S.upstream_version("1:9.2p1-2+deb12u3") == "9.2p1"
-    assert S.upstream_version("2.15.2") == "2.15.2"
+    assert upstream_version("4.1.4-3") == "4.1.4"
+    assert upstream_version("1:9.2p1-2+deb12u3") == "9.2p1"
+    assert upstream_version("2.15.2") == "2.15.2"
 
 
 # -- CycloneDX ------------------------------------------------------------------------------
 
 def test_cyclonedx_required_fields_and_image_identity():
-    doc = S.to_cyclonedx(inventory())
+    doc = to_cyclonedx(inventory())
     assert doc["bomFormat"] == "CycloneDX" and doc["specVersion"] == "1.5" and doc["version"] == 1
-    assert doc["serialNumber"] == f"urn:uuid:{uuid.uuid5(S._NAMESPACE, HASH_A)}"
+    assert doc["serialNumber"] == f"urn:uuid:{uuid.uuid5(NAMESPACE, HASH_A)}"
     assert re.fullmatch(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
                         doc["serialNumber"])
     image = doc["metadata"]["component"]
@@ -107,16 +121,16 @@ def test_cyclonedx_required_fields_and_image_identity():
 
 def test_cyclonedx_has_no_time_and_no_image_id_unless_asked():
     inv = inventory()
-    text = S.render_json(S.to_cyclonedx(inv))
+    text = render_json(to_cyclonedx(inv))
     assert "timestamp" not in json.loads(text)["metadata"]
     assert inv.image_id not in text and inv.image not in text
-    stamped = S.to_cyclonedx(inv, timestamp="2030-01-02T03:04:05Z")
+    stamped = to_cyclonedx(inv, timestamp="2030-01-02T03:04:05Z")
     assert stamped["metadata"]["timestamp"] == "2030-01-02T03:04:05Z"
     assert list(stamped["metadata"])[0] == "timestamp"
 
 
 def test_cyclonedx_components_sorted_by_ecosystem_then_name_with_unique_refs():
-    doc = S.to_cyclonedx(inventory())
+    doc = to_cyclonedx(inventory())
     purls = [c["purl"] for c in doc["components"]]
     assert purls == [
         "pkg:deb/debian/libc6@2.36-9%2Bdeb12u9?arch=amd64&distro=debian-12",
@@ -135,7 +149,7 @@ def test_cyclonedx_components_sorted_by_ecosystem_then_name_with_unique_refs():
 
 
 def test_cyclonedx_python_location_and_compiled_source_pedigree():
-    doc = S.to_cyclonedx(inventory())
+    doc = to_cyclonedx(inventory())
     by_name = {c["name"]: c for c in doc["components"]}
     cublas = {p["name"]: p["value"] for p in by_name["nvidia-cublas-cu12"]["properties"]}
     assert cublas["dlenv:location"] == "/opt/nvidia/cuda"
@@ -147,9 +161,9 @@ def test_cyclonedx_python_location_and_compiled_source_pedigree():
 
 
 def test_one_distribution_in_two_places_gets_two_components():
-    pkgs = [S.Package("pypi", "nvidia-cuda-runtime-cu12", "12.6.77", location="/opt/nvidia/cuda"),
-            S.Package("pypi", "nvidia-cuda-runtime-cu12", "12.6.77", location=VENV_SITE)]
-    doc = S.to_cyclonedx(inventory(pkgs))
+    pkgs = [Package("pypi", "nvidia-cuda-runtime-cu12", "12.6.77", location="/opt/nvidia/cuda"),
+            Package("pypi", "nvidia-cuda-runtime-cu12", "12.6.77", location=VENV_SITE)]
+    doc = to_cyclonedx(inventory(pkgs))
     assert len(doc["components"]) == 2
     assert len({c["bom-ref"] for c in doc["components"]}) == 2
 
@@ -157,25 +171,25 @@ def test_one_distribution_in_two_places_gets_two_components():
 def test_sboms_are_deterministic_whatever_the_collection_order():
     a = inventory(packages())
     b = inventory(list(reversed(packages())) + packages()[:2])   # other order, duplicates
-    assert S.render_json(S.to_cyclonedx(a)) == S.render_json(S.to_cyclonedx(b))
-    assert S.render_json(S.to_spdx(a)) == S.render_json(S.to_spdx(b))
+    assert render_json(to_cyclonedx(a)) == render_json(to_cyclonedx(b))
+    assert render_json(to_spdx(a)) == render_json(to_spdx(b))
     # The image reference and image id (which differ between builds of one lock) change nothing.
-    c = S.make_inventory(name=a.name, content_hash=a.content_hash, labels=a.labels, packages=a.packages,
+    c = make_inventory(name=a.name, content_hash=a.content_hash, labels=a.labels, packages=a.packages,
                          os_id="debian", os_version="12", image="elsewhere:tag", image_id="sha256:" + "0" * 64)
-    assert S.render_json(S.to_cyclonedx(a)) == S.render_json(S.to_cyclonedx(c))
-    assert S.render_json(S.to_spdx(a)) == S.render_json(S.to_spdx(c))
+    assert render_json(to_cyclonedx(a)) == render_json(to_cyclonedx(c))
+    assert render_json(to_spdx(a)) == render_json(to_spdx(c))
 
 
 def test_serial_and_namespace_follow_the_content_hash():
     a, b = inventory(), inventory(content_hash=HASH_B)
-    assert S.to_cyclonedx(a)["serialNumber"] != S.to_cyclonedx(b)["serialNumber"]
-    assert S.to_spdx(a)["documentNamespace"] != S.to_spdx(b)["documentNamespace"]
+    assert to_cyclonedx(a)["serialNumber"] != to_cyclonedx(b)["serialNumber"]
+    assert to_spdx(a)["documentNamespace"] != to_spdx(b)["documentNamespace"]
 
 
 # -- SPDX -----------------------------------------------------------------------------------
 
 def test_spdx_required_fields():
-    doc = S.to_spdx(inventory())
+    doc = to_spdx(inventory())
     assert doc["spdxVersion"] == "SPDX-2.3"
     assert doc["dataLicense"] == "CC0-1.0"
     assert doc["SPDXID"] == "SPDXRef-DOCUMENT"
@@ -193,7 +207,7 @@ def test_spdx_required_fields():
 
 
 def test_spdx_packages_carry_purls_and_the_image_is_described():
-    doc = S.to_spdx(inventory())
+    doc = to_spdx(inventory())
     image = doc["packages"][0]
     assert image["SPDXID"] == "SPDXRef-Image" and image["versionInfo"] == HASH_A
     assert image["primaryPackagePurpose"] == "CONTAINER"
@@ -210,13 +224,13 @@ def test_spdx_packages_carry_purls_and_the_image_is_described():
 
 def test_spdx_created_is_the_lock_date_not_the_clock():
     inv = inventory()
-    assert S.to_spdx(inv)["creationInfo"]["created"] == "2025-01-01T00:00:00Z"   # base recipe epoch 1735689600
+    assert to_spdx(inv)["creationInfo"]["created"] == "2025-01-01T00:00:00Z"   # base recipe epoch 1735689600
     recipe = dict(inv.labels, **{"org.dlenv.base-recipe": "trixie/minbase/1767225600"})
-    assert S.to_spdx(inventory(labels=recipe))["creationInfo"]["created"] == "2026-01-01T00:00:00Z"
+    assert to_spdx(inventory(labels=recipe))["creationInfo"]["created"] == "2026-01-01T00:00:00Z"
     bare = {k: v for k, v in inv.labels.items() if k != "org.dlenv.base-recipe"}
     from builder.plan.pins import DEFAULT_EPOCH
-    assert S.to_spdx(inventory(labels=bare))["creationInfo"]["created"] == S.format_time(DEFAULT_EPOCH)
-    assert S.to_spdx(inv, created="2031-05-06T07:08:09Z")["creationInfo"]["created"] == "2031-05-06T07:08:09Z"
+    assert to_spdx(inventory(labels=bare))["creationInfo"]["created"] == format_time(DEFAULT_EPOCH)
+    assert to_spdx(inv, created="2031-05-06T07:08:09Z")["creationInfo"]["created"] == "2031-05-06T07:08:09Z"
 
 
 # -- diff -----------------------------------------------------------------------------------
@@ -224,10 +238,10 @@ def test_spdx_created_is_the_lock_date_not_the_clock():
 def test_diff_added_removed_changed_and_labels():
     a = inventory(packages(), HASH_A, "demo")
     b_pkgs = [p for p in packages() if p.name != "pip"]                         # pip removed
-    b_pkgs = [S.Package("pypi", "six", "1.17.0", location=VENV_SITE) if p.name == "six" else p for p in b_pkgs]
-    b_pkgs.append(S.Package("pypi", "numpy", "1.26.4", location=VENV_SITE))     # numpy added
+    b_pkgs = [Package("pypi", "six", "1.17.0", location=VENV_SITE) if p.name == "six" else p for p in b_pkgs]
+    b_pkgs.append(Package("pypi", "numpy", "1.26.4", location=VENV_SITE))     # numpy added
     b = inventory(b_pkgs, HASH_B, "demo2")
-    d = S.diff(a, b)
+    d = diff(a, b)
     assert [(c.ecosystem, c.name, c.after) for c in d.added] == [("pypi", "numpy", (("1.26.4", VENV_SITE),))]
     assert [(c.name, c.before) for c in d.removed] == [("pip", (("23.0.1", VENV_SITE),))]
     assert [(c.name, c.before[0][0], c.after[0][0]) for c in d.changed] == [("six", "1.16.0", "1.17.0")]
@@ -240,24 +254,24 @@ def test_diff_added_removed_changed_and_labels():
 
 
 def test_diff_of_an_inventory_with_itself_is_empty():
-    d = S.diff(inventory(), inventory())
+    d = diff(inventory(), inventory())
     assert d.identical and not (d.added or d.removed or d.changed or d.labels)
     assert d.summary() == "no differences"
 
 
 def test_diff_keys_python_names_canonically_and_sees_moves():
-    a = inventory([S.Package("pypi", "Cython", "3.0.12", location=VENV_SITE)])
-    b = inventory([S.Package("pypi", "cython", "3.0.12", location="/opt/nvidia/cuda")])
-    d = S.diff(a, b)
+    a = inventory([Package("pypi", "Cython", "3.0.12", location=VENV_SITE)])
+    b = inventory([Package("pypi", "cython", "3.0.12", location="/opt/nvidia/cuda")])
+    d = diff(a, b)
     assert not d.added and not d.removed
     assert [(c.before, c.after) for c in d.changed] == [((("3.0.12", VENV_SITE),), (("3.0.12", "/opt/nvidia/cuda"),))]
 
 
 def test_diff_sees_debian_architecture_and_ignores_non_dlenv_labels():
-    a = inventory([S.Package("deb", "libc6", "2.36-9", arch="amd64")])
+    a = inventory([Package("deb", "libc6", "2.36-9", arch="amd64")])
     lab = dict(a.labels, **{"org.opencontainers.image.title": "other"})
-    b = inventory([S.Package("deb", "libc6", "2.36-9", arch="arm64")], labels=lab)
-    d = S.diff(a, b)
+    b = inventory([Package("deb", "libc6", "2.36-9", arch="arm64")], labels=lab)
+    d = diff(a, b)
     assert [c.name for c in d.changed] == ["libc6"] and d.labels == ()
 
 
@@ -290,7 +304,7 @@ def test_inventory_from_output(fake):
     fake.component("openmpi", group="compile", versions={"4.1.4": {"vars": {"debian_source": "4.1.4-3"}}},
                    default="4.1.4", prefix="/opt/openmpi")
     fake.component("python", group="system", versions={"3.11": {}}, default="3.11")
-    inv = S.inventory_from_output(COLLECTED, attrs(labels(HASH_A, "demo", python="3.11", openmpi="4.1.4")),
+    inv = inventory_from_output(COLLECTED, attrs(labels(HASH_A, "demo", python="3.11", openmpi="4.1.4")),
                                   image="dlenv/demo:latest", catalog=fake.catalog)
     assert inv.name == "dlenv/demo" and inv.content_hash == HASH_A
     assert (inv.os_id, inv.os_version) == ("debian", "12")
@@ -308,17 +322,17 @@ def test_components_unknown_to_the_catalog_or_without_a_debian_source_are_not_so
     fake.component("openmpi", group="compile", versions={"4.1.5": {"vars": {"debian_source": "4.1.5-1"}}},
                    default="4.1.5")
     fake.component("python", group="system", versions={"3.11": {}}, default="3.11")
-    inv = S.inventory_from_output(COLLECTED, attrs(labels(HASH_A, "demo", python="3.11", openmpi="4.1.4",
+    inv = inventory_from_output(COLLECTED, attrs(labels(HASH_A, "demo", python="3.11", openmpi="4.1.4",
                                                           mystery="1.0")), catalog=fake.catalog)
     assert not [p for p in inv.packages if p.ecosystem == "generic"]
 
 
 def test_an_image_dlenv_did_not_build_is_named_by_its_repository_and_id(fake):
     foreign = {"Id": "sha256:" + "e" * 64, "RepoTags": ["debian:bookworm"], "Config": {"Labels": None}}
-    inv = S.inventory_from_output(COLLECTED, foreign, image="debian:bookworm", catalog=fake.catalog)
+    inv = inventory_from_output(COLLECTED, foreign, image="debian:bookworm", catalog=fake.catalog)
     assert inv.name == "debian"
     assert inv.content_hash == "sha256:" + "e" * 64
-    assert S.to_spdx(inv)["packages"][0]["comment"] == "not built by dlenv"
+    assert to_spdx(inv)["packages"][0]["comment"] == "not built by dlenv"
 
 
 @pytest.mark.parametrize("broken", [COLLECTED.replace("### end\n", ""),
@@ -326,7 +340,7 @@ def test_an_image_dlenv_did_not_build_is_named_by_its_repository_and_id(fake):
                                     COLLECTED.replace("### python", "### failed dpkg-query\n### python")])
 def test_an_incomplete_collection_is_an_error_not_a_short_sbom(broken, fake):
     with pytest.raises(EngineError):
-        S.inventory_from_output(broken, attrs({}), image="x:y", catalog=fake.catalog)
+        inventory_from_output(broken, attrs({}), image="x:y", catalog=fake.catalog)
 
 
 # -- the commands, with the collection replaced ----------------------------------------------
@@ -337,18 +351,18 @@ def fake_engine(monkeypatch):
     from builder.cli import sbom as cli_sbom
     from builder.engine import dockerapi as engine
     images = {"demo:a": inventory(), "demo:b": inventory(
-        [p for p in packages() if p.name != "pip"] + [S.Package("pypi", "six", "1.17.0", location=VENV_SITE)],
+        [p for p in packages() if p.name != "pip"] + [Package("pypi", "six", "1.17.0", location=VENV_SITE)],
         HASH_B, "demo")}
     monkeypatch.setattr(engine, "connect", lambda *a, **k: object())
     monkeypatch.setattr(cli_sbom, "image_for", lambda client, target: target)
-    monkeypatch.setattr(S, "collect", lambda client, image, **kw: images[image])
+    monkeypatch.setattr(engine_inventory, "collect", lambda client, image, **kw: images[image])
     return images
 
 
 def test_sbom_command_prints_the_deterministic_document(cli, fake_engine):
     result = cli("sbom", "demo:a")
     assert result.exit_code == 0, result.output
-    assert result.stdout == S.render_json(S.to_cyclonedx(fake_engine["demo:a"]))
+    assert result.stdout == render_json(to_cyclonedx(fake_engine["demo:a"]))
     spdx = cli("sbom", "demo:a", "--format", "spdx")
     assert spdx.exit_code == 0 and json.loads(spdx.stdout)["spdxVersion"] == "SPDX-2.3"
 
@@ -357,7 +371,7 @@ def test_sbom_command_writes_a_file_and_stamps_time_only_when_asked(cli, fake_en
     out = tmp_path / "bom.json"
     result = cli("sbom", "demo:a", "-o", out)
     assert result.exit_code == 0, result.output
-    assert out.read_text() == S.render_json(S.to_cyclonedx(fake_engine["demo:a"]))
+    assert out.read_text() == render_json(to_cyclonedx(fake_engine["demo:a"]))
     assert result.stdout.startswith(f"wrote {out}: CycloneDX 1.5 SBOM of dlenv/demo {HASH_A[:16]}")
     stamped = cli("sbom", "demo:a", "--timestamp", env={"SOURCE_DATE_EPOCH": "1700000000"})
     assert json.loads(stamped.stdout)["metadata"]["timestamp"] == "2023-11-14T22:13:20Z"
@@ -431,14 +445,14 @@ def test_a_locked_image_names_its_source_tarball_and_checksum(fake):
     fake.component("python", group="system", versions={"3.11": {}}, default="3.11")
     lab = labels(HASH_A, "demo", python="3.11", openmpi="4.1.4")
     lab["org.dlenv.source.openmpi"] = f"openmpi=4.1.4-3 openmpi_4.1.4.orig.tar.xz sha256:{'d' * 64}"
-    inv = S.inventory_from_output(COLLECTED, attrs(lab), image="dlenv/demo:latest", catalog=fake.catalog)
+    inv = inventory_from_output(COLLECTED, attrs(lab), image="dlenv/demo:latest", catalog=fake.catalog)
     ompi = inv.packages[-1]
     assert ompi.prop("dlenv:upstream-tarball-checksum") == f"sha256:{'d' * 64}"
     assert ompi.prop("dlenv:debian-source").startswith("openmpi 4.1.4-3 (image label org.dlenv.source.openmpi")
-    entry = next(c for c in S.to_cyclonedx(inv)["components"] if c["name"] == "openmpi")
+    entry = next(c for c in to_cyclonedx(inv)["components"] if c["name"] == "openmpi")
     assert entry["hashes"] == [{"alg": "SHA-256", "content": "d" * 64}]
     assert entry["pedigree"]["ancestors"][0]["version"] == "4.1.4-3"
-    spdx = S.to_spdx(inv)
+    spdx = to_spdx(inv)
     src = next(p for p in spdx["packages"] if p.get("primaryPackagePurpose") == "SOURCE")
     assert src["checksums"] == [{"algorithm": "SHA256", "checksumValue": "d" * 64}]
     assert src["packageFileName"] == "openmpi_4.1.4.orig.tar.xz"

@@ -1,0 +1,138 @@
+"""`dlenv base`, `build` and `lock`: bootstrap the base, build and promote a stack, pin what it installs."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import click
+from rich.markup import escape
+
+from builder.cli.common import ENGINES, Ctx, bundle_and_mirror, check_driver, plan_of, print_check
+from builder.cli.registry import LayerProgress
+from builder.engine import base as base_mod
+from builder.engine import dockerapi as engine
+from builder.errors import LockError, UsageError
+from builder.pipeline import build as build_mod
+from builder.plan.lockfile import lock_changes
+from builder.plan.plan import stale_error
+from builder.run.cluster import gpu_runtime
+from builder.settings.settings import load_settings
+
+
+@click.command()
+@click.option("--suite", default="bookworm", show_default=True)
+@click.option("--force", is_flag=True, help="Bootstrap again even when the base exists.")
+@click.pass_obj
+def base(ctx: Ctx, suite, force):
+    """Bootstrap the default Debian base image (mmdebstrap + docker import)."""
+    spec = {"bootstrap": {"suite": suite, "variant": "minbase"}}
+    client = engine.connect()
+    start = time.monotonic()
+    ref = base_mod.ensure_base(client, spec, ctx.info, force=force, mirror=bundle_and_mirror(None)[1])
+    click.echo(f"{ref} ready ({time.monotonic() - start:.1f}s)")
+
+
+@click.command()
+@click.argument("stack", required=False, default=".")
+@click.option("--no-verify", is_flag=True, help="Promote without running the checks.")
+@click.option("--no-cache", "nocache", is_flag=True, help="Build every layer again.")
+@click.option("--ca-bundle", type=click.Path(dir_okay=False), help="Extra CA bundle for pip inside the build stage.")
+@click.option("--registry", metavar="HOST[:PORT][/PREFIX]",
+              help="Try to pull this content hash from the registry before building (default: the registry setting).")
+@click.option("--no-pull", is_flag=True, help="Do not try the registry; always build here.")
+@click.option("--relock", is_flag=True, help="Lock again first (a stale lock is otherwise refused).")
+@click.option("--locked", "frozen", is_flag=True,
+              help="Never write the lock: fail when it is missing or stale (for CI).")
+@click.option("--engine", "engine_name", type=ENGINES,
+              help="sdk (docker-py, classic builder; the default, or the engine setting) or buildkit "
+                   "(a Docker CLI with BuildKit: apt/pip cache mounts, CA bundle as a secret).")
+@click.pass_obj
+def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, relock, frozen, engine_name):
+    """Build STACK from its lock, verify it, then tag it by content hash and as latest.
+
+    A stack without a lock is locked first (the lock file is written next to the stack: commit it)."""
+    if relock and frozen:
+        raise UsageError("--relock and --locked contradict each other")
+    p = plan_of(stack)
+    registry = None if no_pull else load_settings({"registry": registry}).get("registry")
+    engine_name = load_settings({"engine": engine_name}).get("engine")
+    bundle, mirror = bundle_and_mirror(ca_bundle)
+    client = engine.connect()
+    if not no_verify:  # the device checks of a GPU host would otherwise fail deep inside CuPy
+        check_driver(gpu_runtime(client.info()), p.resolved.versions(), p.hash_tag, False)
+    if p.lock_state != "locked" or relock:
+        p = build_mod.ensure_lock(p, client, relock=relock, frozen=frozen, ca_bundle=bundle, mirror=mirror, log=ctx.info,
+                                  on_written=lambda new, report: _print_lock_written(ctx, p, new, report))
+    last = {"step": None}
+
+    def on_progress(progress, line):
+        # BuildKit runs stages side by side and numbers steps per stage: a step is its whole triple.
+        key = (progress.step, progress.total, progress.instruction)
+        if ctx.quiet or not progress.step or key == last["step"]:
+            return
+        last["step"] = key
+        ctx.err.print(f"[cyan]step {progress.step}/{progress.total}[/cyan] {escape(progress.instruction[:110])}",
+                      markup=True, highlight=False)
+
+    if not ctx.quiet:
+        ctx.info(f"{p.resolved.name}: content hash {p.content_hash[:16]}")
+    with LayerProgress(ctx, "pull") if registry else contextlib.nullcontext() as pull_progress:
+        result = build_mod.build(p, client, ca_bundle=bundle, mirror=mirror, verify=not no_verify, nocache=nocache,
+                                 log=ctx.info, on_progress=on_progress, on_check=lambda r: print_check(ctx, r),
+                                 registry=registry, on_pull=pull_progress.update if pull_progress else None,
+                                 engine_name=engine_name)
+    if result.pulled:
+        click.echo(f"pulled {p.hash_tag} from {registry} instead of building ({result.seconds:.0f}s)")
+    elif result.noop:
+        click.echo(f"{p.hash_tag} is up to date ({result.seconds:.2f}s)")
+    else:
+        verified = f", {result.report.counts['passed']} checks passed" if result.report else ", not verified"
+        click.echo(f"built {p.hash_tag} and {p.latest_tag} in {result.seconds:.0f}s{verified}")
+
+
+def _print_lock_written(ctx: Ctx, old_plan, new_plan, report) -> None:
+    lock = new_plan.lock
+    counts = lock.counts()
+    ctx.info(f"wrote {new_plan.lock_file}: {counts['debian']} Debian packages, {counts['python']} Python packages, "
+             f"{counts['sources']} source package(s); commit it next to the stack")
+    changes = lock_changes(old_plan.lock, lock)
+    if old_plan.lock is not None:
+        ctx.info(f"{len(changes)} pin(s) changed, {report.kept} kept" + (":" if changes else ""))
+        for line in changes[:40]:
+            ctx.info(f"  {line}")
+        if len(changes) > 40:
+            ctx.info(f"  ... and {len(changes) - 40} more")
+    for note in report.notes:
+        ctx.info(f"note: {note}")
+
+
+@click.command()
+@click.argument("stack", required=False, default=".")
+@click.option("--upgrade", "upgrade", multiple=True, metavar="PKG",
+              help="Resolve this Python or Debian package again (repeatable); other pins are kept.")
+@click.option("--upgrade-all", is_flag=True, help="Resolve every pin again, as if there were no lock.")
+@click.option("--check", is_flag=True, help="Only say whether the lock matches the stack (exit 1 if not).")
+@click.option("--ca-bundle", type=click.Path(dir_okay=False), help="Extra CA bundle for pip in the lock container.")
+@click.pass_obj
+def lock(ctx: Ctx, stack, upgrade, upgrade_all, check, ca_bundle):
+    """Pin every package STACK installs: Debian packages, Python files with sha256, sources, the base.
+
+    The lock is written next to the stack file (stacks/NAME.lock, ./dlenv.lock). Pins of an
+    existing lock are kept where they still apply, unless --upgrade PKG or --upgrade-all."""
+    p = plan_of(stack)
+    if check:
+        if p.lock_state == "locked":
+            click.echo(f"{p.lock_file} matches {p.resolved.merged.path}")
+            return
+        if p.lock_state == "missing":
+            raise LockError(f"{p.lock_file} is missing", hint=f"run `dlenv lock {stack}`")
+        raise stale_error(p)
+    bundle, mirror = bundle_and_mirror(ca_bundle)
+    client = engine.connect()
+    start = time.monotonic()
+    new_plan, report = build_mod.write_lock(p, client, upgrade=upgrade, upgrade_all=upgrade_all,
+                                            ca_bundle=bundle, mirror=mirror, log=ctx.info)
+    _print_lock_written(ctx, p, new_plan, report)
+    click.echo(f"locked {new_plan.resolved.name} in {time.monotonic() - start:.0f}s: {new_plan.lock_file} "
+               f"(image {new_plan.hash_tag})")
