@@ -17,6 +17,15 @@ from typing import Callable
 
 from builder.engine import dockerapi as engine
 from builder.errors import DlenvError
+from builder.engine.base import base_present
+from builder.plan.pins import base_ref
+from builder.run.cluster import gpu_runtime
+from builder.settings.host import CA_ENV_VARS, find_ca_bundle
+from builder.settings.host import debian_sources
+from builder.settings.settings import KEYS
+from builder.settings.settings import Settings, load_settings, project_config_path, user_config_path
+import re
+import requests
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 STATUSES = (OK, WARN, FAIL, SKIP)
@@ -75,7 +84,6 @@ def run_checks(settings=None, client_factory: Callable = engine.connect, environ
 # --- configuration ----------------------------------------------------------------------------------
 
 def _settings_check(settings, environ, checks: list) -> object:
-    from builder.settings.settings import Settings, load_settings, project_config_path, user_config_path
     if settings is None:
         try:
             settings = load_settings(environ=environ)
@@ -94,7 +102,6 @@ def _settings_check(settings, environ, checks: list) -> object:
 
 
 def _defaults_only(settings):
-    from builder.settings.settings import KEYS
     for key, (_, default, _, _) in KEYS.items():
         if default is not None:
             settings.values[key] = default
@@ -163,7 +170,6 @@ def _disk_check(info: dict, environ) -> DoctorCheck:
 
 
 def _gpu_check(info: dict) -> DoctorCheck:
-    from builder.run.cluster import gpu_runtime
     runtime = gpu_runtime(info)
     if runtime:
         path = ((info.get("Runtimes") or {}).get(runtime) or {}).get("path") or "?"
@@ -177,8 +183,6 @@ def _gpu_check(info: dict) -> DoctorCheck:
 
 
 def _base_check(client, base_spec: dict, settings) -> tuple[DoctorCheck, bool | None]:
-    from builder.engine.base import base_present
-    from builder.plan.pins import base_ref
     ref = base_ref(base_spec)
     try:
         present = base_present(client, base_spec)
@@ -217,9 +221,7 @@ def _mmdebstrap_check(base_spec: dict, base_is_present: bool | None) -> DoctorCh
 # --- host settings ----------------------------------------------------------------------------------
 
 def _mirror_check(settings, environ, needed: bool) -> DoctorCheck:
-    import re
 
-    from builder.settings.host import debian_sources
     mirror = settings.get("debian_mirror")
     env = dict(environ)
     if mirror:
@@ -238,7 +240,6 @@ def _mirror_check(settings, environ, needed: bool) -> DoctorCheck:
 
 
 def _ca_check(settings, environ) -> DoctorCheck:
-    from builder.settings.host import CA_ENV_VARS, find_ca_bundle
     explicit = settings.get("ca_bundle")
     try:
         bundle = find_ca_bundle(explicit, environ=environ)
@@ -306,7 +307,6 @@ def _registry_check(settings, environ, info: dict | None) -> DoctorCheck:
 def _ping_registry(host: str, environ) -> tuple[tuple[int, bool] | None, str, str]:
     """GET /v2/ over http, then over https unless http answered 200 or 401.
     Returns ((status, looks_like_a_registry) or None, scheme, error)."""
-    import requests
 
     session = requests.Session()
     # A registry on this machine must not be reached through the user's HTTP proxy.
@@ -327,7 +327,6 @@ def _ping_registry(host: str, environ) -> tuple[tuple[int, bool] | None, str, st
 
 
 def _short_request_error(exc) -> str:
-    import requests
     if isinstance(exc, requests.exceptions.ConnectTimeout) or isinstance(exc, requests.exceptions.ReadTimeout):
         return f"no answer within {REGISTRY_TIMEOUT:g}s"
     text = str(exc)

@@ -9,13 +9,18 @@ import json
 import sys
 
 import click
+from builder import doctor as host_checks
+from builder.settings.settings import KEYS
+from builder.settings.settings import load_settings
+from builder.settings.settings import project_config_path, user_config_path
+from rich.table import Table
+from rich.text import Text
 
 STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 
 
 def _settings(ctx):
     """The settings the main group loaded (if it ever does, with its flags), else load them here."""
-    from builder.settings.settings import load_settings
     return getattr(ctx, "settings", None) or load_settings()
 
 
@@ -27,11 +32,9 @@ def doctor(ctx, as_json):
 
     Exits 1 when a check fails; warnings do not fail.
     """
-    from rich.text import Text
 
-    from builder.doctor import run_checks, summary
-    checks = run_checks(getattr(ctx, "settings", None))
-    counts = summary(checks)
+    checks = host_checks.run_checks(getattr(ctx, "settings", None))
+    counts = host_checks.summary(checks)
     if as_json:
         click.echo(json.dumps({"checks": [c.to_json() for c in checks], "summary": counts,
                                "passed": counts["fail"] == 0}, indent=2))
@@ -61,7 +64,6 @@ def config_cmd(click_ctx, as_json):
     """
     if click_ctx.invoked_subcommand is not None:
         return
-    from builder.settings.settings import KEYS
     ctx = click_ctx.obj
     settings = _settings(ctx)
     rows = [{"key": key, "value": settings.get(key), "source": settings.source(key), "env": var, "help": help_}
@@ -69,8 +71,6 @@ def config_cmd(click_ctx, as_json):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.table import Table
-    from rich.text import Text
     table = Table("setting", "value", "source", "environment")
     for r in rows:
         value = Text("(unset)", style="dim") if r["value"] is None else Text(str(r["value"]))
@@ -83,7 +83,6 @@ def config_cmd(click_ctx, as_json):
 @click.pass_obj
 def config_path(ctx, as_json):
     """Where the user and project config files are (they need not exist)."""
-    from builder.settings.settings import project_config_path, user_config_path
     paths = {"user": user_config_path(), "project": project_config_path()}
     if as_json:
         click.echo(json.dumps({k: {"path": str(p), "exists": p.is_file()} for k, p in paths.items()}, indent=2))

@@ -13,18 +13,28 @@ import os
 from pathlib import Path
 
 import click
+from builder.engine import dockerapi as engine
+from builder.engine.archive import load_image
+from builder.engine.archive import save_image
+from builder.errors import ExportError
+from builder.fileio import write_text_atomic
+from builder.outputs.exports.apptainer import apptainer_def
+from builder.outputs.exports.devcontainer import devcontainer as make_devcontainer
+from builder.outputs.exports.mpijob import mpijob as make_mpijob
+from builder.outputs.exports.slurm import slurm_script
+from builder.plan.plan import plan
+from builder.settings.settings import load_settings
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 REGISTRY_HELP = "Registry HOST[:PORT][/PREFIX] (default: DLENV_REGISTRY or the `registry` setting)."
 
 
 def _plan(stack: str):
-    from builder.plan.plan import plan
     return plan(stack)
 
 
 def _registry(option: str | None, *, use_setting: bool = True) -> str | None:
     """--registry, else (when use_setting) DLENV_REGISTRY or the `registry` setting, else None."""
-    from builder.settings.settings import load_settings
     if option is None and not use_setting:
         return None
     value = load_settings({"registry": option}).get("registry")
@@ -32,7 +42,6 @@ def _registry(option: str | None, *, use_setting: bool = True) -> str | None:
 
 
 def _shm_size() -> str:
-    from builder.settings.settings import load_settings
     return load_settings().get("shm_size") or "8g"
 
 
@@ -42,8 +51,6 @@ def write_output(ctx, text: str, output: str | None, force: bool) -> None:
     if output is None or output == "-":
         click.echo(text, nl=False)
         return
-    from builder.errors import ExportError
-    from builder.fileio import write_text_atomic
     target = Path(output)
     if target.is_dir():
         raise ExportError(f"{target} is a directory", hint="give a file name")
@@ -89,8 +96,6 @@ def export():
 @click.pass_obj
 def apptainer(ctx, stack, registry, local, output, force):
     """An Apptainer definition file for STACK's image."""
-    from builder.errors import ExportError
-    from builder.outputs.exports.apptainer import apptainer_def
     if local and registry:
         raise ExportError("--local and --registry exclude each other")
     p = _plan(stack)
@@ -120,8 +125,6 @@ def apptainer(ctx, stack, registry, local, output, force):
 def slurm(ctx, stack, nodes, gpus_per_node, ntasks_per_node, time_limit, partition, job_name, runtime, mpi,
           mpi_mode, registry, local, image_file, output, force, command):
     """An sbatch script running `-- COMMAND...` in STACK's image on Slurm, one rank per task."""
-    from builder.errors import ExportError
-    from builder.outputs.exports.slurm import slurm_script
     if local and registry:
         raise ExportError("--local and --registry exclude each other")
     p = _plan(stack)
@@ -144,7 +147,6 @@ def slurm(ctx, stack, nodes, gpus_per_node, ntasks_per_node, time_limit, partiti
 @click.pass_obj
 def mpijob(ctx, stack, workers, gpus_per_worker, slots_per_worker, name, registry, output, force, command):
     """A Kubeflow MPIJob running `-- COMMAND...` under mpirun on STACK's image from a registry."""
-    from builder.outputs.exports.mpijob import mpijob as make_mpijob
     p = _plan(stack)
     text = make_mpijob(p, list(command), registry=_registry(registry), workers=workers,
                        gpus_per_worker=gpus_per_worker, slots_per_worker=slots_per_worker, name=name,
@@ -163,7 +165,6 @@ def mpijob(ctx, stack, workers, gpus_per_worker, slots_per_worker, name, registr
 @click.pass_obj
 def devcontainer(ctx, stack, registry, output, force):
     """A dev container definition (VS Code, devcontainer CLI) pinned to STACK's image."""
-    from builder.outputs.exports.devcontainer import devcontainer as make_devcontainer
     p = _plan(stack)
     text = make_devcontainer(p, registry=_registry(registry, use_setting=False), shm_size=_shm_size())
     if output == "-":
@@ -187,7 +188,6 @@ class _Bytes:
 
     def __enter__(self):
         if not self.ctx.quiet and self.ctx.err.is_terminal:
-            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
             self.progress = Progress(TextColumn(self.verb), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                                      console=self.ctx.err, transient=True)
             self.progress.start()
@@ -220,8 +220,6 @@ def _size(n: int) -> str:
 @click.pass_obj
 def save(ctx, stack, output, force):
     """Write STACK's verified image and its manifest to one archive, for a machine without a registry."""
-    from builder.engine import dockerapi as engine
-    from builder.engine.archive import save_image
     p = _plan(stack)
     client = engine.connect()
     with _Bytes(ctx, "save") as progress:
@@ -235,8 +233,6 @@ def save(ctx, stack, output, force):
 @click.pass_obj
 def load(ctx, archive):
     """Load an archive written by `dlenv save`; tag it only if it holds what its manifest says."""
-    from builder.engine import dockerapi as engine
-    from builder.engine.archive import load_image
     client = engine.connect()
     total = os.path.getsize(archive) if os.path.isfile(archive) else None
     with _Bytes(ctx, "load", total) as progress:

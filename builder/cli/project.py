@@ -15,7 +15,8 @@ from builder.engine import dockerapi as engine
 from builder.engine.gc import apply_gc, list_images, plan_gc
 from builder.errors import SpecError
 from builder.fileio import write_text_atomic
-from builder.spec.stack import find_stack, validate_document
+from builder.spec.schema import validate_document
+from builder.spec.stack import find_stack
 from builder.spec.starter import detect, init_text, target_path
 
 

@@ -8,14 +8,19 @@ and one result line on stdout. Registered in cli.py with `main.add_command(...)`
 from __future__ import annotations
 
 import click
+from builder.engine import dockerapi as engine
+from builder.engine import registry as registry_mod
+from builder.errors import DlenvError
+from builder.plan.plan import plan
+from builder.settings.settings import load_settings
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+import re
 
 REGISTRY_HELP = "Registry HOST[:PORT][/PREFIX] (default: DLENV_REGISTRY or the `registry` setting)."
 
 
 def resolve_registry(option: str | None) -> str:
     """--registry, else DLENV_REGISTRY, else the `registry` setting (validated either way)."""
-    from builder.errors import DlenvError
-    from builder.settings.settings import load_settings
     value = load_settings({"registry": option}).get("registry")
     if not value:
         raise DlenvError("no registry given",
@@ -36,7 +41,6 @@ def _size(n: int | None) -> str:
 
 def _countdown(previous: str | None, status: str) -> bool:
     """True for the daemon's once-a-second "Retrying in N seconds" countdown after its first line."""
-    import re
     a = re.match(r"Retrying in (\d+) second", previous or "")
     b = re.match(r"Retrying in (\d+) second", status)
     return bool(a and b and int(b[1]) < int(a[1]))
@@ -62,7 +66,6 @@ class LayerProgress:
 
     def __enter__(self):
         if not self.ctx.quiet and self.ctx.err.is_terminal:
-            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
             self.progress = Progress(TextColumn("{task.fields[layer]}"), TextColumn("{task.description:<22}"),
                                      BarColumn(), DownloadColumn(), console=self.ctx.err, transient=False)
             self.progress.start()
@@ -106,9 +109,6 @@ class LayerProgress:
 @click.pass_obj
 def push(ctx, stack, registry):
     """Push the verified image of STACK to a registry, named by its content hash."""
-    from builder.engine import dockerapi as engine
-    from builder.engine import registry as registry_mod
-    from builder.plan.plan import plan
     where = resolve_registry(registry)
     p = plan(stack)
     client = engine.connect()
@@ -126,9 +126,6 @@ def push(ctx, stack, registry):
 @click.pass_obj
 def pull(ctx, stack, registry):
     """Pull the image of STACK's content hash from a registry and tag it as built here."""
-    from builder.engine import dockerapi as engine
-    from builder.engine import registry as registry_mod
-    from builder.plan.plan import plan
     where = resolve_registry(registry)
     p = plan(stack)
     client = engine.connect()

@@ -14,13 +14,25 @@ from pathlib import Path
 import click
 
 from builder.engine.images import image_for
+from builder.engine import dockerapi as engine
+from builder.engine import inventory
+from builder.errors import DlenvError
+from builder.fileio import write_text_atomic
+from builder.names import DLENV_LABELS
+from builder.outputs.sbom.cyclonedx import to_cyclonedx
+from builder.outputs.sbom.diff import describe
+from builder.outputs.sbom.diff import diff
+from builder.outputs.sbom.model import ECOSYSTEMS, render_json
+from builder.outputs.sbom.model import format_time
+from builder.outputs.sbom.spdx import to_spdx
+from rich.table import Table
+from rich.text import Text
+import re
+import time
 
 
 def now_timestamp() -> str:
     """The current time, or SOURCE_DATE_EPOCH when set (reproducible-builds.org)."""
-    import time
-    from builder.outputs.sbom.model import format_time
-    from builder.errors import DlenvError
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch:
         if not epoch.isdigit():
@@ -42,11 +54,6 @@ def now_timestamp() -> str:
 def sbom(ctx, target, fmt, output, timestamp):
     """SBOM of a built image: Debian packages, Python distributions (venv and /opt/nvidia prefixes)
     and sources compiled in (Open MPI), with package URLs; deterministic."""
-    from builder.engine import dockerapi as engine
-    from builder.engine import inventory
-    from builder.outputs.sbom.cyclonedx import to_cyclonedx
-    from builder.outputs.sbom.model import ECOSYSTEMS, render_json
-    from builder.outputs.sbom.spdx import to_spdx
     client = engine.connect()
     image = image_for(client, target)
     inv = inventory.collect(client, image)
@@ -56,7 +63,6 @@ def sbom(ctx, target, fmt, output, timestamp):
     if not output:
         click.echo(text, nl=False)
         return
-    from builder.fileio import write_text_atomic
     write_text_atomic(Path(output).resolve(), text)
     counts = {eco: sum(1 for p in inv.packages if p.ecosystem == eco) for eco in ECOSYSTEMS}
     label = "CycloneDX 1.5" if fmt == "cyclonedx" else "SPDX 2.3"
@@ -67,12 +73,10 @@ def sbom(ctx, target, fmt, output, timestamp):
 
 def _short(items: tuple) -> tuple:
     """The venv's site-packages folder reads as `venv` in tables (JSON keeps the full path)."""
-    import re
     return tuple((v, re.sub(r"^/opt/venv/lib/python[0-9.]+/site-packages$", "venv", w)) for v, w in items)
 
 
 def _cells(change, ecosystem: str) -> tuple:
-    from builder.outputs.sbom.diff import describe
     wheres_a = {w for _, w in change.before}
     wheres_b = {w for _, w in change.after}
     several = len(change.before) > 1 or len(change.after) > 1
@@ -92,9 +96,6 @@ def _cells(change, ecosystem: str) -> tuple:
 def diff_cmd(ctx, image_a, image_b, as_json, exit_code):
     """Packages added, removed and changed from IMAGE_A to IMAGE_B (Debian, Python, compiled sources),
     and the dlenv labels that differ. Exits 0 unless --exit-code is given and they differ."""
-    from builder.engine import dockerapi as engine
-    from builder.engine import inventory
-    from builder.outputs.sbom.diff import diff
     client = engine.connect()
     ref_a, ref_b = image_for(client, image_a), image_for(client, image_b)
     result = diff(inventory.collect(client, ref_a), inventory.collect(client, ref_b))
@@ -107,8 +108,6 @@ def diff_cmd(ctx, image_a, image_b, as_json, exit_code):
 
 
 def _print_diff(ctx, result, ref_a: str, ref_b: str) -> None:
-    from rich.table import Table
-    from rich.text import Text
     console = ctx.console
     console.print(Text(f"A: {ref_a}  ({result.a.name} {result.a.content_hash[:16]})"))
     console.print(Text(f"B: {ref_b}  ({result.b.name} {result.b.content_hash[:16]})"))
@@ -124,7 +123,6 @@ def _print_diff(ctx, result, ref_a: str, ref_b: str) -> None:
             table.add_row(Text(what, style=style), change.ecosystem, Text(change.name), Text(a), Text(b))
         console.print(table)
     if result.labels:
-        from builder.names import DLENV_LABELS
         table = Table()
         table.add_column(f"label ({DLENV_LABELS}*)", no_wrap=True)
         table.add_column("A", overflow="fold")

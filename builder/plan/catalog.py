@@ -16,7 +16,8 @@ from packaging.version import InvalidVersion, Version
 
 from builder import paths
 from builder.errors import CatalogError, SpecError
-from builder.spec.stack import Check, did_you_mean, validate_document
+from builder.spec.schema import did_you_mean, validate_document
+from builder.spec.stack import Check
 from builder.spec.yamlload import load_yaml
 
 GROUPS = ("system", "compile", "cuda", "python")

@@ -28,6 +28,8 @@ from pathlib import Path
 import yaml
 
 from builder.errors import LockError
+from builder.errors import SpecError
+from builder.spec.yamlload import load_yaml
 
 LOCK_FORMAT = 1
 
@@ -209,8 +211,6 @@ def _fast_load(path: Path):
 
 def load(path: Path) -> Lock:
     """Read and validate a lock file; every problem is one line naming the file and the field."""
-    from builder.spec.yamlload import load_yaml
-    from builder.errors import SpecError
     path = Path(path)
     data = _fast_load(path)
     if data is _SLOW:

@@ -24,6 +24,9 @@ import docker.types
 from builder.run.cluster import Cluster, ContainerOptions, image_env_names, mpi_launch
 from builder.errors import EngineError, UsageError
 from builder.names import ROLE_LABEL, WORKDIR
+import io
+import shlex
+import tarfile
 
 HOST_USER = "dlenv-host"
 HOST_HOME = "/home/dlenv-host"
@@ -96,8 +99,6 @@ def parse_volumes(values) -> list:
 
 def _image_file(client, image: str, path: str) -> str:
     """Read a small text file from an image without running it."""
-    import io
-    import tarfile
 
     container = client.containers.create(image, ["true"], labels={ROLE_LABEL: "inspect"})
     try:
@@ -204,7 +205,6 @@ def show_rank_line(line: str, all_ranks: bool) -> tuple[str, str] | None:
 def run_mpi(client, image: str, opts: ContainerOptions, ident: Identity, command: list, ranks: int,
             nodes: int = 1, all_ranks: bool = False, out=sys.stdout, err=sys.stderr) -> int:
     """Run `command` under mpiexec in one container or across `nodes`; return its exit status."""
-    import shlex
 
     with IdentityFiles(client, image, ident) as mounts:
         opts = ContainerOptions(**{**opts.__dict__, "user": ident.user, "extra_mounts": mounts})

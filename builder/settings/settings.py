@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import ConfigError, SpecError
-from builder.spec.stack import did_you_mean
+from builder.spec.schema import did_you_mean
 from builder.spec.yamlload import load_yaml
 
 # key -> (environment variable, default, validator pattern, help)

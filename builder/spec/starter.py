@@ -15,7 +15,8 @@ from pathlib import Path
 import yaml
 
 from builder.errors import SpecError
-from builder.spec.stack import PROJECT_FILE, parse_requirement
+from builder.spec.schema import parse_requirement
+from builder.spec.stack import PROJECT_FILE
 
 
 @dataclass
