@@ -8,8 +8,8 @@ import pytest
 
 from builder import paths
 from builder.errors import SpecError
-from builder.spec.stack import (DEFAULT_BASE, Check, find_stack, load_chain, load_stack, load_stack_file,
-                          looks_like_path, parse_requirement, parse_version_spec)
+from builder.spec.schema import parse_requirement, parse_version_spec
+from builder.spec.stack import DEFAULT_BASE, Check, find_stack, load_chain, load_stack, load_stack_file, looks_like_path
 from builder.spec.yamlload import MAX_NODES, field_name, load_yaml
 
 
