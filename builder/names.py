@@ -22,6 +22,7 @@ CUDA_LABEL = f"{COMPONENT_LABEL}cuda"
 RECIPE_LABEL = f"{LABEL_PREFIX}.base-recipe"               # suite/variant/SOURCE_DATE_EPOCH of a bootstrapped base
 ROOTFS_LABEL = f"{LABEL_PREFIX}.base-rootfs-sha256"
 PACKAGES_LABEL = f"{LABEL_PREFIX}.base-packages-sha256"
+PARENT_LABEL = f"{LABEL_PREFIX}.parent"                    # a layered stack: the parent image it was built on
 ROLE_LABEL = f"{LABEL_PREFIX}.role"                        # on containers dlenv starts: lock, verify, shell, ...
 K8S_LABEL_PREFIX = f"{LABEL_PREFIX}/"                      # Kubernetes label keys use a slash
 

@@ -41,7 +41,7 @@ def test_default_stack_is_the_project_file(project):
     p = plan(".")
     assert p.resolved.name == "proj"
     assert sorted(p.context.files) == sorted([
-        "dlenv-build/constraints.txt", "dlenv-runtime/profile.sh", "dlenv-runtime/ld.so.conf",
+        "dlenv-build/constraints.txt", "dlenv-runtime/profile.sh",
         "dlenv-files/0/train.py", "dlenv-files/1/run.sh"])
     assert p.context.modes["dlenv-files/1/run.sh"] == 0o755
     assert "COPY --chown=1000:1000 dlenv-files/0/ /workspace/src/" in p.context.dockerfile

@@ -12,6 +12,7 @@ from builder.cli.common import ENGINES, Ctx, bundle_and_mirror, check_driver, pl
 from builder.cli.registry import LayerProgress
 from builder.engine import base as base_mod
 from builder.engine import dockerapi as engine
+from builder.engine.images import promoted_image
 from builder.errors import LockError, UsageError
 from builder.pipeline import build as build_mod
 from builder.plan.lockfile import lock_changes
@@ -61,19 +62,15 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
     client = engine.connect()
     if not no_verify:  # the device checks of a GPU host would otherwise fail deep inside CuPy
         check_driver(gpu_runtime(client.info()), p.resolved.versions(), p.hash_tag, False)
+    on_progress = _step_printer(ctx)
+    if p.parent is not None and not (p.lock_state == "locked" and promoted_image(client, p) is not None):
+        how = build_mod.ensure_parent(p, client, registry=registry, ca_bundle=bundle, mirror=mirror, log=ctx.info,
+                                      on_check=lambda r: print_check(ctx, r), on_progress=on_progress,
+                                      engine_name=engine_name)
+        _print_parent(ctx, p, how, registry)
     if p.lock_state != "locked" or relock:
         p = build_mod.ensure_lock(p, client, relock=relock, frozen=frozen, ca_bundle=bundle, mirror=mirror, log=ctx.info,
                                   on_written=lambda new, report: _print_lock_written(ctx, p, new, report))
-    last = {"step": None}
-
-    def on_progress(progress, line):
-        # BuildKit runs stages side by side and numbers steps per stage: a step is its whole triple.
-        key = (progress.step, progress.total, progress.instruction)
-        if ctx.quiet or not progress.step or key == last["step"]:
-            return
-        last["step"] = key
-        ctx.err.print(f"[cyan]step {progress.step}/{progress.total}[/cyan] {escape(progress.instruction[:110])}",
-                      markup=True, highlight=False)
 
     if not ctx.quiet:
         ctx.info(f"{p.resolved.name}: content hash {p.content_hash[:16]}")
@@ -89,6 +86,25 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
     else:
         verified = f", {result.report.counts['passed']} checks passed" if result.report else ", not verified"
         click.echo(f"built {p.hash_tag} and {p.latest_tag} in {result.seconds:.0f}s{verified}")
+
+
+def _step_printer(ctx: Ctx):
+    """Progress callback: one line per build step (BuildKit numbers steps per stage: a step is its triple)."""
+    last = {"step": None}
+
+    def on_progress(progress, line):
+        key = (progress.step, progress.total, progress.instruction)
+        if ctx.quiet or not progress.step or key == last["step"]:
+            return
+        last["step"] = key
+        ctx.err.print(f"[cyan]step {progress.step}/{progress.total}[/cyan] {escape(progress.instruction[:110])}",
+                      markup=True, highlight=False)
+    return on_progress
+
+
+def _print_parent(ctx: Ctx, p, how: str, registry: str | None) -> None:
+    where = {"found": "found in the engine", "pulled": f"pulled from {registry}", "built": "built and verified"}[how]
+    ctx.info(f"{p.resolved.name} builds on {p.parent.hash_tag} ({where})")
 
 
 def _print_lock_written(ctx: Ctx, old_plan, new_plan, report) -> None:
@@ -131,6 +147,11 @@ def lock(ctx: Ctx, stack, upgrade, upgrade_all, check, ca_bundle):
     bundle, mirror = bundle_and_mirror(ca_bundle)
     client = engine.connect()
     start = time.monotonic()
+    if p.parent is not None:    # the lock is resolved in a container of the parent's image
+        registry = load_settings({}).get("registry")
+        how = build_mod.ensure_parent(p, client, registry=registry, ca_bundle=bundle, mirror=mirror, log=ctx.info,
+                                      on_check=lambda r: print_check(ctx, r), on_progress=_step_printer(ctx))
+        _print_parent(ctx, p, how, registry)
     new_plan, report = build_mod.write_lock(p, client, upgrade=upgrade, upgrade_all=upgrade_all,
                                             ca_bundle=bundle, mirror=mirror, log=ctx.info)
     _print_lock_written(ctx, p, new_plan, report)

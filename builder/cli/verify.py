@@ -29,7 +29,7 @@ def verify(ctx: Ctx, target, nodes, as_json, skip_driver_check):
     client = engine.connect()
     p, image, components = verify_target(client, target)
     check_driver(gpu_runtime(client.info()), components, image, skip_driver_check)
-    report = verify_image(client, image, plan_checks(p.resolved, p.lock if p.lock_state == "locked" else None),
+    report = verify_image(client, image, plan_checks(p.resolved, p.lock if p.lock_state == "locked" else None, p.parent_locks),
                           nodes=nodes,
                           testinfra_files=p.resolved.merged.testinfra,
                           on_result=None if as_json or not ctx.err.is_terminal else (lambda r: print_check(ctx, r)))

@@ -20,14 +20,16 @@ from builder.engine import dockerapi as engine
 from builder.engine import registry as registry_mod
 from builder.engine.context import write_context
 from builder.engine.images import promoted_image
-from builder.errors import LockError, VerifyError
+from builder.errors import EngineError, LockError, VerifyError
 from builder.fileio import write_text_atomic
 from builder.names import TAG_CHARS
 from builder.pipeline import locker
 from builder.plan import buildkit_variant
 from builder.plan.lockfile import dump
 from builder.plan.lockfile import load as load_lock
-from builder.plan.plan import Plan, stale_error
+from builder.pipeline.layered_lock import make_layered_lock
+from builder.plan.layered import render_layered
+from builder.plan.plan import Plan, parent_of, stale_error
 from builder.plan.render import content_hash, render_context
 from builder.settings.host import CABundle, find_ca_bundle, pip_build_args
 from builder.statelock import stack_lock
@@ -60,16 +62,44 @@ def write_lock(p: Plan, client, *, upgrade=(), upgrade_all: bool = False, ca_bun
     file atomically and return the plan rendered from it, with the lock run's report."""
     previous = p.lock
     with stack_lock(p.resolved.name, log):
-        lock, report = locker.make_lock(client, p.resolved, previous=previous, upgrade=upgrade,
-                                        upgrade_all=upgrade_all, ca_bundle=ca_bundle, mirror=mirror, log=log)
+        if p.parent is not None:   # resolved in a container of the parent's image, which must exist
+            lock, report = make_layered_lock(client, p, previous=previous, upgrade=upgrade, upgrade_all=upgrade_all,
+                                             ca_bundle=ca_bundle, log=log)
+        else:
+            lock, report = locker.make_lock(client, p.resolved, previous=previous, upgrade=upgrade,
+                                            upgrade_all=upgrade_all, ca_bundle=ca_bundle, mirror=mirror, log=log)
         try:
             write_text_atomic(p.lock_file, dump(lock))
         except Exception as exc:  # noqa: BLE001 - a read-only catalog: say where the lock should go
             raise LockError(f"cannot write {p.lock_file}: {getattr(exc, 'message', exc)}",
                             hint="copy the stack into your own folder (a dlenv.yaml extending it) and lock that") from None
     lock = load_lock(p.lock_file)
-    ctx = render_context(p.resolved, lock)
-    return Plan(p.resolved, ctx, content_hash(ctx), lock, "locked", ""), report
+    if p.parent is not None:
+        ctx = render_layered(p.resolved, parent_of(p.parent), lock)
+    else:
+        ctx = render_context(p.resolved, lock)
+    return Plan(p.resolved, ctx, content_hash(ctx), lock, "locked", "", parent=p.parent), report
+
+
+def ensure_parent(p: Plan, client, *, registry: str | None = None, ca_bundle: CABundle | None = None,
+                  mirror: str | None = None, log=lambda msg: None, on_check=None, on_progress=None,
+                  engine_name: str = "sdk") -> str:
+    """Make sure the verified image `p` builds on exists: "found" (promoted here), "pulled" (from the
+    registry, by the parent's content hash) or "built" (its own verified build, parents first)."""
+    parent = p.parent
+    if parent is None:
+        return ""
+    if promoted_image(client, parent) is not None:
+        return "found"
+    if registry and registry_mod.try_pull(client, parent, registry, warn=log):
+        return "pulled"
+    log(f"building the parent {parent.hash_tag} first")
+    if parent.parent is not None:
+        ensure_parent(parent, client, registry=registry, ca_bundle=ca_bundle, mirror=mirror, log=log,
+                      on_check=on_check, on_progress=on_progress, engine_name=engine_name)
+    build(parent, client, ca_bundle=ca_bundle, mirror=mirror, log=log, on_check=on_check,
+          on_progress=on_progress, engine_name=engine_name)
+    return "built"
 
 
 @dataclass
@@ -117,7 +147,7 @@ def _build_candidate(client, p: Plan, bundle: CABundle, engine_name: str, cli: s
 
 def _verify_candidate(client, p: Plan, on_check) -> Report:
     """Run the stack's checks on the candidate; a failure leaves every promoted tag where it was."""
-    report = verify_image(client, p.candidate_tag, plan_checks(p.resolved, p.lock if p.lock_state == "locked" else None),
+    report = verify_image(client, p.candidate_tag, plan_checks(p.resolved, p.lock if p.lock_state == "locked" else None, p.parent_locks),
                           on_result=on_check, testinfra_files=p.resolved.merged.testinfra)
     if not report.passed:
         failed = [r.name for r in report.results if r.status == "failed"]
@@ -153,7 +183,11 @@ def build(p: Plan, client, *, ca_bundle: CABundle | None = None, mirror: str | N
                                time.monotonic() - started, pulled=True)
         bundle = ca_bundle or find_ca_bundle()
         cli = buildkit.find_cli() if engine_name == "buildkit" else None   # before the base: fails in a second
-        _prepare_base(client, p, mirror, log)
+        if p.parent is None:
+            _prepare_base(client, p, mirror, log)
+        elif promoted_image(client, p.parent) is None:
+            raise EngineError(f"{p.parent.hash_tag}, the image {p.resolved.name} builds on, does not exist",
+                              hint=f"build or pull {p.parent.resolved.name} first (`dlenv build` does it)")
         log_path = paths.state_dir() / "logs" / f"{p.resolved.name}-{p.content_hash[:TAG_CHARS]}.log"
         image_id = _build_candidate(client, p, bundle, engine_name, cli, log_path, nocache=nocache,
                                     on_progress=on_progress)

@@ -52,8 +52,9 @@ class _Box:
     def __init__(self, client, image: str, env: dict):
         self.client = client
         try:
+            # As root also where the image's default user is not (a parent image runs as its user).
             self.container = client.containers.run(
-                image, ["sleep", "infinity"], detach=True, labels={ROLE_LABEL: "lock"},
+                image, ["sleep", "infinity"], detach=True, labels={ROLE_LABEL: "lock"}, user="0:0",
                 name=f"dlenv-lock-{uuid.uuid4().hex[:10]}", environment=env, init=True)
         except docker.errors.DockerException as exc:
             raise EngineError(f"could not start the lock container from {image}: {' '.join(str(exc).split())[:200]}") from None
@@ -160,6 +161,13 @@ def _base_document(client, base: dict, ref: str, base_packages: dict) -> dict:
             "id": attrs.get("Id", ""), "packages": base_packages}
 
 
+def lock_environment() -> dict:
+    """The lock container's environment: the build's pip settings, the CA bundle where the build has it."""
+    return {**pip_build_args(), "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8",
+            "PIP_CERT": CA_BUNDLE_TARGET, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "PIP_ROOT_USER_ACTION": "ignore", "PIP_NO_INPUT": "1"}
+
+
 def make_lock(client, resolved, *, previous: Lock | None = None, upgrade=(), upgrade_all: bool = False,
               ca_bundle: CABundle | None = None, mirror: str | None = None,
               log=lambda msg: None) -> tuple[Lock, LockReport]:
@@ -170,9 +178,7 @@ def make_lock(client, resolved, *, previous: Lock | None = None, upgrade=(), upg
     base = resolved.base
     ref = _lock_base(client, base, keep, report, mirror, log)
     bundle = (ca_bundle or find_ca_bundle()).read()
-    env = {**pip_build_args(), "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8",
-           "PIP_CERT": CA_BUNDLE_TARGET, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-           "PIP_ROOT_USER_ACTION": "ignore", "PIP_NO_INPUT": "1"}
+    env = lock_environment()
     log(f"resolving pins in a container of {ref}")
     box = _Box(client, ref, env)
     try:

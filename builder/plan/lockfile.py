@@ -115,6 +115,7 @@ class Lock:
     python: dict                        # step -> tuple[PythonPin]
     dlenv_version: str = ""
     path: Path | None = field(default=None, compare=False)
+    parent: dict = field(default_factory=dict)  # layered: {"stack", "content_hash", "lock"} of the parent image
 
     @property
     def inputs_digest(self) -> str:
@@ -126,6 +127,7 @@ class Lock:
             "inputs": self.inputs, "platform": self.platform, "base": self.base,
             "apt": {"build": self.apt_build, "runtime": self.apt_runtime}, "sources": self.sources,
             "python": {step: [p.__dict__ for p in pins] for step, pins in self.python.items()},
+            **({"parent": self.parent} if self.parent else {}),
         }
 
     @property
@@ -166,6 +168,7 @@ def dump(lock: Lock) -> str:
         "platform": lock.platform,
         "base": lock.base,
         "apt": {"build": dict(sorted(lock.apt_build.items())), "runtime": dict(sorted(lock.apt_runtime.items()))},
+        **({"parent": lock.parent} if lock.parent else {}),
         "sources": lock.sources,
         "python": {step: [{"name": p.name, "version": p.version, "file": p.file, "sha256": p.sha256} for p in pins]
                    for step, pins in lock.python.items()},
@@ -188,6 +191,17 @@ def _pins(value, path: Path, fieldname: str) -> dict:
         _need(isinstance(version, str) and bool(_DEB_VERSION.match(version)), path, f"{fieldname}.{name}",
               f"{version!r} is not a Debian version")
     return dict(value)
+
+
+def _parent(value, path: Path) -> dict:
+    """The parent image a layered lock was written on: its stack, content hash and lock digest."""
+    if value is None:
+        return {}
+    _need(isinstance(value, dict), path, "parent", "must be a mapping with stack, content_hash and lock")
+    for key in ("content_hash", "lock"):
+        _need(isinstance(value.get(key), str) and bool(_SHA256.match(value[key])), path, f"parent.{key}", "not a sha256")
+    _need(isinstance(value.get("stack"), str), path, "parent.stack", "must be a stack name")
+    return {"stack": value["stack"], "content_hash": value["content_hash"], "lock": value["lock"]}
 
 
 _SLOW = object()
@@ -263,7 +277,7 @@ def load(path: Path) -> Lock:
                 apt_build=_pins(apt.get("build", {}), path, "apt.build"),
                 apt_runtime=_pins(apt.get("runtime", {}), path, "apt.runtime"),
                 sources={k: dict(v) for k, v in sources.items()}, python=python,
-                dlenv_version=str(data.get("dlenv_version", "")), path=path)
+                dlenv_version=str(data.get("dlenv_version", "")), path=path, parent=_parent(data.get("parent"), path))
 
 
 # --- parsing what the lock container reports (pure, so it is unit-tested) -------------------

@@ -15,7 +15,8 @@ from builder.errors import LockError
 from builder.plan.catalog import Catalog
 from builder.plan.lockfile import Lock, digest, explain_stale, lock_path
 from builder.plan.lockfile import load as load_lock
-from builder.plan.pins import lock_inputs
+from builder.plan.layered import Parent, layered_inputs, layered_parent, parent_changed, render_layered
+from builder.plan.pins import DEFAULT_EPOCH, base_recipe, lock_inputs
 from builder.plan.render import BuildContext, content_hash, render_context
 from builder.plan.resolve import ResolvedStack, resolve
 from builder.spec.stack import load_stack
@@ -29,10 +30,18 @@ class Plan:
     lock: Lock | None = None
     lock_state: str = "missing"     # "locked", "missing" or "stale"
     stale_reason: str = ""
+    parent: Plan | None = None      # built on this plan's promoted image (plan/layered.py)
 
     @property
     def lock_file(self) -> Path:
         return lock_path(self.resolved.merged.path)
+
+    @property
+    def parent_locks(self) -> list:
+        """The locks of the images this plan builds on, root first (empty for a whole build)."""
+        if self.parent is None or self.parent.lock is None:
+            return []
+        return [*self.parent.parent_locks, self.parent.lock]
 
     @property
     def repo(self) -> str:
@@ -57,27 +66,64 @@ def _shared_catalog(components_dir: str) -> Catalog:
     return Catalog(Path(components_dir))
 
 
-def lock_status(resolved: ResolvedStack) -> tuple[Lock | None, str, str]:
-    """(lock, state, why stale) of a resolved stack: its lock file is read when it exists."""
+def lock_status(resolved: ResolvedStack, parent: Parent | None = None) -> tuple[Lock | None, str, str]:
+    """(lock, state, why stale) of a resolved stack: its lock file is read when it exists. A stack built
+    on its parent's image is stale as soon as the parent's content hash moved."""
     path = lock_path(resolved.merged.path)
     if not path.is_file():
         return None, "missing", ""
     lock = load_lock(path)
-    inputs = lock_inputs(resolved)
+    inputs = lock_inputs(resolved) if parent is None else layered_inputs(resolved, parent)
     if lock.stack != resolved.name:
         return lock, "stale", f"it locks stack {lock.stack!r}, not {resolved.name!r}"
+    if parent is not None and parent_changed(lock, parent):
+        return lock, "stale", parent_changed(lock, parent)
     if digest(inputs) != lock.inputs_digest:
         return lock, "stale", explain_stale(lock.inputs, inputs) or "its inputs changed"
     return lock, "locked", ""
 
 
 def plan(ref: str, stacks_dir: Path | None = None, catalog: Catalog | None = None) -> Plan:
-    """Resolve and render a stack; with a lock that matches it, every install is pinned."""
-    merged = load_stack(ref, Path(stacks_dir or paths.stacks_dir()))
-    resolved = resolve(merged, catalog or _shared_catalog(str(paths.components_dir())))
-    lock, state, why = lock_status(resolved)
-    ctx = render_context(resolved, lock if state == "locked" else None)
-    return Plan(resolved, ctx, content_hash(ctx), lock, state, why)
+    """Resolve and render a stack; with a lock that matches it, every install is pinned. A stack that
+    only adds its own packages, files and commands to a parent is planned on the parent's image."""
+    stacks_dir = Path(stacks_dir or paths.stacks_dir())
+    catalog = catalog or _shared_catalog(str(paths.components_dir()))
+    merged = load_stack(ref, stacks_dir)
+    resolved = resolve(merged, catalog)
+    parent_plan = _parent_plan(merged, stacks_dir, catalog)
+    if parent_plan is None:
+        lock, state, why = lock_status(resolved)
+        ctx = render_context(resolved, lock if state == "locked" else None)
+        return Plan(resolved, ctx, content_hash(ctx), lock, state, why)
+    parent = parent_of(parent_plan)
+    lock, state, why = lock_status(resolved, parent)
+    ctx = render_layered(resolved, parent, lock if state == "locked" else None)
+    return Plan(resolved, ctx, content_hash(ctx), lock, state, why, parent=parent_plan)
+
+
+def _parent_plan(merged, stacks_dir: Path, catalog: Catalog) -> Plan | None:
+    """The plan of the parent whose image this stack builds on, or None for a whole build (no parent,
+    own components, or a parent with Python packages of its own, which the stack's prefix would shadow)."""
+    spec = layered_parent(merged)
+    if spec is None:
+        return None
+    parent_plan = plan(str(spec.path), stacks_dir, catalog)
+    if parent_plan.resolved.merged.python_packages:
+        return None
+    if parent_plan.lock_state != "locked":
+        raise LockError(f"{merged.name} builds on the image of {parent_plan.resolved.name}, whose lock "
+                        f"{parent_plan.lock_file} is {parent_plan.lock_state}",
+                        hint=f"run `dlenv lock {spec.path}` first")
+    return parent_plan
+
+
+def parent_of(parent_plan: Plan) -> Parent:
+    """The values a layered rendering needs of its parent's plan."""
+    base = parent_plan.resolved.base
+    return Parent(stack=parent_plan.resolved.name, content_hash=parent_plan.content_hash, image=parent_plan.hash_tag,
+                  lock=parent_plan.lock, apt_runtime=tuple(parent_plan.resolved.apt_runtime),
+                  python_packages=tuple(parent_plan.resolved.merged.python_packages),
+                  source_date_epoch=base_recipe(base)["epoch"] if "image" not in base else DEFAULT_EPOCH)
 
 
 def stale_error(p: Plan) -> LockError:

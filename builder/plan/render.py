@@ -48,13 +48,14 @@ class BuildContext:
     base_pins: dict = field(default_factory=dict)   # locked Debian packages of a bootstrapped base
     base_digest: str = ""                           # locked digest of a registry base
     lock_digest: str = ""                           # empty: rendered without a lock
+    parent_hash: str = ""                           # built on the parent's image with this content hash
 
     @property
     def base_ref(self) -> str:
         return base_ref(self.base, self.base_pins or None, self.base_digest or None)
 
 
-def _environment() -> jinja2.Environment:
+def jinja_environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(paths.templates_dir())),
         undefined=jinja2.StrictUndefined,
@@ -77,7 +78,7 @@ def _locked_pip(step: str, mode: str, options: list) -> tuple[list, list]:
     return list(options), ["--require-hashes", "-r", path]
 
 
-def _locked_sources(resolved: ResolvedStack, lock: Lock | None) -> dict:
+def locked_sources(resolved: ResolvedStack, lock: Lock | None) -> dict:
     """The Debian source packages compiled from, with the lock's tarball checksums when locked."""
     sources = debian_sources(resolved)
     if lock is not None:
@@ -127,7 +128,7 @@ def _component_block(env: jinja2.Environment, resolved: ResolvedStack, rc, lock:
             "pylock": pylock, "pylock_source": f"{BUILD_FILES}/pylock/{comp.name}.txt"}
 
 
-def _leaf_install(resolved: ResolvedStack, lock: Lock | None, pylock_files: dict) -> tuple[list, list]:
+def leaf_install(resolved: ResolvedStack, lock: Lock | None, pylock_files: dict) -> tuple[list, list]:
     """(the stack's own python_packages, what their pip step installs: the lock's file or the packages)."""
     leaf_packages = [text for text, _ in resolved.merged.python_packages]
     if not leaf_packages:
@@ -140,7 +141,7 @@ def _leaf_install(resolved: ResolvedStack, lock: Lock | None, pylock_files: dict
     return leaf_packages, leaf_options + leaf_requirements
 
 
-def _runtime_environment(resolved: ResolvedStack, has_leaf: bool) -> tuple[dict, str]:
+def runtime_environment(resolved: ResolvedStack, has_leaf: bool) -> tuple[dict, str]:
     """(ENV of the runtime stage, PATH): the leaf prefix goes first on PYTHONPATH and PATH."""
     runtime_env, path = resolved.env, resolved.path
     if not has_leaf:
@@ -154,7 +155,7 @@ def _runtime_environment(resolved: ResolvedStack, has_leaf: bool) -> tuple[dict,
     return dict(sorted({**runtime_env, "PYTHONPATH": leaf_site}.items())), f"{LEAF}/bin:{path}"
 
 
-def _profile(path: str, runtime_env: dict) -> str:
+def profile_text(path: str, runtime_env: dict) -> str:
     """/etc/profile.d/dlenv.sh: the image's environment for login shells."""
     lines = ["# dlenv: the image's environment for login shells (/etc/profile resets PATH).",
              f"export PATH={shlex.quote(path)}"]
@@ -171,7 +172,7 @@ def _locked_base(resolved: ResolvedStack, lock: Lock | None) -> tuple[dict, str]
     return lock.base_packages, ""
 
 
-def _labels(resolved: ResolvedStack, from_ref: str, lock: Lock | None, sources: dict) -> dict:
+def image_labels(resolved: ResolvedStack, from_ref: str, lock: Lock | None, sources: dict) -> dict:
     """OCI and org.dlenv.* labels, sorted (the content-hash label is a build argument, not here)."""
     versions = resolved.versions()
     labels = {
@@ -190,24 +191,24 @@ def _labels(resolved: ResolvedStack, from_ref: str, lock: Lock | None, sources: 
     return dict(sorted(labels.items()))
 
 
-def _run_commands(resolved: ResolvedStack) -> list:
+def run_commands(run: tuple) -> list:
     """Build-time commands in exec form: the JSON array quotes the command as one argument to bash
     (no Dockerfile or shell word splitting of the user's text; Docker expands nothing in RUN)."""
     out = []
-    for rc in resolved.merged.run:
+    for rc in run:
         prefix = [] if rc.as_root else ["runuser", "-u", RUNTIME_USER, "--", "env", f"HOME={RUNTIME_HOME}"]
         out.append(json.dumps(prefix + ["bash", "-o", "pipefail", "-c", rc.command]))
     return out
 
 
-def _copies(copy_blocks: list) -> list:
+def copy_lines(copy_blocks: list) -> list:
     """The runtime stage's COPY lines of the stack's own files: a folder keeps its trailing slash."""
     return [{"source": f"{COPIED_FILES}/{b.index}/" if b.is_dir else next(iter(b.files), f"{COPIED_FILES}/{b.index}/"),
              "dest": b.dest.rstrip("/") + "/" if b.is_dir else b.dest}
             for b in copy_blocks if b.files]
 
 
-def _context_files(constraints: str, profile: str, ld_conf: str, lock: Lock | None, pylock_files: dict,
+def context_files(constraints: str, profile: str, ld_conf: str, lock: Lock | None, pylock_files: dict,
                    copy_blocks: list) -> tuple[dict, dict]:
     """(relative path -> bytes, relative path -> mode where not 0644) of the generated and copied files."""
     files = {f"{BUILD_FILES}/constraints.txt": constraints.encode(),
@@ -225,21 +226,21 @@ def _context_files(constraints: str, profile: str, ld_conf: str, lock: Lock | No
     return files, modes
 
 
-def _render_dockerfile(env: jinja2.Environment, context: dict) -> str:
+def render_dockerfile(env: jinja2.Environment, context: dict, template: str = "Dockerfile.j2") -> str:
     try:
-        return env.get_template("Dockerfile.j2").render(**context)
+        return env.get_template(template).render(**context)
     except jinja2.TemplateError as exc:
         raise RenderError(f"Dockerfile template error: {exc}") from None
 
 
 def render_context(resolved: ResolvedStack, lock: Lock | None = None) -> BuildContext:
     """The build context of a stack; with `lock`, every apt, pip and source install is pinned."""
-    env = _environment()
-    sources = _locked_sources(resolved, lock)
+    env = jinja_environment()
+    sources = locked_sources(resolved, lock)
     pylock_files: dict = {}
     blocks = [_component_block(env, resolved, rc, lock, sources, pylock_files) for rc in resolved.components]
-    leaf_packages, leaf_install = _leaf_install(resolved, lock, pylock_files)
-    runtime_env, path = _runtime_environment(resolved, bool(leaf_packages))
+    leaf_packages, leaf_args = leaf_install(resolved, lock, pylock_files)
+    runtime_env, path = runtime_environment(resolved, bool(leaf_packages))
     ld_conf = "".join(f"{p}\n" for p in resolved.ld_paths)
     base_pins, base_digest = _locked_base(resolved, lock)
     from_ref = base_ref(resolved.base, base_pins or None, base_digest or None)
@@ -261,23 +262,23 @@ def render_context(resolved: ResolvedStack, lock: Lock | None = None) -> BuildCo
         "has_python": resolved.get("python") is not None or any(b["group"] == "python" for b in blocks)
         or bool(leaf_packages),
         "leaf_packages": leaf_packages,
-        "leaf_install": leaf_install,
+        "leaf_install": leaf_args,
         "leaf_pylock": f"{PYLOCK_DIR}/{LEAF_STEP}.txt" if lock is not None and leaf_packages else "",
         "leaf_pylock_source": f"{BUILD_FILES}/pylock/{LEAF_STEP}.txt",
         "leaf": LEAF, "venv": VENV, "user": RUNTIME_USER, "uid": RUNTIME_UID, "workdir": WORKDIR,
         "path": path,
         "env": runtime_env,
-        "labels": _labels(resolved, from_ref, lock, sources),
+        "labels": image_labels(resolved, from_ref, lock, sources),
         "has_ld_conf": bool(ld_conf),
         "build_files": BUILD_FILES,
         "runtime_files": RUNTIME_FILES,
         "label_prefix": LABEL_PREFIX,
-        "run_commands": _run_commands(resolved),
-        "copies": _copies(copy_blocks),
+        "run_commands": run_commands(resolved.merged.run),
+        "copies": copy_lines(copy_blocks),
     }
-    dockerfile = _render_dockerfile(env, context)
+    dockerfile = render_dockerfile(env, context)
     constraints = "".join(f"{req}\n" for req in constraint_lines(resolved))
-    files, modes = _context_files(constraints, _profile(path, runtime_env), ld_conf, lock, pylock_files, copy_blocks)
+    files, modes = context_files(constraints, profile_text(path, runtime_env), ld_conf, lock, pylock_files, copy_blocks)
     return BuildContext(stack=resolved.name, dockerfile=dockerfile, files=files, versions=resolved.versions(),
                         base=resolved.base, modes=modes, base_pins=base_pins, base_digest=base_digest,
                         lock_digest=lock.digest if lock is not None else "")
@@ -286,7 +287,10 @@ def render_context(resolved: ResolvedStack, lock: Lock | None = None) -> BuildCo
 def content_hash(ctx: BuildContext) -> str:
     """The one name of an image: Dockerfile, generated files (the lock's pins among them), versions,
     the lock's digest and the base's identity."""
-    if "image" in ctx.base:
+    if ctx.parent_hash:
+        # A stack built on its parent's image: the parent's content hash names everything below it.
+        base = {"parent": ctx.parent_hash}
+    elif "image" in ctx.base:
         base = {"image": ctx.base["image"], **({"digest": ctx.base_digest} if ctx.base_digest else {})}
     else:
         base = {"bootstrap": base_identity(ctx.base, ctx.base_pins or None)}
@@ -308,5 +312,5 @@ def render_component(resolved: ResolvedStack, name: str, lock: Lock | None = Non
     rc = next((c for c in resolved.components if c.name == name), None)
     if rc is None:
         raise RenderError(f"stack {resolved.name!r} has no component {name!r}")
-    block = _component_block(_environment(), resolved, rc, lock, _locked_sources(resolved, lock), {})
+    block = _component_block(jinja_environment(), resolved, rc, lock, locked_sources(resolved, lock), {})
     return {"build": block["build"], "runtime": block["runtime"]}

@@ -133,12 +133,26 @@ def compare_installed(expected: dict, found: dict) -> list[str]:
     return problems
 
 
-def plan_checks(resolved, lock=None) -> list[PlannedCheck]:
+def merged_expectations(resolved, locks: list) -> dict:
+    """The lock expectations of an image built on its parents' images: every lock of the chain, root
+    first (a layered stack adds no components, so its resolved stack places every lock's steps)."""
+    expected: dict = {"debian": {}, "python": {}}
+    for lock in locks:
+        own = lock_expectations(resolved, lock)
+        expected["debian"].update(own["debian"])
+        for where, pins in own["python"].items():
+            expected["python"].setdefault(where, {}).update(pins)
+    return expected
+
+
+def plan_checks(resolved, lock=None, parent_locks=()) -> list[PlannedCheck]:
+    """The checks of a stack's image: the lock check (with the parents' locks of a layered stack), then
+    every component's checks and the stack's own."""
     planned = []
     if lock is not None:
         planned.append(PlannedCheck(
             Check(name="installed packages are the locked versions", kind=LOCK_CHECK_KIND,
-                  target=json.dumps(lock_expectations(resolved, lock), sort_keys=True), timeout=60,
+                  target=json.dumps(merged_expectations(resolved, [*parent_locks, lock]), sort_keys=True), timeout=60,
                   origin=str(lock.path or "")), {}))
     for rc in resolved.components:
         values = {"version": rc.version.text, "major": rc.version.version.major, **rc.version.vars}

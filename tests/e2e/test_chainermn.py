@@ -200,9 +200,19 @@ def test_a_users_project_extending_chainermn(docker_client, run_dlenv, tmp_path)
         for tag in image.tags:
             docker_client.images.remove(tag)  # a real build, not a no-op from an earlier run
     lock_before = (repo / "dlenv.lock").read_bytes()
+    # Another stack on the same base, built with --no-cache in between, must not cost the project its
+    # parent: it builds on chainermn's promoted image, not on whatever the layer cache still holds.
+    other = run_dlenv("build", "python", "--no-cache", "--no-verify", timeout=1800)
+    assert other.returncode == 0, other.stderr[-3000:]
+    chainermn = json.loads(run_dlenv("show", "chainermn", "--json", check=True).stdout)["image"]
     built = run_dlenv("build", cwd=repo, timeout=1800)
     assert built.returncode == 0, built.stderr[-3000:]
     assert "checks passed" in built.stdout
+    assert f"builds on {chainermn} (found in the engine)" in built.stderr
+    steps = [line for line in built.stderr.splitlines() if line.startswith("step ")]
+    assert any(s.endswith(f"FROM {chainermn} AS runtime") for s in steps), steps
+    # nothing of chainermn's build stage runs again: no Debian source, no compiler, no CUDA wheels
+    assert not [s for s in steps if any(w in s for w in ("apt-get source", "/configure", "make -j", "nvidia-"))], steps
     # A colleague's fresh clone: the committed dlenv.lock is used as it is, not rewritten.
     assert (repo / "dlenv.lock").read_bytes() == lock_before and "wrote" not in built.stderr
     verified = run_dlenv("verify", "--json", cwd=repo, timeout=600)

@@ -223,6 +223,7 @@ def test_index_token_given_to_the_build_reaches_no_layer(docker_client, run_dlen
         schema: 1
         name: dlenv-itest-token
         extends: python
+        components: {{python: "3.11"}}   # a whole build: its build stage is the one that gets the argument
         env: {{RUN: "{secrets.token_hex(4)}"}}
     """)
     cleanup_repo("dlenv/dlenv-itest-token")

@@ -3,6 +3,7 @@ validation, staleness (what changed), rendering from a lock, and the lock check'
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from click.testing import CliRunner
 
 from builder.plan import lockfile as L
 from builder.plan import pins as P
+from builder.plan.layered import layered_inputs
+from builder.plan.plan import parent_of
 from builder.plan.plan import plan
 from builder.cli.app import main
 from builder.errors import LockError
@@ -45,9 +48,20 @@ def write_stack(folder: Path, extra: str = "") -> Path:
     return path
 
 
+def fake_layered_lock(p) -> L.Lock:
+    """A lock for a stack built on its parent's image: its own pins only, and the parent it was written on."""
+    parent = parent_of(p.parent)
+    lock = fake_lock(p.resolved)
+    own = {step: pins for step, pins in lock.python.items() if step == P.LEAF_STEP}
+    return dataclasses.replace(lock, inputs=layered_inputs(p.resolved, parent), base={"packages": {}},
+                               sources={}, python=own,
+                               parent={"stack": parent.stack, "content_hash": parent.content_hash,
+                                       "lock": parent.lock.digest})
+
+
 def lock_for(path: Path) -> L.Lock:
     p = plan(str(path))
-    lock = fake_lock(p.resolved)
+    lock = fake_layered_lock(p) if p.parent is not None else fake_lock(p.resolved)
     L.lock_path(path).write_text(L.dump(lock))
     return lock
 

@@ -278,7 +278,7 @@ def test_build_time_commands_render_in_exec_form_as_the_image_user(tmp_path):
     assert first[6:10] == ["bash", "-o", "pipefail", "-c"] and first[10] == "echo \"$HOME\" it's && printf '%s\\n' x > ~/f"
     assert second == ["bash", "-o", "pipefail", "-c", "install -d -o dlenv /scratch\ntouch /scratch/a\n"]
     # after the copied files, before the labels; the commands change the content hash
-    assert df.index('RUN ["runuser"') > df.index("FROM dlenv/base") and df.index('RUN ["runuser"') < df.index("LABEL")
+    assert df.index('RUN ["runuser"') > df.index("FROM dlenv/python:") and df.index('RUN ["runuser"') < df.index("LABEL")
     before = plan(str(stack)).content_hash
     stack.write_text(stack.read_text().replace("touch /scratch/a", "touch /scratch/b"))
     assert plan(str(stack)).content_hash != before
