@@ -86,14 +86,14 @@ def node_image(stack: str, base_image: str, content_hash: str, user: str) -> Nod
                      {START_SCRIPT: (start, 0o755)})
 
 
-def version_label_dockerfile(image_id: str, label: str, version: str) -> str:
+def version_label_dockerfile(image: str, label: str, version: str) -> str:
     """The one-line layer that records the installed Slurm version in a label."""
-    if not re.match(r"^sha256:[0-9a-f]{64}$", image_id):
-        raise SlurmError(f"{image_id!r} is not an image id")
+    if not _IMAGE_REF.match(image):
+        raise SlurmError(f"{image!r} is not an image reference")
     if not _VERSION.match(version):
         raise SlurmError(f"slurmd reported the version {version!r}, which is no Debian version",
                          hint="the node image is broken: remove it and run again")
-    return f'FROM {image_id}\nLABEL {label}="{version}"\n'
+    return f'FROM {image}\nLABEL {label}="{version}"\n'
 
 
 # ------------------------------------------------------------------------------------ cluster
