@@ -19,6 +19,7 @@ from builder.outputs.slurm import MAX_NODES, job_exit_code, job_summary
 from builder.plan.plan import plan
 from builder.run import slurm as cluster_mod
 from builder.run import slurm_jobs as jobs
+from builder.run.session import parse_env
 from builder.settings.host import pip_build_args
 
 CANCEL_WAIT_SECONDS = 60
@@ -100,14 +101,17 @@ def _finish(ctx: Ctx, client, state, job_id: str, fields: dict) -> int:
               help="Wait for the job, print its output and exit with its exit code.")
 @click.option("--timeout", type=click.IntRange(1), metavar="SECONDS",
               help="Cancel the job when it runs longer than this (default: its own --time).")
+@click.option("-e", "--env", "env", multiple=True, metavar="NAME=VALUE",
+              help="Set a variable for sbatch, which passes it to the job (repeatable).")
 @click.pass_obj
-def submit(ctx: Ctx, script, wait, timeout):
+def submit(ctx: Ctx, script, wait, timeout, env):
     """Submit SCRIPT (in the cluster's shared folder) with sbatch as the image user, from /workspace."""
+    variables = parse_env(env)
     client = engine.connect()
     state = cluster_mod.load_state(cluster_mod.state_path(paths.state_dir()))
     if state is None or not cluster_mod.running(client, state):
         raise SlurmError("no Slurm cluster is up", hint="run `dlenv slurm up STACK` in the job's folder")
-    job_id = jobs.submit(client, state, jobs.script_in_workspace(state, Path(script)))
+    job_id = jobs.submit(client, state, jobs.script_in_workspace(state, Path(script)), env=variables)
     if not wait:
         click.echo(job_id)
         return
