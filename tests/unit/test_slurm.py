@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from builder.cli import verify as verify_cli
 from builder.errors import ExportError, SlurmError
 from builder.names import SLURM_NODE_LABEL, SLURM_VERSION_LABEL, slurm_node_tag
 from builder.outputs.exports.slurm import slurm_script
@@ -20,7 +21,7 @@ from builder.plan.plan import plan
 from builder.run.slurm import ClusterState, load_state, state_path
 from builder.run.slurm_jobs import script_in_workspace
 from builder.spec.stack import Check
-from builder.verify.checks import PlannedCheck
+from builder.verify.checks import CheckResult, PlannedCheck, Report
 from builder.verify.slurm import mpi_checks, srun_args
 
 HASH = "5ef572c23a76bed8" + "0" * 48
@@ -194,3 +195,16 @@ def test_cli_slurm_group(cli):
 def test_templates_ship():
     root = Path(__file__).resolve().parents[2] / "templates" / "slurm"
     assert {p.name for p in root.iterdir()} == {"node.Dockerfile.j2", "dlenv-slurm-start", "slurm.conf.j2"}
+
+
+def test_verify_slurm_exits_with_the_failed_jobs_code(cli, monkeypatch, mn):
+    """The CLI wiring: a failed Slurm check makes verify exit with that job's exit code."""
+    report = Report(image="dlenv/chainermn-slurm:x", nodes=2,
+                    results=[CheckResult("smoke", "script", "failed", 1.0, "srun ...", "boom", "exit status 143")])
+    monkeypatch.setattr(verify_cli.engine, "connect", lambda: object())
+    monkeypatch.setattr(verify_cli, "verify_target", lambda client, target: (mn, mn.hash_tag, {}))
+    monkeypatch.setattr(verify_cli, "node_image_for", lambda ctx, client, target, build: "dlenv/chainermn-slurm:x")
+    monkeypatch.setattr(verify_cli, "verify_slurm", lambda *a, **k: (report, 143))
+    result = cli("verify", "chainermn", "--slurm")
+    assert result.exit_code == 143 and "1 of 1 Slurm checks failed" in result.stderr
+    assert cli("verify", "chainermn", "--slurm", "--json").exit_code == 143
