@@ -109,3 +109,7 @@ class UsageError(DlenvError):
 
 class DriverError(DlenvError):
     """The host's NVIDIA driver is too old for the CUDA version of the image about to start."""
+
+
+class SlurmError(DlenvError):
+    """A local Slurm cluster cannot be started, used or found, or a job could not be submitted."""

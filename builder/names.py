@@ -25,12 +25,16 @@ PACKAGES_LABEL = f"{LABEL_PREFIX}.base-packages-sha256"
 PARENT_LABEL = f"{LABEL_PREFIX}.parent"                    # a layered stack: the parent image it was built on
 ROLE_LABEL = f"{LABEL_PREFIX}.role"                        # on containers dlenv starts: lock, verify, shell, ...
 K8S_LABEL_PREFIX = f"{LABEL_PREFIX}/"                      # Kubernetes label keys use a slash
+SLURM_CLUSTER_LABEL = f"{LABEL_PREFIX}.slurm-cluster"      # on a Slurm cluster's containers and network: its id
+SLURM_NODE_LABEL = f"{LABEL_PREFIX}.slurm-node"            # on a Slurm node image: the hash of what made it
+SLURM_VERSION_LABEL = f"{LABEL_PREFIX}.slurm-version"      # on a Slurm node image: Debian's slurmd version
 
 # --- images ----------------------------------------------------------------------------------
 REPO_PREFIX = "dlenv/"
 BASE_REPO = f"{REPO_PREFIX}base"
 LOCKENV_REPO = f"{REPO_PREFIX}lockenv"
 TAG_CHARS = 16                                              # hash characters in a tag
+SLURM_REPO_SUFFIX = "-slurm"                                # dlenv/<stack>-slurm: the stack's Slurm node image
 
 
 def image_repo(stack: str) -> str:
@@ -48,6 +52,12 @@ def candidate_tag(stack: str, content_hash: str) -> str:
 
 def latest_tag(stack: str) -> str:
     return f"{image_repo(stack)}:latest"
+
+
+def slurm_node_tag(stack: str, content_hash: str) -> str:
+    """`dlenv/<stack>-slurm:<hash16>`: the Slurm node image on a stack's promoted image, named by the
+    stack's content hash."""
+    return f"{image_repo(stack)}{SLURM_REPO_SUFFIX}:{content_hash[:TAG_CHARS]}"
 
 
 # --- containers ---------------------------------------------------------------------------------
@@ -71,6 +81,17 @@ PYLOCK_DIR = f"{BUILD_DIR}/pylock"
 APT_BUILD_FILE = f"{BUILD_DIR}/apt-build.txt"
 APT_RUNTIME_FILE = "/etc/dlenv/apt-runtime.txt"
 CHECKS_DIR = "/tmp/dlenv-checks"  # where verify copies check scripts into a container
+
+# --- Slurm clusters of node images (dlenv slurm, verify --slurm) -------------------------------
+SLURM_ROLES = ("slurm-controller", "slurm-node")    # ROLE_LABEL values of a cluster's containers
+SLURM_NETWORK_ROLE = "slurm"                        # ROLE_LABEL of a cluster's network
+SLURM_CONTROLLER_HOST = "ctl"                       # host names inside a cluster: ctl, node1..nodeN
+SLURM_NODE_HOST = "node"
+SLURM_START = "/usr/local/sbin/dlenv-slurm-start"   # the node image's entrypoint: munged, then one daemon
+SLURM_CONF = "/etc/slurm/slurm.conf"                # mounted read-only at run time, never in the image
+SLURM_SECRETS = "/run/dlenv-slurm"                  # the run's munge key, mounted read-only at run time
+MUNGE_DIR = "/etc/munge"                            # a tmpfs in a cluster's containers: the key's copy
+SLURM_SPOOL = "/var/lib/slurm/slurmd"               # slurmd's spool (PMIx server files live below it)
 
 # --- build context folders (relative to the context) -------------------------------------------
 BUILD_FILES = "dlenv-build"         # copied into the build stage only

@@ -42,6 +42,8 @@ def _cases() -> dict:
         "chainermn.slurm-pyxis.sbatch": lambda: slurm_script(
             _plan("chainermn"), COMMAND, nodes=4, gpus_per_node=8, ntasks_per_node=8, time_limit="1-00:00:00",
             runtime="pyxis", registry=REGISTRY),
+        "chainermn.slurm-native.sbatch": lambda: slurm_script(
+            _plan("chainermn"), COMMAND, nodes=2, gpus_per_node=4, time_limit="01:00:00", runtime="native"),
         "chainermn.mpijob.yaml": lambda: mpijob(
             _plan("chainermn"), COMMAND, registry=REGISTRY, workers=2, gpus_per_worker=4, shm_size="8g"),
         "chainermn.devcontainer.json": lambda: devcontainer(_plan("chainermn"), shm_size="8g"),

@@ -110,7 +110,7 @@ def apptainer(ctx, stack, registry, local, output, force):
 @click.option("-t", "--time", "time_limit", metavar="[D-]HH:MM:SS", help="Time limit of the job.")
 @click.option("-p", "--partition", help="Slurm partition.")
 @click.option("-J", "--job-name", help="Job name (default dlenv-STACK).")
-@click.option("--runtime", type=click.Choice(["apptainer", "pyxis"]), default="apptainer", show_default=True,
+@click.option("--runtime", type=click.Choice(["apptainer", "pyxis", "native"]), default="apptainer", show_default=True,
               help="Container runtime on the nodes.")
 @click.option("--mpi", type=click.Choice(["pmix", "pmi2"]), default="pmix", show_default=True,
               help="srun's --mpi plugin.")

@@ -39,10 +39,14 @@ class ContainerOptions:
     init: bool = True
     network_name: str | None = None
     on_warning: object = None         # callable(str) for things the user should know
+    hostname: str | None = None       # default: the container's name
+    aliases: list = field(default_factory=list)    # names the other containers of network_name resolve
+    tmpfs: dict = field(default_factory=dict)      # container path -> mount options
+    labels: dict = field(default_factory=dict)     # besides the role label
 
 
 def container_kwargs(opts: ContainerOptions, role: str) -> dict:
-    kwargs: dict = dict(detach=True, labels={ROLE_LABEL: role}, init=opts.init,
+    kwargs: dict = dict(detach=True, labels={**opts.labels, ROLE_LABEL: role}, init=opts.init,
                         ulimits=[docker.types.Ulimit(name=n, soft=s, hard=h) for n, s, h in ULIMITS],
                         privileged=False)
     if opts.ipc_host:
@@ -72,6 +76,10 @@ def container_kwargs(opts: ContainerOptions, role: str) -> dict:
         kwargs["ports"] = dict(opts.ports)
     if opts.network_name:
         kwargs["network"] = opts.network_name
+    if opts.tmpfs:
+        kwargs["tmpfs"] = dict(opts.tmpfs)
+    if opts.hostname:
+        kwargs["hostname"] = opts.hostname
     return kwargs
 
 
@@ -79,7 +87,10 @@ def start_container(client, image: str, opts: ContainerOptions, role: str, comma
     kwargs = container_kwargs(opts, role)
     kwargs.pop("detach")
     if name:
-        kwargs.update(name=name, hostname=name)
+        kwargs.update(name=name, hostname=opts.hostname or name)
+    if opts.aliases and opts.network_name:
+        kwargs["networking_config"] = {
+            opts.network_name: client.api.create_endpoint_config(aliases=list(opts.aliases))}
     limits = list(kwargs["ulimits"])
     while True:
         try:

@@ -38,7 +38,7 @@ def _clip(text: str) -> str:
     return text if len(text) <= OUTPUT_LIMIT else "..." + text[-OUTPUT_LIMIT:]
 
 
-class _Outcome:
+class Outcome:
     """Makes the CheckResult of one planned check, timed from its start."""
 
     def __init__(self, planned: PlannedCheck):
@@ -50,7 +50,7 @@ class _Outcome:
                            time.monotonic() - self.start, command, _clip(output), "" if ok else reason)
 
 
-def _run_lock_check(host, planned: PlannedCheck, result: _Outcome) -> CheckResult:
+def _run_lock_check(host, planned: PlannedCheck, result: Outcome) -> CheckResult:
     """Lists the packages in the container and compares them with the lock's expectations."""
     chk = planned.check
     expected = json.loads(chk.target)
@@ -67,13 +67,13 @@ def _run_lock_check(host, planned: PlannedCheck, result: _Outcome) -> CheckResul
     return result(True, "compare dpkg-query and dist-info with the lock", f"{counted} pins match")
 
 
-def _run_file_check(host, planned: PlannedCheck, result: _Outcome) -> CheckResult:
+def _run_file_check(host, planned: PlannedCheck, result: Outcome) -> CheckResult:
     target = planned.fill(planned.check.target)
     ok = host.file(target).exists
     return result(ok, f"test -e {target}", "", f"{target} does not exist")
 
 
-def _run_library_check(host, planned: PlannedCheck, result: _Outcome) -> CheckResult:
+def _run_library_check(host, planned: PlannedCheck, result: Outcome) -> CheckResult:
     """The library must load in a non-login and in a login shell."""
     chk = planned.check
     target = planned.fill(chk.target)
@@ -89,7 +89,7 @@ def _run_library_check(host, planned: PlannedCheck, result: _Outcome) -> CheckRe
     return result(True, f"python -c ctypes.CDLL({target!r}) (login and non-login)", "\n".join(outputs))
 
 
-def _run_package_check(host, planned: PlannedCheck, result: _Outcome) -> CheckResult:
+def _run_package_check(host, planned: PlannedCheck, result: Outcome) -> CheckResult:
     """The distribution must be installed, at the locked version when there is one."""
     chk = planned.check
     target = planned.fill(chk.target)
@@ -118,7 +118,7 @@ def _command(planned: PlannedCheck, hosts, env_names) -> str:
     return _shell(target, chk.login, chk.timeout)
 
 
-def _judge_output(planned: PlannedCheck, command: str, out, result: _Outcome) -> CheckResult:
+def judge_output(planned: PlannedCheck, command: str, out, result: Outcome) -> CheckResult:
     """Exit status (a killed check timed out), then `contains` and `matches` on the output."""
     chk = planned.check
     output = out.stdout + out.stderr
@@ -141,12 +141,12 @@ _SPECIAL_KINDS = {LOCK_CHECK_KIND: _run_lock_check, "file": _run_file_check, "li
 
 
 def _run_one(host, container, planned: PlannedCheck, hosts=None, env_names=()) -> CheckResult:
-    result = _Outcome(planned)
+    result = Outcome(planned)
     special = _SPECIAL_KINDS.get(planned.check.kind)
     if special is not None:
         return special(host, planned, result)
     command = _command(planned, hosts, env_names)
-    return _judge_output(planned, command, host.run(command), result)
+    return judge_output(planned, command, host.run(command), result)
 
 
 NO_GPU_REASON = "no NVIDIA container runtime registered in the Docker engine"

@@ -1,5 +1,6 @@
 """The Slurm export: an sbatch script that runs a command, one rank per task, in the stack's
-image through Apptainer or pyxis, started by srun (PMIx/PMI-2) or by the host's mpirun (hybrid).
+image through Apptainer or pyxis, started by srun (PMIx/PMI-2) or by the host's mpirun (hybrid), or
+directly on nodes that run the stack's Slurm node image as their OS (native).
 Pure: checks every option and returns text.
 """
 
@@ -9,7 +10,7 @@ import re
 import shlex
 
 from builder.errors import ExportError
-from builder.names import WORKDIR
+from builder.names import WORKDIR, slurm_node_tag
 from builder.outputs.exports.common import (
     artifact_name,
     command_words,
@@ -23,7 +24,7 @@ from builder.outputs.exports.common import (
 from builder.plan.plan import Plan
 
 SLURM_MPI = ("pmix", "pmi2")
-SLURM_RUNTIMES = ("apptainer", "pyxis")
+SLURM_RUNTIMES = ("apptainer", "pyxis", "native")
 MPI_MODES = ("direct", "hybrid")
 
 _TIME = re.compile(r"^(?:[0-9]{1,3}-)?[0-9]{1,3}:[0-5][0-9]:[0-5][0-9]$")
@@ -54,6 +55,7 @@ def slurm_script(plan: Plan, command, *, nodes: int, gpus_per_node: int, ntasks_
         pmix=(plan.resolved.get("pmix").version.text if plan.resolved.get("pmix") else ""),
         sbatch=sbatch, image_var=image_var, image_assignment=f"{image_var}={image_value}",
         fetch=fetch, file_check=file_check, launch=launch, command=shlex.join(words), workdir=WORKDIR,
+        node_image=slurm_node_tag(plan.resolved.name, plan.content_hash),
     )
 
 
@@ -106,6 +108,8 @@ def _sbatch_options(job_name: str, nodes: int, tasks: int, gpus: int, time_limit
 def _launch(runtime: str, mpi: str, mpi_mode: str, gpus: int, image_var: str) -> str:
     """The line that starts the ranks in the container."""
     mount = f'"$PWD:{WORKDIR}"'
+    if runtime == "native":
+        return f"srun --mpi={mpi}"
     if runtime == "apptainer":
         container = ["apptainer", "exec"] + (["--nv"] if gpus else []) + ["--bind", mount, "--pwd", WORKDIR,
                                                                            f'"${image_var}"']
@@ -121,6 +125,11 @@ def _slurm_image(plan: Plan, runtime: str, registry: str | None, image_file: str
     stack, local = plan.resolved.name, local_ref(plan)
     if image_file is not None and (not image_file or "\n" in image_file or "\x00" in image_file):
         raise ExportError(f"--image-file {image_file!r} is not a path")
+    if runtime == "native":
+        if image_file is not None:
+            raise ExportError("--image-file has no use with --runtime native",
+                              hint="the nodes run the node image itself; there is no image file")
+        return "", "", [], False
     if runtime == "apptainer":
         sif = image_file or artifact_name(plan, ".sif")
         where = "  where the image is (docker engine): "
