@@ -70,6 +70,17 @@ PYLOCK_DIR = f"{BUILD_DIR}/pylock"
 APT_BUILD_FILE = f"{BUILD_DIR}/apt-build.txt"
 APT_RUNTIME_FILE = "/etc/dlenv/apt-runtime.txt"
 CHECKS_DIR = "/tmp/dlenv-checks"  # where verify copies check scripts into a container
+# Where a stack's `files:` may not land: the system, the package database, what dlenv installs.
+# (Copied files are chowned to the runtime user: over these they would hand the system to it.)
+SYSTEM_PATHS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/root",
+                "/run", "/sbin", "/sys", "/usr", "/var/lib/dpkg", "/var/lib/apt", "/var/cache/apt",
+                VENV, LEAF, NVIDIA_PREFIXES, "/opt/openmpi", "/opt/ucx", "/opt/cuda-headers")
+
+
+def is_system_path(dest: str) -> bool:
+    """`dest` is one of SYSTEM_PATHS or lies under one."""
+    dest = "/" + dest.strip("/")
+    return any(dest == p or dest.startswith(p.rstrip("/") + "/") for p in SYSTEM_PATHS if p != "/") or dest == "/"
 
 # --- build context folders (relative to the context) -------------------------------------------
 BUILD_FILES = "dlenv-build"         # copied into the build stage only

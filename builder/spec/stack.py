@@ -8,13 +8,16 @@ here is pure: it reads files and returns values (`StackSpec`, `MergedStack`) or 
 from __future__ import annotations
 
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from builder.errors import SpecError
+from builder.errors import SpecError, shown
+from builder.names import SYSTEM_PATHS, is_system_path
+from builder.spec.projectfiles import ALWAYS_IGNORED
 from builder.spec.schema import (line_for, did_you_mean, parse_requirement, parse_version_spec,
                                  validate_document)
 from builder.spec.yamlload import load_yaml
@@ -136,9 +139,17 @@ def _inside(stack_path: Path, relative: str, line: int | None, where: str, allow
     if folder not in resolved.parents and not (allow_dir and resolved == folder):
         raise SpecError(stack_path, f"{relative!r} leaves the stack's folder (through a symlink)", line=line,
                         field=where)
-    if not (resolved.is_file() or (allow_dir and resolved.is_dir())):
-        raise SpecError(stack_path, f"{relative!r} does not exist", line=line, field=where)
+    if not resolved.exists():
+        raise SpecError(stack_path, f"{shown(relative)} does not exist", line=line, field=where)
+    if not (resolved.is_file() or (allow_dir and resolved.is_dir())) or not _regular_or_dir(resolved):
+        raise SpecError(stack_path, f"{shown(relative)} is not a regular file", line=line, field=where,
+                        hint="name a regular file (not a FIFO, socket or device)")
     return resolved
+
+
+def _regular_or_dir(path: Path) -> bool:
+    mode = path.stat().st_mode
+    return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
 
 
 @dataclass(frozen=True)
@@ -147,6 +158,9 @@ class CopiedFile:
     source: Path        # resolved, inside `root`
     root: Path          # the stack file's folder: ignore patterns and symlink checks are relative to it
     dest: str           # absolute path in the image
+    stack: Path = Path()        # the stack file that names it, its line and field: for messages
+    line: int | None = None
+    where: str = "files"
 
 
 _DEST_RE = re.compile(r"^/[A-Za-z0-9._+@-][A-Za-z0-9._/+@-]*$")
@@ -154,12 +168,21 @@ _DEST_RE = re.compile(r"^/[A-Za-z0-9._+@-][A-Za-z0-9._/+@-]*$")
 
 def _copied_file(stack_path: Path, entry, line: int | None, where: str) -> CopiedFile:
     src, dest = (entry, None) if isinstance(entry, str) else (entry["src"], entry.get("dest"))
+    never = [p for p in Path(src).parts if p in ALWAYS_IGNORED]
+    if never:
+        raise SpecError(stack_path, f"{shown(src)}: {never[0]} is never copied into an image", line=line,
+                        field=where, hint=f"dlenv always leaves out {', '.join(ALWAYS_IGNORED)}; drop the entry")
     source = _inside(stack_path, src, line, where, allow_dir=True)
     if dest is None:
         dest = "/workspace/" + Path(src).as_posix().strip("/")
-    if not _DEST_RE.match(dest) or "/../" in dest + "/" or "//" in dest:
-        raise SpecError(stack_path, f"destination {dest!r} must be a plain absolute path", line=line, field=where)
-    return CopiedFile(source=source, root=stack_path.parent.resolve(), dest=dest)
+    if not _DEST_RE.match(dest) or "/../" in dest + "/" or "//" in dest or "/./" in dest + "/":
+        raise SpecError(stack_path, f"destination {shown(dest)} must be a plain absolute path", line=line,
+                        field=where)
+    if is_system_path(dest):
+        raise SpecError(stack_path, f"destination {shown(dest)} is a system path", line=line, field=where,
+                        hint=f"copy into /workspace, /home/dlenv or /opt/<name>; never under {', '.join(SYSTEM_PATHS[1:8])}, ...")
+    return CopiedFile(source=source, root=stack_path.parent.resolve(), dest=dest, stack=stack_path, line=line,
+                      where=where)
 
 
 def looks_like_path(ref: str) -> bool:
