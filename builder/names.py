@@ -25,6 +25,20 @@ PACKAGES_LABEL = f"{LABEL_PREFIX}.base-packages-sha256"
 ROLE_LABEL = f"{LABEL_PREFIX}.role"                        # on containers dlenv starts: lock, verify, shell, ...
 K8S_LABEL_PREFIX = f"{LABEL_PREFIX}/"                      # Kubernetes label keys use a slash
 
+# --- environment variables the build controls ------------------------------------------------
+# A stack's `env:` may not set these: dlenv's own (DLENV_*), the ones Docker passes to every build
+# (proxies, either case) and the reproducible-build clock. The ARGs of the Dockerfile template are
+# refused as well, read from the rendered Dockerfile itself (plan/render.py), so a new ARG is
+# covered without a second list.
+DLENV_ENV_PREFIX = "DLENV_"
+BUILD_CONTROLLED_ENV = ("SOURCE_DATE_EPOCH", "HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")
+PATH_REFERENCES = ("${PATH}", "$PATH")      # how `env: {PATH: ...}` names the image's own PATH
+
+
+def is_build_controlled(name: str) -> bool:
+    return name.upper().startswith(DLENV_ENV_PREFIX) or name.upper() in BUILD_CONTROLLED_ENV
+
+
 # --- images ----------------------------------------------------------------------------------
 REPO_PREFIX = "dlenv/"
 BASE_REPO = f"{REPO_PREFIX}base"

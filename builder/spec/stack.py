@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from builder.errors import SpecError, shown
-from builder.names import SYSTEM_PATHS, is_system_path
+from builder.names import PATH_REFERENCES, SYSTEM_PATHS, is_build_controlled, is_system_path
 from builder.spec.projectfiles import ALWAYS_IGNORED
 from builder.spec.schema import (line_for, did_you_mean, parse_requirement, parse_version_spec,
                                  validate_document)
@@ -29,9 +29,28 @@ DEFAULT_BASE = {"bootstrap": {"suite": "bookworm", "variant": "minbase"}}
 # --- values that reach shell lines: validated here, quoted again at render time ---------------
 
 
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def _check_env_value(value: str, path: Path, line: int | None, where: str) -> None:
     if any(ch in value for ch in "\n\r\x00"):
         raise SpecError(path, "environment values must be a single line", line=line, field=where)
+    if _CONTROL.search(value):
+        raise SpecError(path, f"{shown(value, 60)} holds a control character", line=line, field=where,
+                        hint="write the text without escape sequences")
+
+
+_PATH_VALUE = re.compile(r"[^$]*(?:" + "|".join(re.escape(r) for r in PATH_REFERENCES) + r")(?![A-Za-z0-9_])[^$]*")
+
+
+def _check_env_name(name: str, value: str, path: Path, line: int | None) -> None:
+    if is_build_controlled(name):
+        raise SpecError(path, "is set by dlenv or Docker at build time; a stack cannot set it", line=line,
+                        field=f"env.{name}", hint="pick another name")
+    if name == "PATH" and not _PATH_VALUE.fullmatch(value):
+        raise SpecError(path, f"{shown(value, 80)} must name the image's PATH once, as $PATH", line=line,
+                        field="env.PATH", hint='write e.g. "/opt/tool/bin:$PATH" (prepend) or "$PATH:/opt/tool/bin" '
+                        "(append); replacing PATH would drop the venv and the components")
 
 
 # --- stack files -----------------------------------------------------------------------------
@@ -109,6 +128,7 @@ def load_stack_file(path: Path) -> StackSpec:
         parse_requirement(text, path, lines.get(("python_packages", i)), f"python_packages[{i}]")
     for key, value in data.get("env", {}).items():
         _check_env_value(value, path, lines.get(("env", key)), f"env.{key}")
+        _check_env_name(key, value, path, lines.get(("env", key)))
     if "description" in data:
         _check_env_value(data["description"], path, lines.get(("description",)), "description")
     checks = tuple(Check.from_dict(c, path, path.parent, line=lines.get(("checks", i)), field=f"checks[{i}]")
