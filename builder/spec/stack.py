@@ -242,6 +242,15 @@ def catalog_stack_names(stacks_dir: Path) -> list[str]:
     return sorted(p.stem for p in Path(stacks_dir).glob("*.yaml"))
 
 
+def _refuse_catalog_name(spec: StackSpec, stacks_dir: Path) -> None:
+    """A stack outside the catalog named like a catalog stack would build over its images."""
+    if spec.path.resolve().parent == Path(stacks_dir).resolve():
+        return
+    if spec.name in catalog_stack_names(stacks_dir):
+        raise SpecError(spec.path, f"{spec.name!r} is a catalog stack; give the project its own name",
+                        line=spec.line("name"), field="name", hint=f"e.g. name: my-{spec.name}")
+
+
 def load_chain(ref: str, stacks_dir: Path) -> list[StackSpec]:
     """The stack and its parents, root first. Detects cycles and missing parents."""
     chain: list[StackSpec] = []
@@ -254,6 +263,8 @@ def load_chain(ref: str, stacks_dir: Path) -> list[StackSpec]:
             raise SpecError(chain[-1].path, f"extends cycle: {cycle}", line=chain[-1].line("extends"),
                             field="extends")
         spec = load_stack_file(path)
+        if not chain:
+            _refuse_catalog_name(spec, stacks_dir)
         seen[real] = spec.name
         chain.append(spec)
         if len(chain) > 32:
