@@ -101,8 +101,9 @@ def load_yaml(path: Path, *, limit: int = MAX_BYTES, what: str = "a stack file")
 def parse_yaml_text(text: str, path) -> tuple[Any, LineMap]:
     """Plain data and the line of every field, from YAML text, within the limits above: anything
     the parser can raise becomes one SpecError naming `path`."""
-    loader = _Loader(text, path)
+    loader = None
     try:
+        loader = _Loader(text, path)      # the reader already refuses some characters here
         node = loader.get_single_node()
         lines: LineMap = {}
         data = _construct(node, loader, path, (), lines, [0])
@@ -116,7 +117,8 @@ def parse_yaml_text(text: str, path) -> tuple[Any, LineMap]:
         raise SpecError(path, f"cannot be read as YAML ({type(exc).__name__})",
                         hint="a stack file is a short, plain YAML document") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, lines
 
 
