@@ -5,7 +5,7 @@ hang; a hostile file in a project folder must never make `render` hang or crash.
 
 Only `builder.cli.main` is imported (the package's modules are being moved). Commands that could
 hang or eat memory run `dlenv` as a subprocess with a timeout and an address-space limit.
-Fixtures: tests/pending/fixtures-hostile/."""
+Fixtures: tests/fixtures/hostile/."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import pytest
 import yaml
 from dlenv_unit import ROOT
 
-HOSTILE = ROOT / "tests" / "pending" / "fixtures-hostile"
+HOSTILE = ROOT / "tests" / "fixtures" / "hostile"
 TERMINAL_CASES = yaml.safe_load((HOSTILE / "terminal" / "cases.yaml").read_text())
 PYTHON_LOCK = ROOT / "stacks" / "python.lock"
 
