@@ -6,6 +6,43 @@ the CLI prints or exits.
 
 from __future__ import annotations
 
+import re
+
+# What must never reach a terminal raw: C0 controls, DEL, C1 (U+009B is a one-character CSI), the
+# Unicode line/paragraph separators, bidi and zero-width format characters, BOM, lone surrogates
+# (undecodable bytes of a file name).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e"
+                     "\u2060-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff]")
+_SPACE = re.compile(r"[ \t\n]+")
+MAX_LINE = 1800
+
+
+def _escape_char(match) -> str:
+    c = match.group()
+    special = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    if c in special:
+        return special[c]
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+
+def printable(text) -> str:
+    """`text` with every control or format character written as its escape (ESC -> `\\x1b`, a
+    newline -> `\\n`): user text shown this way can neither move the cursor nor start a line."""
+    return _UNSAFE.sub(_escape_char, str(text))
+
+
+def shown(value, limit: int = 120) -> str:
+    """A user value for a message: quoted like repr, escaped, cut to `limit` characters."""
+    text = printable(value if isinstance(value, str) else repr(value))
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"'{text}'" if isinstance(value, str) else text
+
+
+def one_line(text: str) -> str:
+    """dlenv's own multi-line wording joined into one line, then anything left escaped and capped."""
+    text = printable(_SPACE.sub(" ", str(text)).strip())
+    return text if len(text) <= MAX_LINE else text[: MAX_LINE - 3] + "..."
+
 
 class DlenvError(Exception):
     """Base of every error a user can cause or fix."""
@@ -18,10 +55,8 @@ class DlenvError(Exception):
         self.hint = hint
 
     def one_line(self) -> str:
-        text = " ".join(self.message.split())
-        if self.hint:
-            text += f" ({' '.join(self.hint.split())})"
-        return text
+        text = self.message + (f" ({self.hint})" if self.hint else "")
+        return one_line(text)
 
 
 class SpecError(DlenvError):
@@ -32,8 +67,8 @@ class SpecError(DlenvError):
         self.path = str(path)
         self.line = line
         self.field = field
-        where = self.path + (f":{line}" if line else "")
-        what = f"{field}: " if field else ""
+        where = printable(self.path) + (f":{line}" if line else "")
+        what = f"{printable(field)}: " if field else ""
         super().__init__(f"{where}: {what}{message}", hint=hint)
 
 

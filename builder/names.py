@@ -29,6 +29,20 @@ SLURM_CLUSTER_LABEL = f"{LABEL_PREFIX}.slurm-cluster"      # on a Slurm cluster'
 SLURM_NODE_LABEL = f"{LABEL_PREFIX}.slurm-node"            # on a Slurm node image: the hash of what made it
 SLURM_VERSION_LABEL = f"{LABEL_PREFIX}.slurm-version"      # on a Slurm node image: Debian's slurmd version
 
+# --- environment variables the build controls ------------------------------------------------
+# A stack's `env:` may not set these: dlenv's own (DLENV_*), the ones Docker passes to every build
+# (proxies, either case) and the reproducible-build clock. The ARGs of the Dockerfile template are
+# refused as well, read from the rendered Dockerfile itself (plan/render.py), so a new ARG is
+# covered without a second list.
+DLENV_ENV_PREFIX = "DLENV_"
+BUILD_CONTROLLED_ENV = ("SOURCE_DATE_EPOCH", "HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")
+PATH_REFERENCES = ("${PATH}", "$PATH")      # how `env: {PATH: ...}` names the image's own PATH
+
+
+def is_build_controlled(name: str) -> bool:
+    return name.upper().startswith(DLENV_ENV_PREFIX) or name.upper() in BUILD_CONTROLLED_ENV
+
+
 # --- images ----------------------------------------------------------------------------------
 REPO_PREFIX = "dlenv/"
 BASE_REPO = f"{REPO_PREFIX}base"
@@ -81,6 +95,17 @@ PYLOCK_DIR = f"{BUILD_DIR}/pylock"
 APT_BUILD_FILE = f"{BUILD_DIR}/apt-build.txt"
 APT_RUNTIME_FILE = "/etc/dlenv/apt-runtime.txt"
 CHECKS_DIR = "/tmp/dlenv-checks"  # where verify copies check scripts into a container
+# Where a stack's `files:` may not land: the system, the package database, what dlenv installs.
+# (Copied files are chowned to the runtime user: over these they would hand the system to it.)
+SYSTEM_PATHS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/root",
+                "/run", "/sbin", "/sys", "/usr", "/var/lib/dpkg", "/var/lib/apt", "/var/cache/apt",
+                VENV, LEAF, NVIDIA_PREFIXES, "/opt/openmpi", "/opt/ucx", "/opt/cuda-headers")
+
+
+def is_system_path(dest: str) -> bool:
+    """`dest` is one of SYSTEM_PATHS or lies under one."""
+    dest = "/" + dest.strip("/")
+    return any(dest == p or dest.startswith(p.rstrip("/") + "/") for p in SYSTEM_PATHS if p != "/") or dest == "/"
 
 # --- Slurm clusters of node images (dlenv slurm, verify --slurm) -------------------------------
 SLURM_ROLES = ("slurm-controller", "slurm-node")    # ROLE_LABEL values of a cluster's containers

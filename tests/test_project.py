@@ -32,7 +32,7 @@ def project(tmp_path, monkeypatch):
     write(tmp_path / "run.sh", "#!/bin/sh\necho run\n").chmod(0o755)
     write(tmp_path / ".dlenvignore", "# not in the image\n*.tmp\ndata\n")
     write(tmp_path / "dlenv.yaml", "schema: 1\nname: proj\nextends: python\n"
-                                   "files:\n  - src\n  - {src: run.sh, dest: /usr/local/bin/run.sh}\n")
+                                   "files:\n  - src\n  - {src: run.sh, dest: /opt/tools/run.sh}\n")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -45,7 +45,7 @@ def test_default_stack_is_the_project_file(project):
         "dlenv-files/0/train.py", "dlenv-files/1/run.sh"])
     assert p.context.modes["dlenv-files/1/run.sh"] == 0o755
     assert "COPY --chown=1000:1000 dlenv-files/0/ /workspace/src/" in p.context.dockerfile
-    assert "COPY --chown=1000:1000 dlenv-files/1/run.sh /usr/local/bin/run.sh" in p.context.dockerfile
+    assert "COPY --chown=1000:1000 dlenv-files/1/run.sh /opt/tools/run.sh" in p.context.dockerfile
     result = CliRunner().invoke(main, ["show", "--json"], env=ENV)
     assert result.exit_code == 0 and json.loads(result.output)["stack"] == "proj"
 

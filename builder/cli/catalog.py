@@ -6,12 +6,13 @@ import json
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from builder import paths
 from builder.cli.common import ENGINES, Ctx, plan_of
 from builder.engine import dockerapi as engine
 from builder.engine.images import promoted_image
-from builder.errors import DlenvError
+from builder.errors import DlenvError, printable
 from builder.outputs.catalog_table import catalog_markdown
 from builder.plan.buildkit_variant import variant
 from builder.spec.stack import catalog_stack_names
@@ -48,7 +49,7 @@ def list_cmd(ctx: Ctx, as_json, markdown):
     for r in rows:
         keys = [f"{k} {v}" for k, v in r["versions"].items() if k in ("python", "chainer", "cupy", "cuda", "openmpi", "mpi4py")]
         built = {True: "yes", False: "no", None: "?"}[r["built"]]
-        table.add_row(r["stack"], r["extends"], ", ".join(keys), r["lock"], r["hash"], built)
+        table.add_row(*(Text(printable(v)) for v in (r["stack"], r["extends"], ", ".join(keys), r["lock"], r["hash"], built)))
     ctx.console.print(table)
 
 
@@ -71,20 +72,22 @@ def show(ctx: Ctx, stack, as_json):
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    ctx.console.print(f"[bold]{data['stack']}[/bold]  {data['image']}")
-    ctx.console.print(f"content hash {data['content_hash']}")
+    # User text (paths, a lock's stack name, why it is stale) goes out as Text: never read as markup.
+    ctx.console.print(Text.assemble((data["stack"], "bold"), f"  {data['image']}"))
+    ctx.console.print(f"content hash {data['content_hash']}", markup=False)
     lk = data["lock"]
+    lock_file = printable(lk["file"])
     if lk["state"] == "locked":
-        ctx.console.print(f"lock {lk['file']}: {lk['debian']} Debian packages, {lk['python']} Python packages, "
-                          f"{lk['sources']} source package(s)")
+        ctx.console.print(f"lock {lock_file}: {lk['debian']} Debian packages, {lk['python']} Python packages, "
+                          f"{lk['sources']} source package(s)", markup=False)
     elif lk["state"] == "stale":
-        ctx.console.print(f"[yellow]lock {lk['file']} is stale ({lk['stale_because']}): `dlenv lock` or "
-                          "`dlenv build --relock`[/yellow]")
+        ctx.console.print(Text(f"lock {lock_file} is stale ({printable(lk['stale_because'])}): `dlenv lock` or "
+                               "`dlenv build --relock`", style="yellow"))
     else:
-        ctx.console.print(f"[yellow]no lock ({lk['file']}): `dlenv build` writes one, or run `dlenv lock`[/yellow]")
+        ctx.console.print(Text(f"no lock ({lock_file}): `dlenv build` writes one, or run `dlenv lock`", style="yellow"))
     table = Table("component", "version", "layer group", "why")
     for c in data["components"]:
-        table.add_row(c["name"], c["version"], c["group"], c["reason"])
+        table.add_row(*(Text(printable(c[k])) for k in ("name", "version", "group", "reason")))
     ctx.console.print(table)
 
 

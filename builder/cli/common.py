@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from builder.engine.images import promoted_image
-from builder.errors import BuildError, EngineError, VerifyError
+from builder.errors import BuildError, EngineError, VerifyError, one_line, printable
 from builder.pipeline import build as build_mod
 from builder.plan.plan import Plan, plan
 from builder.run.driver import check_host_driver
@@ -45,7 +45,12 @@ class Ctx:
 
     def info(self, msg: str) -> None:
         if not self.quiet:
-            self.err.print(msg, markup=False)
+            self.err.print(escaped_lines(msg), markup=False)
+
+
+def escaped_lines(text: str) -> str:
+    """Text for the terminal: its lines kept, every control character in them escaped."""
+    return "\n".join(printable(line) for line in str(text).split("\n"))
 
 
 def fail(ctx: Ctx, exc) -> None:
@@ -54,17 +59,17 @@ def fail(ctx: Ctx, exc) -> None:
         if exc.log_tail:
             ctx.err.print(Text(f"last {len(exc.log_tail)} log lines:", style="dim"))
             for line in exc.log_tail:
-                ctx.err.print(Text("  " + line, style="dim"))
+                ctx.err.print(Text("  " + printable(line), style="dim"))
         if exc.log_path:
-            ctx.err.print(Text(f"full build log: {exc.log_path}", style="dim"))
+            ctx.err.print(Text(f"full build log: {printable(exc.log_path)}", style="dim"))
     if isinstance(exc, VerifyError) and exc.report is not None:
         for r in exc.report.results:
             if r.status == "failed":
-                ctx.err.print(Text(f"  FAILED {r.name}: {r.reason}", style="red"))
+                ctx.err.print(Text(one_line(f"  FAILED {r.name}: {r.reason}"), style="red"))
                 if r.command:
-                    ctx.err.print(Text(f"    $ {r.command}", style="dim"))
+                    ctx.err.print(Text(f"    $ {one_line(r.command)}", style="dim"))
                 for line in r.output.splitlines()[-15:]:
-                    ctx.err.print(Text(f"    {line}", style="dim"))
+                    ctx.err.print(Text(f"    {printable(line)}", style="dim"))
 
 
 def plan_of(ref: str) -> Plan:
@@ -128,4 +133,4 @@ _WARNED: set = set()
 def warn_once(message: str) -> None:
     if message not in _WARNED:
         _WARNED.add(message)
-        click.echo(f"dlenv: warning: {message}", err=True)
+        click.echo(f"dlenv: warning: {one_line(message)}", err=True)

@@ -6,18 +6,20 @@ import os
 import sys
 from pathlib import Path
 
+import tempfile
+
 import click
-import yaml
 
 from builder import paths
 from builder.cli.common import Ctx
 from builder.engine import dockerapi as engine
 from builder.engine.gc import apply_gc, list_images, plan_gc
-from builder.errors import SpecError
-from builder.fileio import write_text_atomic
-from builder.spec.schema import validate_document
-from builder.spec.stack import find_stack
-from builder.spec.starter import detect, init_text, target_path
+from builder.errors import SpecError, shown
+from builder.plan.plan import plan
+from builder.spec.stack import catalog_stack_names, find_stack, load_chain
+from builder.spec.starter import NAME, detect, init_text, target_path
+
+REPORT_LINES = 10      # "not taken" lines init prints; the rest are counted
 
 
 @click.command()
@@ -57,19 +59,54 @@ def init_cmd(ctx: Ctx, parent, name, no_detect, yes, force):
     target = target_path(folder)
     if target.exists() and not force:
         raise SpecError(target, "already exists", hint="pass --force to replace it")
-    find_stack(parent, paths.stacks_dir(), relative_to=folder)  # refuse an unknown parent now
+    _check_name(name)
+    load_chain(str(find_stack(parent, paths.stacks_dir(), relative_to=folder)), paths.stacks_dir())  # a real stack
     take = not no_detect
     found = detect(folder) if take else []
     if take and any(d.packages for d in found) and not yes and sys.stdin.isatty():
         summary = ", ".join(f"{len(d.packages)} from {d.source}" for d in found if d.packages)
         take = click.confirm(f"Take over Python requirements ({summary})?", default=True, err=True)
     text, found = init_text(folder, parent, take_over=take, name=name)
-    if name is not None:
-        validate_document(yaml.safe_load(text), {}, target, "stack")
-    write_text_atomic(target, text)
+    _write_checked(target, text)
+    _report(ctx, found)
+    click.echo(f"wrote {target}; next: dlenv build")
+
+
+def _check_name(name: str | None) -> None:
+    if name is None:
+        return
+    if not NAME.match(name):
+        raise SpecError("--name", f"{shown(name, 80)} is not a stack name",
+                        hint="use lowercase letters, digits and '-', up to 63 characters, e.g. my-project")
+    if name in catalog_stack_names(paths.stacks_dir()):
+        raise SpecError("--name", f"{name!r} is a catalog stack; give the project its own name",
+                        hint=f"e.g. my-{name}")
+
+
+def _write_checked(target: Path, text: str) -> None:
+    """Write the starter only once it loads and plans like any stack: through a temporary file in the
+    same folder (so `extends:` resolves the same way), renamed over the target; on error nothing stays."""
+    fd, tmp = tempfile.mkstemp(prefix=".dlenv-init-", suffix=".yaml", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        try:
+            plan(tmp)
+        except SpecError as exc:
+            raise SpecError(target, f"the generated stack would not load: {exc.message.split(': ', 1)[-1]}",
+                            hint="pass --no-detect, or fix the entry it names") from None
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _report(ctx: Ctx, found: list) -> None:
+    """What was taken over and, bounded, what was not: a few examples and a count per file."""
     for d in found:
         if d.packages:
             ctx.info(f"took over {len(d.packages)} package(s) from {d.source}")
-        for entry, why in d.skipped:
-            ctx.info(f"not taken from {d.source}: {entry} ({why})")
-    click.echo(f"wrote {target}; next: dlenv build")
+        for entry, why in d.skipped[:REPORT_LINES]:
+            ctx.info(f"not taken from {d.source}: {shown(entry, 80)[1:-1] if isinstance(entry, str) else entry} ({why})")
+        if len(d.skipped) > REPORT_LINES:
+            ctx.info(f"... and {len(d.skipped) - REPORT_LINES} more entries of {d.source} not taken")

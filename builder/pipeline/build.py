@@ -20,9 +20,9 @@ from builder.engine import dockerapi as engine
 from builder.engine import registry as registry_mod
 from builder.engine.context import write_context
 from builder.engine.images import promoted_image
-from builder.errors import EngineError, LockError, VerifyError
+from builder.errors import BuildError, EngineError, LockError, VerifyError, shown
 from builder.fileio import write_text_atomic
-from builder.names import TAG_CHARS
+from builder.names import HASH_LABEL, TAG_CHARS
 from builder.pipeline import locker
 from builder.plan import buildkit_variant
 from builder.plan.lockfile import dump
@@ -156,7 +156,20 @@ def _verify_candidate(client, p: Plan, on_check) -> Report:
     return report
 
 
+def _check_candidate_label(client, p: Plan, image_id: str) -> None:
+    """Promotion trusts the hash dlenv computed, not a label the build could have set: a candidate
+    whose content-hash label is not `p.content_hash` (an ENV or a RUN of the stack overrode it) is
+    never tagged."""
+    attrs = engine.image_attrs(client, image_id) or {}
+    got = engine.image_labels(attrs).get(HASH_LABEL)
+    if got != p.content_hash:
+        raise BuildError(f"{p.candidate_tag} carries {HASH_LABEL}={shown(got, 80)}, not the computed "
+                         f"{p.content_hash[:TAG_CHARS]}; it was not promoted",
+                         hint=f"the stack must not set the label or DLENV_* variables; check {p.resolved.merged.path}")
+
+
 def _promote(client, p: Plan, image_id: str) -> None:
+    _check_candidate_label(client, p, image_id)
     engine.tag(client, image_id, p.hash_tag)
     engine.tag(client, image_id, p.latest_tag)
     engine.untag(client, p.candidate_tag)

@@ -23,7 +23,7 @@ from builder.names import (APT_RUNTIME_FILE, BUILD_FILES, CA_BUNDLE_TARGET, COPI
 from builder.plan.lockfile import Lock
 from builder.plan.pins import DEFAULT_EPOCH, LEAF_STEP, constraint_lines, pip_steps
 from builder.plan.render import (BuildContext, context_files, copy_lines, jinja_environment, image_labels, leaf_install,
-                                 locked_sources, profile_text, render_dockerfile, run_commands, runtime_environment)
+                                 locked_sources, profile_text, refuse_build_args_in_env, render_dockerfile, run_commands, runtime_environment)
 from builder.plan.resolve import ResolvedStack
 from builder.spec import projectfiles
 from builder.spec.stack import MergedStack, StackSpec
@@ -115,6 +115,8 @@ def render_layered(resolved: ResolvedStack, parent: Parent, lock: Lock | None = 
         "run_commands": run_commands(own.run), "copies": copy_lines(copy_blocks),
     }
     dockerfile = render_dockerfile(env, context, template="Dockerfile.layered.j2")
+    # Every ARG of the template, also those of a build stage this stack does not need (yet).
+    refuse_build_args_in_env(resolved, dockerfile + env.loader.get_source(env, "Dockerfile.layered.j2")[0])
     constraints = "".join(f"{req}\n" for req in constraint_lines(resolved))
     files, modes = context_files(constraints, profile_text(path, runtime_env), "", lock, pylock_files, copy_blocks)
     files.pop(f"{RUNTIME_FILES}/ld.so.conf", None)     # the parent's loader configuration stays as it is

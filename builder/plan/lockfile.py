@@ -27,11 +27,11 @@ from pathlib import Path
 
 import yaml
 
-from builder.errors import LockError
-from builder.errors import SpecError
-from builder.spec.yamlload import load_yaml
+from builder.errors import LockError, SpecError, printable, shown
+from builder.spec.yamlload import decode_yaml_bytes, is_blank, parse_yaml_text, read_limited
 
 LOCK_FORMAT = 1
+MAX_LOCK_BYTES = 8_000_000       # the all-in-one lock is 31 kB
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DEB_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
@@ -72,8 +72,9 @@ def explain_stale(old: dict, new: dict) -> str:
                     words = [f"+{v}" for v in added] + [f"-{v}" for v in removed]
                     parts.append(f"{where} {' '.join(words) or 'reordered'}")
                 elif isinstance(x, dict) and isinstance(y, dict) and "requirements" in (x.keys() | y.keys()):
-                    added = [v for v in y.get("requirements", []) if v not in x.get("requirements", [])]
-                    removed = [v for v in x.get("requirements", []) if v not in y.get("requirements", [])]
+                    old_req, new_req = _listed(x.get("requirements")), _listed(y.get("requirements"))
+                    added = [v for v in new_req if v not in old_req]
+                    removed = [v for v in old_req if v not in new_req]
                     words = [f"+{v}" for v in added] + [f"-{v}" for v in removed]
                     parts.append(f"{where} {' '.join(words) or 'options changed'}")
                 elif x is None:
@@ -86,8 +87,15 @@ def explain_stale(old: dict, new: dict) -> str:
                     parts.append(f"{where} changed")
         else:
             parts.append(f"{key} changed")
-    text = "; ".join(parts)
+    text = printable("; ".join(parts))
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _listed(value) -> list:
+    """A requirements list as recorded; anything else (damaged or hand-edited) counts as one value."""
+    if isinstance(value, list):
+        return value
+    return [] if value is None else [value]
 
 
 # --- the lock itself ------------------------------------------------------------------------
@@ -180,7 +188,7 @@ def dump(lock: Lock) -> str:
 
 def _need(cond: bool, path: Path, fieldname: str, message: str):
     if not cond:
-        raise LockError(f"{path}: {fieldname}: {message}",
+        raise LockError(f"{printable(path)}: {printable(fieldname)[:200]}: {message}",
                         hint="the lock file is damaged or was edited; run `dlenv lock` to write it again")
 
 
@@ -189,7 +197,7 @@ def _pins(value, path: Path, fieldname: str) -> dict:
     for name, version in value.items():
         _need(isinstance(name, str) and bool(_DEB_NAME.match(name)), path, f"{fieldname}.{name}", "not a Debian package name")
         _need(isinstance(version, str) and bool(_DEB_VERSION.match(version)), path, f"{fieldname}.{name}",
-              f"{version!r} is not a Debian version")
+              f"{shown(version, 80)} is not a Debian version")
     return dict(value)
 
 
@@ -204,34 +212,60 @@ def _parent(value, path: Path) -> dict:
     return {"stack": value["stack"], "content_hash": value["content_hash"], "lock": value["lock"]}
 
 
-_SLOW = object()
+_PLAIN = (str, int, float, bool, type(None))
 
 
-def _fast_load(path: Path):
-    """Locks are large and machine-written: libyaml reads them ten times faster than the line-aware
-    loader. Anything unusual (anchors or aliases, which a lock never has, bad UTF-8, a parse error)
-    goes to the careful loader, which refuses alias bombs and names the line."""
+def _plain_problem(value, where: str = "", depth: int = 0) -> tuple[str, str] | None:
+    """Where the document holds something a lock never does (a date, bytes, a set, a non-string key,
+    nesting deeper than any lock), or None: a lock is JSON-shaped data, hashed as JSON."""
+    if depth > 32:
+        return where, "nested deeper than a lock ever is"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return where or "(top)", f"key {shown(key, 40)} is not a string"
+            problem = _plain_problem(item, f"{where}.{key}" if where else key, depth + 1)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            problem = _plain_problem(item, f"{where}[{i}]", depth + 1)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, _PLAIN):
+        return None
+    return where or "(top)", f"{type(value).__name__} values are not allowed in a lock"
+
+
+def _read(path: Path):
+    """The lock's data. Locks are machine-written: libyaml reads them ten times faster than the
+    line-aware loader, which takes anything unusual (anchors or aliases, which a lock never has, a
+    parse error) and names the line. Size and file type are checked before anything is read."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return _SLOW
-    if "&" in text or "*" in text or not hasattr(yaml, "CSafeLoader"):
-        return _SLOW
-    try:
-        return yaml.load(text, Loader=yaml.CSafeLoader)  # noqa: S506 - the C *safe* loader
-    except yaml.YAMLError:
-        return _SLOW
+        text = decode_yaml_bytes(read_limited(path, MAX_LOCK_BYTES, "a lock"), path)
+        if is_blank(text):
+            raise SpecError(path, "file is empty")
+        if "&" not in text and "*" not in text and hasattr(yaml, "CSafeLoader"):
+            try:
+                data = yaml.load(text, Loader=yaml.CSafeLoader)  # noqa: S506 - the C *safe* loader
+            except (yaml.YAMLError, RecursionError, ValueError, OverflowError, MemoryError):
+                data, _ = parse_yaml_text(text, path)
+        else:
+            data, _ = parse_yaml_text(text, path)
+    except SpecError as exc:
+        raise LockError(exc.message, hint="run `dlenv lock` to write it again") from None
+    problem = _plain_problem(data)
+    if problem:
+        _need(False, path, *problem)
+    return data
 
 
 def load(path: Path) -> Lock:
     """Read and validate a lock file; every problem is one line naming the file and the field."""
     path = Path(path)
-    data = _fast_load(path)
-    if data is _SLOW:
-        try:
-            data, _ = load_yaml(path)
-        except SpecError as exc:
-            raise LockError(exc.message, hint="run `dlenv lock` to write it again") from None
+    data = _read(path)
     _need(isinstance(data, dict), path, "(top)", "must be a mapping")
     _need(data.get("lock") == LOCK_FORMAT, path, "lock", f"format {data.get('lock')!r} is not {LOCK_FORMAT}")
     for key in ("stack", "inputs", "platform", "base", "apt", "sources", "python"):

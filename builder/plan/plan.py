@@ -7,11 +7,12 @@ Pure apart from reading the stack, catalog and lock files.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder import names, paths
-from builder.errors import LockError
+from builder.errors import LockError, shown
 from builder.plan.catalog import Catalog
 from builder.plan.lockfile import Lock, digest, explain_stale, lock_path
 from builder.plan.lockfile import load as load_lock
@@ -70,12 +71,12 @@ def lock_status(resolved: ResolvedStack, parent: Parent | None = None) -> tuple[
     """(lock, state, why stale) of a resolved stack: its lock file is read when it exists. A stack built
     on its parent's image is stale as soon as the parent's content hash moved."""
     path = lock_path(resolved.merged.path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None, "missing", ""
     lock = load_lock(path)
     inputs = lock_inputs(resolved) if parent is None else layered_inputs(resolved, parent)
     if lock.stack != resolved.name:
-        return lock, "stale", f"it locks stack {lock.stack!r}, not {resolved.name!r}"
+        return lock, "stale", f"it locks stack {shown(lock.stack, 80)}, not {resolved.name!r}"
     if parent is not None and parent_changed(lock, parent):
         return lock, "stale", parent_changed(lock, parent)
     if digest(inputs) != lock.inputs_digest:

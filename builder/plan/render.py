@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 
@@ -18,15 +19,15 @@ import jinja2
 from builder import __version__, paths
 from builder.spec import projectfiles as projectfiles
 from builder.plan.catalog import GROUPS
-from builder.errors import RenderError
+from builder.errors import RenderError, SpecError
 from builder.plan.lockfile import Lock
 from builder.plan.pins import (DEFAULT_EPOCH, LEAF_STEP, base_identity, base_recipe, base_ref, constraint_lines,
                                 debian_sources, pip_requirements)
 from builder.plan.resolve import ResolvedStack
 from builder.names import (APT_BUILD_FILE, APT_RUNTIME_FILE, BASE_LABEL, BUILD_FILES, COMPONENT_LABEL, COMPONENTS_LABEL,
                            COPIED_FILES, LABEL_PREFIX, LEAF, LOCK_LABEL, PYLOCK_DIR, RUNTIME_FILES, RUNTIME_HOME,
-                           RUNTIME_UID, RUNTIME_USER, SOURCE_LABEL, STACK_LABEL, VENV, VERSION_LABEL, WORKDIR,
-                           image_repo)
+                           PATH_REFERENCES, RUNTIME_UID, RUNTIME_USER, SOURCE_LABEL, STACK_LABEL, VENV, VERSION_LABEL,
+                           WORKDIR, image_repo)
 
 
 def dockerfile_string(value: str) -> str:
@@ -142,17 +143,30 @@ def leaf_install(resolved: ResolvedStack, lock: Lock | None, pylock_files: dict)
 
 
 def runtime_environment(resolved: ResolvedStack, has_leaf: bool) -> tuple[dict, str]:
-    """(ENV of the runtime stage, PATH): the leaf prefix goes first on PYTHONPATH and PATH."""
+    """(ENV of the runtime stage, PATH): the leaf prefix goes first on PYTHONPATH and PATH, then a
+    stack's own PATH entries wrap the result."""
     runtime_env, path = resolved.env, resolved.path
     if not has_leaf:
-        return runtime_env, path
+        return own_path(runtime_env, path)
     python = resolved.get("python")
     if python is None:
         raise RenderError(f"stack {resolved.name!r} has python_packages but no python component")
     # The stack's own packages live in their own prefix: changing them re-copies only this small
     # layer into the runtime stage, never the venv with the components' packages.
     leaf_site = f"{LEAF}/lib/python{python.version.text}/site-packages"
-    return dict(sorted({**runtime_env, "PYTHONPATH": leaf_site}.items())), f"{LEAF}/bin:{path}"
+    return own_path(dict(sorted({**runtime_env, "PYTHONPATH": leaf_site}.items())), f"{LEAF}/bin:{path}")
+
+
+def own_path(env: dict, path: str) -> tuple[dict, str]:
+    """A stack's `env: {PATH: "/opt/x:$PATH"}` extends the image's PATH (spec checked it names $PATH
+    once); every other variable is set as written."""
+    if "PATH" not in env:
+        return env, path
+    env = dict(env)
+    value = env.pop("PATH")
+    for ref in PATH_REFERENCES:
+        value = value.replace(ref, "\0")
+    return env, value.replace("\0", path)
 
 
 def profile_text(path: str, runtime_env: dict) -> str:
@@ -226,6 +240,23 @@ def context_files(constraints: str, profile: str, ld_conf: str, lock: Lock | Non
     return files, modes
 
 
+_ARG = re.compile(r"^ARG ([A-Za-z_][A-Za-z0-9_]*)", re.MULTILINE)
+
+
+def dockerfile_args(dockerfile: str) -> set:
+    """The names the Dockerfile declares with ARG: the build sets them, so a stack's ENV must not."""
+    return set(_ARG.findall(dockerfile))
+
+
+def refuse_build_args_in_env(resolved: ResolvedStack, dockerfile: str) -> None:
+    clash = sorted(dockerfile_args(dockerfile) & set(resolved.merged.env))
+    if clash:
+        spec = next(s for s in reversed(resolved.merged.chain) if clash[0] in s.env)
+        raise SpecError(spec.path, "is a build argument of the Dockerfile; a stack cannot set it",
+                        line=spec.line("env", clash[0]), field=f"env.{clash[0]}",
+                        hint="pass index and proxy settings to dlenv (`dlenv config`), not through env:")
+
+
 def render_dockerfile(env: jinja2.Environment, context: dict, template: str = "Dockerfile.j2") -> str:
     try:
         return env.get_template(template).render(**context)
@@ -277,6 +308,7 @@ def render_context(resolved: ResolvedStack, lock: Lock | None = None) -> BuildCo
         "copies": copy_lines(copy_blocks),
     }
     dockerfile = render_dockerfile(env, context)
+    refuse_build_args_in_env(resolved, dockerfile)
     constraints = "".join(f"{req}\n" for req in constraint_lines(resolved))
     files, modes = context_files(constraints, profile_text(path, runtime_env), ld_conf, lock, pylock_files, copy_blocks)
     return BuildContext(stack=resolved.name, dockerfile=dockerfile, files=files, versions=resolved.versions(),

@@ -13,9 +13,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.errors import ConfigError, SpecError
+from builder.errors import ConfigError, SpecError, printable, shown
 from builder.spec.schema import did_you_mean
-from builder.spec.yamlload import load_yaml
+from builder.spec.yamlload import decode_yaml_bytes, is_blank, parse_yaml_text, read_limited
+
+MAX_CONFIG_BYTES = 100_000
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")   # no setting holds a control character
 
 # key -> (environment variable, default, validator pattern, help)
 KEYS = {
@@ -54,17 +57,17 @@ class Settings:
 
 
 def _read_file(path: Path) -> dict:
-    if not path.is_file():
+    if not os.path.lexists(path):
         return {}
-    text = path.read_text("utf-8", errors="replace")
-    if not any(ln.strip() and not ln.lstrip().startswith("#") for ln in text.splitlines()):
+    text = decode_yaml_bytes(read_limited(path, MAX_CONFIG_BYTES, "a settings file"), path)
+    if is_blank(text):
         return {}  # an empty or commented-out config file sets nothing
-    data, lines = load_yaml(path)
+    data, lines = parse_yaml_text(text, path)
     if not isinstance(data, dict):
         raise SpecError(path, "expected a mapping of settings", line=1)
     for key, value in data.items():
         if key not in KEYS:
-            raise SpecError(path, f"unknown setting {key!r}", line=lines.get((key,)), field=key,
+            raise SpecError(path, f"unknown setting {shown(key, 60)}", line=lines.get((key,)), field=key[:60],
                             hint=did_you_mean(key, KEYS) or f"valid settings: {', '.join(KEYS)}")
         _validate(key, value, f"{path}:{lines.get((key,))}")
     return data
@@ -73,9 +76,9 @@ def _read_file(path: Path) -> dict:
 def _validate(key: str, value, where: str) -> None:
     pattern = KEYS[key][2]
     if not isinstance(value, str):
-        raise ConfigError(f"{where}: {key}: {value!r} must be a quoted string", hint=KEYS[key][3])
-    if not re.match(pattern, value):
-        raise ConfigError(f"{where}: {key}: {value!r} is not a valid value", hint=KEYS[key][3])
+        raise ConfigError(f"{printable(where)}: {key}: {shown(value, 80)} must be a quoted string", hint=KEYS[key][3])
+    if not re.match(pattern, value) or CONTROL.search(value):
+        raise ConfigError(f"{printable(where)}: {key}: {shown(value, 80)} is not a valid value", hint=KEYS[key][3])
 
 
 def load_settings(overrides: dict | None = None, environ=os.environ, cwd: Path | None = None) -> Settings:

@@ -8,13 +8,16 @@ here is pure: it reads files and returns values (`StackSpec`, `MergedStack`) or 
 from __future__ import annotations
 
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from builder.errors import SpecError
+from builder.errors import SpecError, shown
+from builder.names import PATH_REFERENCES, SYSTEM_PATHS, is_build_controlled, is_system_path
+from builder.spec.projectfiles import ALWAYS_IGNORED
 from builder.spec.schema import (line_for, did_you_mean, parse_requirement, parse_version_spec,
                                  validate_document)
 from builder.spec.yamlload import load_yaml
@@ -26,9 +29,28 @@ DEFAULT_BASE = {"bootstrap": {"suite": "bookworm", "variant": "minbase"}}
 # --- values that reach shell lines: validated here, quoted again at render time ---------------
 
 
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def _check_env_value(value: str, path: Path, line: int | None, where: str) -> None:
     if any(ch in value for ch in "\n\r\x00"):
         raise SpecError(path, "environment values must be a single line", line=line, field=where)
+    if _CONTROL.search(value):
+        raise SpecError(path, f"{shown(value, 60)} holds a control character", line=line, field=where,
+                        hint="write the text without escape sequences")
+
+
+_PATH_VALUE = re.compile(r"[^$]*(?:" + "|".join(re.escape(r) for r in PATH_REFERENCES) + r")(?![A-Za-z0-9_])[^$]*")
+
+
+def _check_env_name(name: str, value: str, path: Path, line: int | None) -> None:
+    if is_build_controlled(name):
+        raise SpecError(path, "is set by dlenv or Docker at build time; a stack cannot set it", line=line,
+                        field=f"env.{name}", hint="pick another name")
+    if name == "PATH" and not _PATH_VALUE.fullmatch(value):
+        raise SpecError(path, f"{shown(value, 80)} must name the image's PATH once, as $PATH", line=line,
+                        field="env.PATH", hint='write e.g. "/opt/tool/bin:$PATH" (prepend) or "$PATH:/opt/tool/bin" '
+                        "(append); replacing PATH would drop the venv and the components")
 
 
 # --- stack files -----------------------------------------------------------------------------
@@ -106,6 +128,7 @@ def load_stack_file(path: Path) -> StackSpec:
         parse_requirement(text, path, lines.get(("python_packages", i)), f"python_packages[{i}]")
     for key, value in data.get("env", {}).items():
         _check_env_value(value, path, lines.get(("env", key)), f"env.{key}")
+        _check_env_name(key, value, path, lines.get(("env", key)))
     if "description" in data:
         _check_env_value(data["description"], path, lines.get(("description",)), "description")
     checks = tuple(Check.from_dict(c, path, path.parent, line=lines.get(("checks", i)), field=f"checks[{i}]")
@@ -136,9 +159,17 @@ def _inside(stack_path: Path, relative: str, line: int | None, where: str, allow
     if folder not in resolved.parents and not (allow_dir and resolved == folder):
         raise SpecError(stack_path, f"{relative!r} leaves the stack's folder (through a symlink)", line=line,
                         field=where)
-    if not (resolved.is_file() or (allow_dir and resolved.is_dir())):
-        raise SpecError(stack_path, f"{relative!r} does not exist", line=line, field=where)
+    if not resolved.exists():
+        raise SpecError(stack_path, f"{shown(relative)} does not exist", line=line, field=where)
+    if not (resolved.is_file() or (allow_dir and resolved.is_dir())) or not _regular_or_dir(resolved):
+        raise SpecError(stack_path, f"{shown(relative)} is not a regular file", line=line, field=where,
+                        hint="name a regular file (not a FIFO, socket or device)")
     return resolved
+
+
+def _regular_or_dir(path: Path) -> bool:
+    mode = path.stat().st_mode
+    return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
 
 
 @dataclass(frozen=True)
@@ -147,6 +178,9 @@ class CopiedFile:
     source: Path        # resolved, inside `root`
     root: Path          # the stack file's folder: ignore patterns and symlink checks are relative to it
     dest: str           # absolute path in the image
+    stack: Path = Path()        # the stack file that names it, its line and field: for messages
+    line: int | None = None
+    where: str = "files"
 
 
 _DEST_RE = re.compile(r"^/[A-Za-z0-9._+@-][A-Za-z0-9._/+@-]*$")
@@ -154,12 +188,21 @@ _DEST_RE = re.compile(r"^/[A-Za-z0-9._+@-][A-Za-z0-9._/+@-]*$")
 
 def _copied_file(stack_path: Path, entry, line: int | None, where: str) -> CopiedFile:
     src, dest = (entry, None) if isinstance(entry, str) else (entry["src"], entry.get("dest"))
+    never = [p for p in Path(src).parts if p in ALWAYS_IGNORED]
+    if never:
+        raise SpecError(stack_path, f"{shown(src)}: {never[0]} is never copied into an image", line=line,
+                        field=where, hint=f"dlenv always leaves out {', '.join(ALWAYS_IGNORED)}; drop the entry")
     source = _inside(stack_path, src, line, where, allow_dir=True)
     if dest is None:
         dest = "/workspace/" + Path(src).as_posix().strip("/")
-    if not _DEST_RE.match(dest) or "/../" in dest + "/" or "//" in dest:
-        raise SpecError(stack_path, f"destination {dest!r} must be a plain absolute path", line=line, field=where)
-    return CopiedFile(source=source, root=stack_path.parent.resolve(), dest=dest)
+    if not _DEST_RE.match(dest) or "/../" in dest + "/" or "//" in dest or "/./" in dest + "/":
+        raise SpecError(stack_path, f"destination {shown(dest)} must be a plain absolute path", line=line,
+                        field=where)
+    if is_system_path(dest):
+        raise SpecError(stack_path, f"destination {shown(dest)} is a system path", line=line, field=where,
+                        hint=f"copy into /workspace, /home/dlenv or /opt/<name>; never under {', '.join(SYSTEM_PATHS[1:8])}, ...")
+    return CopiedFile(source=source, root=stack_path.parent.resolve(), dest=dest, stack=stack_path, line=line,
+                      where=where)
 
 
 def looks_like_path(ref: str) -> bool:
@@ -199,6 +242,15 @@ def catalog_stack_names(stacks_dir: Path) -> list[str]:
     return sorted(p.stem for p in Path(stacks_dir).glob("*.yaml"))
 
 
+def _refuse_catalog_name(spec: StackSpec, stacks_dir: Path) -> None:
+    """A stack outside the catalog named like a catalog stack would build over its images."""
+    if spec.path.resolve().parent == Path(stacks_dir).resolve():
+        return
+    if spec.name in catalog_stack_names(stacks_dir):
+        raise SpecError(spec.path, f"{spec.name!r} is a catalog stack; give the project its own name",
+                        line=spec.line("name"), field="name", hint=f"e.g. name: my-{spec.name}")
+
+
 def load_chain(ref: str, stacks_dir: Path) -> list[StackSpec]:
     """The stack and its parents, root first. Detects cycles and missing parents."""
     chain: list[StackSpec] = []
@@ -211,6 +263,8 @@ def load_chain(ref: str, stacks_dir: Path) -> list[StackSpec]:
             raise SpecError(chain[-1].path, f"extends cycle: {cycle}", line=chain[-1].line("extends"),
                             field="extends")
         spec = load_stack_file(path)
+        if not chain:
+            _refuse_catalog_name(spec, stacks_dir)
         seen[real] = spec.name
         chain.append(spec)
         if len(chain) > 32:

@@ -17,6 +17,13 @@ import yaml
 from builder.errors import SpecError
 from builder.spec.schema import parse_requirement
 from builder.spec.stack import PROJECT_FILE
+from builder.spec.yamlload import decode_yaml_bytes, parse_yaml_text, read_limited
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")    # the stack schema's name pattern
+MAX_INPUT_BYTES = 1_000_000       # a requirements file, environment.yml or pyproject.toml
+MAX_PACKAGES = 500                # the stack schema's maxItems of python_packages
+MAX_REQUIREMENT = 200             # ... and maxLength of one entry
+_PLAIN_REF = re.compile(r"^[A-Za-z0-9._/-]+$")
 
 
 @dataclass
@@ -26,9 +33,18 @@ class Detected:
     skipped: list = field(default_factory=list)   # (entry, why)
 
 
-def _take(entry: str, where: Path, det: Detected) -> None:
+def _take(entry, where: Path, det: Detected) -> None:
+    if not isinstance(entry, str):
+        det.skipped.append((type(entry).__name__, "not a requirement string"))
+        return
     text = entry.strip()
     if not text:
+        return
+    if len(text) > MAX_REQUIREMENT:
+        det.skipped.append((text, f"longer than {MAX_REQUIREMENT} characters"))
+        return
+    if len(det.packages) >= MAX_PACKAGES:
+        det.skipped.append((text, f"a stack takes at most {MAX_PACKAGES} packages"))
         return
     if text.startswith(("-e ", "--editable", "-r ", "-c ", "--", "-")):
         det.skipped.append((text, "pip options and nested requirement files are not taken over"))
@@ -44,39 +60,53 @@ def _take(entry: str, where: Path, det: Detected) -> None:
     det.packages.append(re.sub(r"\s+", "", text))
 
 
+def _read(path: Path, det: Detected) -> str | None:
+    """The text of an input file within the size limit, or None with a note in `det.skipped`."""
+    try:
+        return decode_yaml_bytes(read_limited(path, MAX_INPUT_BYTES, f"{path.name}"), path)
+    except SpecError as exc:
+        det.skipped.append((path.name, exc.message.split(": ", 1)[-1]))
+        return None
+
+
+def _environment_packages(env: Path, det: Detected) -> None:
+    text = _read(env, det)
+    try:
+        data = parse_yaml_text(text, env)[0] if text and text.strip() else {}
+    except SpecError as exc:
+        det.skipped.append((env.name, exc.message.split(": ", 1)[-1]))
+        data = {}
+    for dep in (data.get("dependencies") or []) if isinstance(data, dict) else []:
+        if isinstance(dep, dict) and isinstance(dep.get("pip"), list):
+            for item in dep["pip"]:
+                _take(item, env, det)
+        elif isinstance(dep, str) and not dep.startswith(("python", "pip")):
+            det.skipped.append((dep, "a conda package: add its pip or Debian equivalent by hand"))
+
+
 def detect(folder: Path) -> list:
     found = []
     req = folder / "requirements.txt"
     if req.is_file():
         det = Detected("requirements.txt")
-        for line in req.read_text("utf-8", errors="replace").splitlines():
+        for line in (_read(req, det) or "").splitlines():
             _take(line.split(" #", 1)[0] if not line.lstrip().startswith("#") else "", req, det)
         found.append(det)
     for name in ("environment.yml", "environment.yaml"):
         env = folder / name
         if env.is_file():
             det = Detected(name)
-            try:
-                data = yaml.safe_load(env.read_text("utf-8", errors="replace")) or {}
-            except yaml.YAMLError:
-                det.skipped.append((name, "not valid YAML"))
-                data = {}
-            for dep in (data.get("dependencies") or []) if isinstance(data, dict) else []:
-                if isinstance(dep, dict) and isinstance(dep.get("pip"), list):
-                    for item in dep["pip"]:
-                        _take(str(item), env, det)
-                elif isinstance(dep, str) and not dep.startswith(("python", "pip")):
-                    det.skipped.append((dep, "a conda package: add its pip or Debian equivalent by hand"))
+            _environment_packages(env, det)
             found.append(det)
             break
     pyproject = folder / "pyproject.toml"
     if pyproject.is_file():
         det = Detected("pyproject.toml")
         try:
-            data = tomllib.loads(pyproject.read_text("utf-8", errors="replace"))
+            data = tomllib.loads(_read(pyproject, det) or "")
             for dep in data.get("project", {}).get("dependencies", []) or []:
-                _take(str(dep), pyproject, det)
-        except tomllib.TOMLDecodeError:
+                _take(dep, pyproject, det)
+        except (tomllib.TOMLDecodeError, AttributeError, RecursionError, ValueError):
             det.skipped.append(("pyproject.toml", "not valid TOML"))
         if det.packages or det.skipped:
             found.append(det)
@@ -93,8 +123,8 @@ def render_project(name: str, parent: str, packages: list, sources: list) -> str
         "# dlenv project stack: the environment of this repository. Commit it next to your code.",
         "# Build: dlenv build    Shell: dlenv shell .    Run: dlenv run . -n 2 -- python train.py",
         "schema: 1",
-        f"name: {name}",
-        f"extends: {parent}           # a catalog stack (dlenv list) or a path to another stack file",
+        f"name: {_yaml_str(name) if not NAME.match(name) else name}",
+        f"extends: {parent if _PLAIN_REF.match(parent) else _yaml_str(parent)}           # a catalog stack (dlenv list) or a path to another stack file",
         "",
     ]
     if packages:

@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - older hypothesis
     os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "dlenv-hypothesis"))
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from test_hostile import RAW_CONTROL, project, project_lock, write_lock
+from test_hostile import RAW_CONTROL, WHOLE_BUILD, project, project_lock, write_lock
 
 EXAMPLES = int(os.environ.get("DLENV_FUZZ_EXAMPLES", "150"))   # per target; the lock target runs half
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
@@ -237,7 +237,7 @@ def test_fuzz_stack_file(invoke, data):
 def test_fuzz_lock_file(invoke, doc, command, mangle):
     lock, fix_digest = doc
     with tempfile.TemporaryDirectory() as tmp:
-        stack = project(Path(tmp))
+        stack = project(Path(tmp), WHOLE_BUILD)
         lock_file = stack.with_name("dlenv.lock")
         write_lock(lock_file, copy.deepcopy(lock), fix_digest=fix_digest, dumper=_dump)
         data = lock_file.read_bytes()

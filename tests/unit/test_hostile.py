@@ -5,7 +5,7 @@ hang; a hostile file in a project folder must never make `render` hang or crash.
 
 Only `builder.cli.main` is imported (the package's modules are being moved). Commands that could
 hang or eat memory run `dlenv` as a subprocess with a timeout and an address-space limit.
-Fixtures: tests/pending/fixtures-hostile/."""
+Fixtures: tests/fixtures/hostile/."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import pytest
 import yaml
 from dlenv_unit import ROOT
 
-HOSTILE = ROOT / "tests" / "pending" / "fixtures-hostile"
+HOSTILE = ROOT / "tests" / "fixtures" / "hostile"
 TERMINAL_CASES = yaml.safe_load((HOSTILE / "terminal" / "cases.yaml").read_text())
 PYTHON_LOCK = ROOT / "stacks" / "python.lock"
 
@@ -131,6 +131,11 @@ def project(tmp_path: Path, body: str = "", *, name: str = "proj", extends: str 
 
 def lock_digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+# Lock-file cases re-address python.lock to a project: a project that adds nothing would build on the
+# python image (a layered lock); declaring python's component keeps it a whole build with python's inputs.
+WHOLE_BUILD = 'components: {python: "3.11"}\n'
 
 
 def project_lock(stack: str = "proj") -> dict:
@@ -283,7 +288,7 @@ def test_oversized_real_file_refused(dlenv, tmp_path, monkeypatch, where):
 
 def test_project_lock_fixture_is_locked(dlenv, tmp_path):
     """The base of the cases below: python.lock re-addressed to a project is accepted as its lock."""
-    stack = project(tmp_path)
+    stack = project(tmp_path, WHOLE_BUILD)
     write_lock(stack.with_name("dlenv.lock"), project_lock())
     result, _ = dlenv("show", "--json", stack)
     assert result.exit_code == 0, result.output
@@ -324,7 +329,7 @@ LOCK_TYPES = {
 @pytest.mark.parametrize("command", [["render"], ["show"], ["lock", "--check"]])
 @pytest.mark.parametrize("case", sorted(LOCK_TYPES))
 def test_lock_with_types_json_cannot_hash(dlenv, tmp_path, case, command):
-    stack = project(tmp_path)
+    stack = project(tmp_path, WHOLE_BUILD)
     doc = project_lock()
     LOCK_TYPES[case](doc)
     dumper = yaml.dump if case == "python_tuple_tag" else yaml.safe_dump
@@ -375,7 +380,7 @@ def _reshape(doc, case):
 @pytest.mark.parametrize("command", [["render"], ["lock", "--check"]])
 @pytest.mark.parametrize("case", sorted(LOCK_SHAPES))
 def test_lock_with_wrong_shape(dlenv, tmp_path, case, command):
-    stack = project(tmp_path)
+    stack = project(tmp_path, WHOLE_BUILD)
     write_lock(stack.with_name("dlenv.lock"), _reshape(project_lock(), case))
     result, _ = dlenv(*command, stack)
     one_line_error(result, "dlenv.lock")
@@ -602,7 +607,7 @@ def test_control_sequences_in_a_run_command_are_rendered_escaped(dlenv, tmp_path
 
 
 def test_control_sequences_in_a_lock_field_are_escaped(dlenv, tmp_path):
-    stack = project(tmp_path)
+    stack = project(tmp_path, WHOLE_BUILD)
     doc = project_lock()
     doc["apt"]["build"]["\x1b]0;pwned\x07\x1b[31mevil"] = "1.0"
     write_lock(stack.with_name("dlenv.lock"), doc)
@@ -612,7 +617,7 @@ def test_control_sequences_in_a_lock_field_are_escaped(dlenv, tmp_path):
 
 def test_control_sequences_in_a_stale_lock_are_escaped(dlenv, tmp_path):
     """What changed is echoed from the lock file: its values are data, not terminal input."""
-    stack = project(tmp_path)
+    stack = project(tmp_path, WHOLE_BUILD)
     doc = project_lock()
     doc["inputs"]["components"]["python"] = "\x1b[31m3.11\ndlenv: error: forged"
     write_lock(stack.with_name("dlenv.lock"), doc)
@@ -625,7 +630,7 @@ def test_control_sequences_in_a_stale_lock_are_escaped(dlenv, tmp_path):
 
 @pytest.mark.parametrize("stack_name", ["[/red]", "[/]", "[bold", "[link=file:///etc/passwd]x"])
 def test_rich_markup_in_a_stale_lock_is_not_interpreted(dlenv, tmp_path, stack_name):
-    stack = project(tmp_path)
+    stack = project(tmp_path, WHOLE_BUILD)
     write_lock(stack.with_name("dlenv.lock"), project_lock(stack=stack_name))
     result, _ = dlenv("show", stack)
     assert result.exception is None or isinstance(result.exception, SystemExit), \
