@@ -12,9 +12,12 @@ import pytest
 
 from builder.plan import lockfile as L
 
+# A whole build (it declares python's component): these cases are about locks resolved in a container
+# of the base; a project that only adds packages builds on the python image (tests/unit/test_layered.py).
 STACK = """schema: 1
 name: dlenv-itest-lock
 extends: python
+components: {python: "3.11"}
 python_packages:
   - "six==1.17.0"
 """
