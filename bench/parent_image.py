@@ -46,6 +46,33 @@ def docker(*args) -> str:
     return subprocess.run(["/usr/bin/docker", *args], capture_output=True, text=True, check=True).stdout.strip()
 
 
+def remove_descendants(ref: str) -> int:
+    """Untagged images built on `ref` (the classic builder's intermediate steps of builds FROM it): while
+    one exists, the engine only untags `ref` instead of removing it, and a pull would find every layer."""
+    import docker
+    client = docker.from_env()
+    target = client.images.get(ref).id
+    removed = 0
+    for _ in range(100):
+        parents = {img["Id"]: img.get("ParentId") or "" for img in client.api.images(all=True)}
+
+        def descends(image_id: str) -> bool:
+            for _ in range(500):
+                image_id = parents.get(image_id, "")
+                if not image_id:
+                    return False
+                if image_id == target:
+                    return True
+            return False
+        leaves = [i for i in parents if descends(i) and not any(p == i for p in parents.values())]
+        if not leaves:
+            return removed
+        for leaf in leaves:
+            client.api.remove_image(leaf)
+            removed += 1
+    return removed
+
+
 def remove_repo(repo: str) -> None:
     tags = docker("images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={repo}").split()
     for tag in tags:
@@ -75,7 +102,9 @@ def main() -> None:
         pushed, _ = run(["push", args.stack, "--registry", registry.address], env=env)
         print(f"push of {parent} to a registry on 127.0.0.1: {pushed:.1f} s")
         remove_repo(project)
+        print(f"removed {remove_descendants(parent)} intermediate image(s) built on the parent")
         remove_repo(parent.rpartition(":")[0])
+        assert not docker("images", "-q", parent), f"{parent} is still in the engine"
         remove_repo(f"{registry.address}/{parent.rpartition(':')[0]}")
         pulled, proc = run(["build", "--registry", registry.address], cwd=repo, env=env)
         line = next((ln for ln in proc.stderr.splitlines() if " builds on " in ln), "")
