@@ -206,8 +206,9 @@ def build(p: Plan, client, *, ca_bundle: CABundle | None = None, mirror: str | N
                                time.monotonic() - started, pulled=True)
         bundle = ca_bundle or find_ca_bundle()
         cli = _find_cli(engine_name)   # before the base: fails in a second
-        if p.parent is None and engine_name != "buildah":
-            _prepare_base(client, p, mirror, log)
+        if p.parent is None:
+            if engine_name != "buildah":   # buildah bootstraps its own base in its own storage
+                _prepare_base(client, p, mirror, log)
         elif promoted_image(client, p.parent) is None:
             raise EngineError(f"{p.parent.hash_tag}, the image {p.resolved.name} builds on, does not exist",
                               hint=f"build or pull {p.parent.resolved.name} first (`dlenv build` does it)")
