@@ -60,3 +60,26 @@ def reproducible_status(images: dict, image_id: str) -> tuple[str, str]:
         if want == image_id:
             return "reproduced", key
     return ("differs" if images else "unrecorded"), ""
+
+
+def refusal(images: dict, image_id: str, what: str) -> str | None:
+    """Why an image from elsewhere (a registry, an archive) is refused: the lock records reproducible
+    ids and `image_id` is none of them. None when it is one, or when the lock records none."""
+    status, _ = reproducible_status(images, image_id)
+    if status != "differs":
+        return None
+    return f"{what} is {image_id[:19]}, not the lock's {_recorded(images)}"
+
+
+def _recorded(images: dict) -> str:
+    return "reproducible image " + ", ".join(f"{want[:19]} ({key})" for key, want in images.items())
+
+
+def reproducible_summary(images: dict, image_id: str) -> dict:
+    """What `dlenv verify` says of an image's id against its lock: status, key and one line."""
+    status, key = reproducible_status(images, image_id)
+    line = {"reproduced": f"reproducible: yes, {image_id[:19]} is the lock's {key} image",
+            "differs": f"reproducible: no, {image_id[:19]} is not the lock's " + _recorded(images),
+            "unrecorded": "reproducible: unknown, the lock records no image id "
+                          "(`dlenv build --engine buildah` records one)"}[status]
+    return {"status": status, "key": key, "image_id": image_id, "line": line}

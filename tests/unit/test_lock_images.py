@@ -10,7 +10,7 @@ import pytest
 from builder import paths
 from builder.errors import ImageIdError, LockError
 from builder.plan import lockfile as L
-from builder.plan.lockimages import check_recorded, image_key, reproducible_status
+from builder.plan.lockimages import check_recorded, image_key, refusal, reproducible_status, reproducible_summary
 from builder.plan.plan import plan
 
 ID = "sha256:" + "ab" * 32
@@ -74,3 +74,21 @@ def test_reproducible_status():
     assert reproducible_status({}, ID) == ("unrecorded", "")
     assert reproducible_status({KEY: ID}, ID) == ("reproduced", KEY)
     assert reproducible_status({KEY: OTHER}, ID) == ("differs", "")
+
+
+def test_refusal_of_images_from_elsewhere():
+
+    assert refusal({}, ID, "the image") is None
+    assert refusal({KEY: ID}, ID, "the image") is None
+    line = refusal({KEY: OTHER}, ID, "the image under r/x:1")
+    assert line.startswith("the image under r/x:1 is sha256:abababab") and KEY in line and "\n" not in line
+
+
+def test_verify_summary_is_one_line_per_status():
+
+    yes = reproducible_summary({KEY: ID}, ID)
+    no = reproducible_summary({KEY: OTHER}, ID)
+    unknown = reproducible_summary({}, ID)
+    assert (yes["status"], no["status"], unknown["status"]) == ("reproduced", "differs", "unrecorded")
+    assert yes["line"].startswith("reproducible: yes") and no["line"].startswith("reproducible: no")
+    assert all("\n" not in s["line"] for s in (yes, no, unknown))
