@@ -43,8 +43,8 @@ def verify(ctx: Ctx, target, nodes, under_slurm, as_json, skip_driver_check):
                           nodes=nodes,
                           testinfra_files=p.resolved.merged.testinfra,
                           on_result=None if as_json or not ctx.err.is_terminal else (lambda r: print_check(ctx, r)))
-    attrs = engine.image_attrs(client, image) or {}
-    repro = reproducible_summary(p.lock.images if p.lock else {}, attrs.get("Id", ""))
+    images = p.lock.images if p.lock else {}
+    repro = reproducible_summary(images, (engine.image_attrs(client, image) or {}).get("Id", "") if images else "")
     if as_json:
         click.echo(json.dumps({**report.to_json(), "reproducible": repro}, indent=2))
         if not report.passed:
