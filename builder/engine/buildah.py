@@ -192,3 +192,21 @@ def build(cli: str, context_dir: Path, tag_ref: str, buildargs: dict, log_path: 
     finally:
         shutil.rmtree(iid_dir, ignore_errors=True)
         cleanup(cli, prune=not ok)   # a good build keeps its intermediate images: they are the layer cache
+
+
+def doctor_status(required: bool, environ=os.environ) -> tuple[str, str, str | None]:
+    """(ok|warn|fail|skip, detail, fix) for `dlenv doctor`: buildah's presence, version and dlenv's storage."""
+    try:
+        cli, version = find_buildah(environ)
+    except EngineError as exc:
+        return ("fail" if required else "skip"), exc.message, exc.hint
+    root = paths.state_dir() / "buildah" / "storage"
+    if not root.is_dir():
+        return "ok", f"buildah {version} ({cli}); dlenv's storage {root} is not made yet (the first build makes it)", None
+    proc = run_buildah(cli, "images", "--all", "--quiet", check=False, timeout=60)
+    if proc.returncode != 0:
+        why = (proc.stderr or proc.stdout).strip().splitlines()
+        return "warn", f"buildah {version}: cannot read dlenv's storage {root}: {why[-1] if why else proc.returncode}", \
+            f"remove {root.parent} (dlenv's own buildah storage) and build again"
+    count = len(proc.stdout.split())
+    return "ok", f"buildah {version} ({cli}); dlenv's storage {root}: {count} image(s)", None
