@@ -102,7 +102,7 @@ def ensure_base(cli: str, base: dict, ref: str, arch: str, log=lambda msg: None,
         got = image_id(cli, ref)
         if got != want:
             raise EngineError(f"buildah stored the base {ref} as {got}, not {want}",
-                              hint="remove dlenv's buildah storage (`dlenv gc`) and build again")
+                              hint=f"remove dlenv's buildah storage ({paths.state_dir() / 'buildah'}) and build again")
         return ref
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -119,6 +119,7 @@ def to_docker(cli: str, client, ref: str, tag_ref: str, want_id: str, environ=os
             run_buildah(cli, "push", "--quiet", ref, f"docker-archive:{archive}:{tag_ref}")
             with open(archive, "rb") as handle:
                 client.images.load(handle)
+            engine.untag(client, f"localhost/{ref}")   # the archive also names buildah's own ref (report §3)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     attrs = engine.image_attrs(client, tag_ref)

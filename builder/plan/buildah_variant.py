@@ -87,7 +87,8 @@ def _rewrite_block(block: list[str], stage, shell, epoch: int | None, ca_secret:
     if first.startswith("SHELL "):
         found["shell"] += 1
         shell = _shell_of(block)
-        return [f"# SHELL {json.dumps(shell)} applies to each RUN below as its exec form (buildah's OCI format ignores SHELL)"], shell
+        note = f"# SHELL {json.dumps(shell)} applies to each RUN below as its exec form (buildah's OCI format ignores SHELL)"
+        return [note], shell
     if stage == "build" and _CA_COPY.match(first):
         found["ca_copy"] += 1
         return [], shell

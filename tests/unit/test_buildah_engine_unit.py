@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from builder import paths
-from builder.engine import buildah
+from builder.engine import buildah, buildah_store
 from builder.errors import BuildError, EngineError
 
 
@@ -94,3 +94,56 @@ def test_interrupt_stops_buildah_and_prunes(tmp_path):
         buildah.build(str(cli), tmp_path, "dlenv/x:1", {}, tmp_path / "x.log", epoch=1, on_progress=interrupt)
     calls = (tmp_path / "calls").read_text()
     assert " rm --all" in calls and " rmi --prune" in calls
+
+
+class _Images:
+    def __init__(self):
+        self.loaded = 0
+
+    def load(self, handle):
+        self.loaded += 1
+
+
+class _Client:
+    def __init__(self):
+        self.images = _Images()
+
+
+@pytest.mark.parametrize("docker_host, transport", [("", "docker-daemon:"), ("tcp://10.0.0.9:2376", "docker-archive:")])
+def test_to_docker_uses_the_daemon_transport_only_for_the_local_socket(monkeypatch, tmp_path, docker_host, transport):
+    calls, untagged = [], []
+
+    def fake_run(cli, *args, **kw):
+        calls.append(args)
+        if args[-1].startswith("docker-archive:"):
+            Path(args[-1].split(":")[1]).write_bytes(b"tar")
+
+    monkeypatch.setattr(buildah_store, "run_buildah", fake_run)
+    monkeypatch.setattr(buildah_store.engine, "image_attrs", lambda client, ref: {"Id": "sha256:feed"})
+    monkeypatch.setattr(buildah_store.engine, "untag", lambda client, ref: untagged.append(ref))
+    monkeypatch.setattr(paths, "state_dir", lambda: tmp_path)
+    client = _Client()
+    buildah_store.to_docker("buildah", client, "dlenv/x:abc", "dlenv/x:abc-candidate", "sha256:feed",
+                            environ={"DOCKER_HOST": docker_host} if docker_host else {})
+    assert calls[0][-1].startswith(transport) and calls[0][-1].endswith("dlenv/x:abc-candidate")
+    assert client.images.loaded == (1 if transport == "docker-archive:" else 0)
+    with pytest.raises(EngineError) as err:
+        buildah_store.to_docker("buildah", client, "dlenv/x:abc", "dlenv/x:abc-candidate", "sha256:other", environ={})
+    assert "not buildah's sha256:other" in err.value.one_line()
+
+
+def test_base_archive_is_byte_identical_and_its_id_is_the_config_digest(tmp_path):
+    rootfs = tmp_path / "rootfs.tar"
+    rootfs.write_bytes(b"x" * 1024)
+    base = {"bootstrap": {"suite": "bookworm", "variant": "minbase"}}
+    config = buildah_store.base_config(base, "ab" * 32, {"bash": "5.2"}, "amd64")
+    one = buildah_store.write_base_archive(tmp_path / "a.tar", "dlenv/base:t", rootfs, config, "ab" * 32)
+    two = buildah_store.write_base_archive(tmp_path / "b.tar", "dlenv/base:t", rootfs, config, "ab" * 32)
+    assert one == two and (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+    assert b'"created":"2025-01-01T00:00:00Z"' in config
+
+
+def test_differing_paths_lists_each_path_once():
+    a = {(0, "etc/shadow", "0", 0o640, 0, 0, 10, "aa"), (1, "x", "0", 0o644, 0, 0, 1, "bb")}
+    b = {(0, "etc/shadow", "0", 0o640, 0, 0, 10, "cc"), (1, "x", "0", 0o644, 0, 0, 1, "bb")}
+    assert buildah_store.differing_paths(a, b) == ["etc/shadow"]
