@@ -788,5 +788,6 @@ def test_load_refuses_an_image_that_is_not_the_locks_recorded_id(py, saved, stat
     assert api.tags == [] and api.removed == [api.load_id]
     api = FakeAPI(py)
     asked = []
-    load_image(FakeClient(api), saved, recorded=lambda stack, content_hash: asked.append((stack, content_hash)) or {key: IMAGE_ID})
+    load_image(FakeClient(api), saved,
+               recorded=lambda stack, content_hash: asked.append((stack, content_hash)) or {key: IMAGE_ID})
     assert api.tags and asked == [("python", py.content_hash)]
