@@ -15,13 +15,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from builder.engine import dockerapi as engine
+from builder.engine import buildah, dockerapi as engine
 from builder.errors import DlenvError
 from builder.engine.base import base_present
 from builder.plan.pins import base_ref
 from builder.run.cluster import gpu_runtime
-from builder.settings.host import CA_ENV_VARS, find_ca_bundle
-from builder.settings.host import debian_sources
+from builder.settings.host import CA_ENV_VARS, debian_sources, find_ca_bundle
 from builder.settings.settings import KEYS
 from builder.settings.settings import Settings, load_settings, project_config_path, user_config_path
 import re
@@ -78,6 +77,7 @@ def run_checks(settings=None, client_factory: Callable = engine.connect, environ
     checks.append(_mirror_check(settings, environ, needed="image" not in base_spec))
     checks.append(_ca_check(settings, environ))
     checks.append(_registry_check(settings, environ, info))
+    checks.append(DoctorCheck("buildah", *buildah.doctor_status(settings.get("engine") == "buildah", environ)))
     return checks
 
 

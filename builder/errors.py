@@ -125,6 +125,10 @@ class RegistryError(DlenvError):
         self.kind = kind
 
 
+class ImageIdError(DlenvError):
+    """An image's id is not the one its lock records as the reproducible build (lock `images`)."""
+
+
 class ConfigError(DlenvError):
     """A configuration value (CA bundle, mirror, index) is unusable."""
 

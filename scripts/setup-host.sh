@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install and start what dlenv needs on a fresh Debian host: the Docker engine (Debian's docker.io),
-# mmdebstrap (bootstraps the default base) and the tools the tests drive. Needs root.
+# mmdebstrap (bootstraps the default base), buildah (the optional reproducible engine, `--engine
+# buildah`) and the tools the tests drive. Needs root.
 # Idempotent: installs only what is missing, starts dockerd only when no engine answers.
 set -euo pipefail
 
@@ -8,7 +9,7 @@ set -euo pipefail
 # htpasswd (apache2-utils) the push/pull tests, openssl makes the CA-bundle test's certificate.
 need=()
 [ -x /usr/bin/docker ] || need+=(docker.io)
-for pair in dockerd:docker.io mmdebstrap:mmdebstrap tmux:tmux docker-registry:docker-registry \
+for pair in dockerd:docker.io mmdebstrap:mmdebstrap buildah:buildah tmux:tmux docker-registry:docker-registry \
             htpasswd:apache2-utils openssl:openssl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done

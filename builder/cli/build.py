@@ -15,6 +15,7 @@ from builder.engine import dockerapi as engine
 from builder.engine.images import promoted_image
 from builder.errors import LockError, UsageError
 from builder.pipeline import build as build_mod
+from builder.pipeline import buildah_build
 from builder.plan.lockfile import lock_changes
 from builder.plan.plan import stale_error
 from builder.run.cluster import gpu_runtime
@@ -46,10 +47,13 @@ def base(ctx: Ctx, suite, force):
 @click.option("--locked", "frozen", is_flag=True,
               help="Never write the lock: fail when it is missing or stale (for CI).")
 @click.option("--engine", "engine_name", type=ENGINES,
-              help="sdk (docker-py, classic builder; the default, or the engine setting) or buildkit "
-                   "(a Docker CLI with BuildKit: apt/pip cache mounts, CA bundle as a secret).")
+              help="sdk (docker-py, classic builder; the default, or the engine setting), buildkit "
+                   "(a Docker CLI with BuildKit: apt/pip cache mounts, CA bundle as a secret) or buildah "
+                   "(one image id per lock, recorded in the lock).")
+@click.option("--check", "check", is_flag=True,
+              help="buildah: then build again without cache and fail unless the image id is the same.")
 @click.pass_obj
-def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, relock, frozen, engine_name):
+def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, relock, frozen, engine_name, check):
     """Build STACK from its lock, verify it, then tag it by content hash and as latest.
 
     A stack without a lock is locked first (the lock file is written next to the stack: commit it)."""
@@ -58,6 +62,8 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
     p = plan_of(stack)
     registry = None if no_pull else load_settings({"registry": registry}).get("registry")
     engine_name = load_settings({"engine": engine_name}).get("engine")
+    if check and engine_name != "buildah":
+        raise UsageError("--check needs the buildah engine (--engine buildah)")
     bundle, mirror = bundle_and_mirror(ca_bundle)
     client = engine.connect()
     if not no_verify:  # the device checks of a GPU host would otherwise fail deep inside CuPy
@@ -86,6 +92,17 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
     else:
         verified = f", {result.report.counts['passed']} checks passed" if result.report else ", not verified"
         click.echo(f"built {p.hash_tag} and {p.latest_tag} in {result.seconds:.0f}s{verified}")
+    if check:
+        _check(ctx, result.plan, client, bundle, mirror, on_progress)
+
+
+def _check(ctx: Ctx, p, client, bundle, mirror, on_progress) -> None:
+    """`build --check`: a second no-cache buildah build must give the same image id."""
+    bh = buildah_build.find()
+    ctx.info(f"{p.resolved.name}: building again without cache to check the image id")
+    started = time.monotonic()
+    got = buildah_build.check(bh, client, p, bundle, mirror=mirror, log=ctx.info, on_progress=on_progress)
+    click.echo(f"reproduced {got['id'][:19]} ({got['key']}) in {time.monotonic() - started:.0f}s")
 
 
 def _step_printer(ctx: Ctx):

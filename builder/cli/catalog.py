@@ -14,6 +14,7 @@ from builder.engine import dockerapi as engine
 from builder.engine.images import promoted_image
 from builder.errors import DlenvError, printable
 from builder.outputs.catalog_table import catalog_markdown
+from builder.plan import buildah_variant
 from builder.plan.buildkit_variant import variant
 from builder.spec.stack import catalog_stack_names
 
@@ -94,12 +95,17 @@ def show(ctx: Ctx, stack, as_json):
 @click.command()
 @click.argument("stack", required=False, default=".")
 @click.option("--engine", "engine_name", type=ENGINES, default="sdk", show_default=True,
-              help="buildkit: the variant with cache and secret mounts (same content hash).")
+              help="buildkit: the variant with cache and secret mounts; buildah: the exec-form variant "
+                   "(same content hash).")
 @click.pass_obj
 def render(ctx: Ctx, stack, engine_name):
     """Print the Dockerfile of STACK (deterministic; nothing is written)."""
     p = plan_of(stack)
     if engine_name == "buildkit":
         click.echo(variant(p.context.dockerfile, base=p.resolved.base), nl=False)
+        return
+    if engine_name == "buildah":
+        click.echo(buildah_variant.variant(p.context.dockerfile, epoch=buildah_variant.stack_epoch(p.resolved.base)),
+                   nl=False)
         return
     click.echo(p.context.dockerfile, nl=False)

@@ -21,7 +21,7 @@ from builder.settings.host import CABundle, find_ca_bundle
 from builder.settings.settings import load_settings
 
 
-ENGINES = click.Choice(["sdk", "buildkit"])
+ENGINES = click.Choice(["sdk", "buildkit", "buildah"])
 
 
 class Ctx:

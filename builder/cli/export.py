@@ -16,7 +16,7 @@ import click
 from builder.engine import dockerapi as engine
 from builder.engine.archive import load_image
 from builder.engine.archive import save_image
-from builder.errors import ExportError
+from builder.errors import DlenvError, ExportError
 from builder.fileio import write_text_atomic
 from builder.outputs.exports.apptainer import apptainer_def
 from builder.outputs.exports.devcontainer import devcontainer as make_devcontainer
@@ -228,6 +228,19 @@ def save(ctx, stack, output, force):
                f"({_size(result.bytes_written)}, {result.seconds:.1f}s)")
 
 
+def _recorded_images(stack: str, content_hash: str) -> dict:
+    """The images section of the lock of `stack` (a catalog stack, or the project here) when it is the
+    lock of that content hash; {} when no such lock is found."""
+    for ref in (stack, *(["dlenv.yaml"] if Path("dlenv.yaml").is_file() else [])):
+        try:
+            p = plan(ref)
+        except DlenvError:
+            continue
+        if p.content_hash == content_hash and p.lock is not None:
+            return p.lock.images
+    return {}
+
+
 @click.command()
 @click.argument("archive", metavar="FILE", type=click.Path(dir_okay=False))
 @click.pass_obj
@@ -236,7 +249,7 @@ def load(ctx, archive):
     client = engine.connect()
     total = os.path.getsize(archive) if os.path.isfile(archive) else None
     with _Bytes(ctx, "load", total) as progress:
-        result = load_image(client, archive, on_progress=progress.update)
+        result = load_image(client, archive, on_progress=progress.update, recorded=_recorded_images)
     again = "" if result.fresh else " (the engine already had it)"
     click.echo(f"loaded {result.tags[0]} and {result.tags[1]} (image id {result.image_id[:19]}){again} "
                f"in {result.seconds:.1f}s")

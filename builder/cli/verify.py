@@ -13,6 +13,7 @@ from builder.cli.slurm import node_image_for
 from builder.engine import dockerapi as engine
 from builder.engine.images import verify_target
 from builder.errors import VerifyError
+from builder.plan.lockimages import reproducible_summary
 from builder.run.cluster import gpu_runtime
 from builder.verify.checks import plan_checks
 from builder.verify.runner import verify_image
@@ -42,13 +43,16 @@ def verify(ctx: Ctx, target, nodes, under_slurm, as_json, skip_driver_check):
                           nodes=nodes,
                           testinfra_files=p.resolved.merged.testinfra,
                           on_result=None if as_json or not ctx.err.is_terminal else (lambda r: print_check(ctx, r)))
+    images = p.lock.images if p.lock else {}
+    repro = reproducible_summary(images, (engine.image_attrs(client, image) or {}).get("Id", "") if images else "")
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
+        click.echo(json.dumps({**report.to_json(), "reproducible": repro}, indent=2))
         if not report.passed:
             sys.exit(1)
         return
     print_report(ctx, report)
     c = report.counts
+    ctx.info(repro["line"])
     if not report.passed:
         raise VerifyError(f"{c['failed']} of {len(report.results)} checks failed on {image}", report=report)
     click.echo(f"{image}: {c['passed']} passed, {c['failed']} failed, {c['skipped']} skipped in {report.seconds:.1f}s")

@@ -30,6 +30,7 @@ from builder.engine.images import require_promoted
 from builder.errors import ArchiveError, EngineError, ExportError
 from builder.names import HASH_LABEL, STACK_LABEL, hash_tag, latest_tag
 from builder.outputs.exports.manifest import MANIFEST_NAME, manifest_for, read_manifest
+from builder.plan.lockimages import refusal
 from builder.plan.plan import Plan
 from builder.statelock import stack_lock
 
@@ -174,9 +175,11 @@ class _ChunkReader(io.RawIOBase):
 
 # ------------------------------------------------------------------------------------------ load
 
-def load_image(client, path, on_progress: Callable[[int], None] | None = None) -> LoadResult:
+def load_image(client, path, on_progress: Callable[[int], None] | None = None,
+               recorded: Callable[[str, str], dict] | None = None) -> LoadResult:
     """Stream a `dlenv save` archive into the engine; move dlenv/STACK:<hash16> and :latest only
-    when the loaded image's id and content-hash label equal the manifest's."""
+    when the loaded image's id and content-hash label equal the manifest's, and (`recorded`: the
+    lock's images section of a stack and content hash) its id is the lock's reproducible one, if any."""
     started = time.monotonic()
     path = Path(path)
     manifest = read_manifest(path)
@@ -188,7 +191,8 @@ def load_image(client, path, on_progress: Callable[[int], None] | None = None) -
         raise EngineError(f"cannot list the engine's images: {exc.explanation or exc}") from None
     image_id = _load_one(client, path, on_progress)
     labels = engine.image_labels(engine.image_attrs(client, image_id))
-    problem = _mismatch(manifest, image_id, labels)
+    problem = _mismatch(manifest, image_id, labels) or refusal(recorded(stack, content_hash) if recorded else {},
+                                                                image_id, "the loaded image")
     if problem:
         _forget(client, image_id, before)
         raise ArchiveError(f"{path}: {problem}; no tag was moved")

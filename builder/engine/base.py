@@ -86,59 +86,67 @@ def bootstrap(client, base: dict, log=lambda msg: None, pins: dict | None = None
               mirror: str | None = None) -> str:
     """Bootstrap and import the base (as `ref`, default its recipe's name); returns the image id."""
     recipe = base_recipe(base)
-    tool = shutil.which("mmdebstrap")
-    if tool is None:
-        raise BaseImageError("mmdebstrap is not installed; it bootstraps the default Debian base",
-                             hint="apt-get install mmdebstrap")
     ref = ref or base_ref(base, pins)
-    sources = debian_sources(recipe["suite"], mirror=mirror)
     workdir = Path(tempfile.mkdtemp(prefix="base-", dir=paths.state_dir()))
     try:
-        sources_file = workdir / "debian.sources"
-        sources_file.write_text(sources)
-        tarball = workdir / "rootfs.tar"
-        env = dict(os.environ, SOURCE_DATE_EPOCH=str(recipe["epoch"]))
-        packages_file = workdir / "packages.txt"
-        hooks = [f"--customize-hook=chroot \"$1\" dpkg-query -W -f='{DPKG_FORMAT}' > {packages_file}"]
-        if pins:
-            prefs = workdir / "dlenv-lock.pref"
-            prefs.write_text("".join(f"Package: {name}\nPin: version {version}\nPin-Priority: 1001\n\n"
-                                     for name, version in sorted(pins.items())))
-            target = '"$1/etc/apt/preferences.d/dlenv-lock.pref"'
-            hooks = [f'--setup-hook=mkdir -p "$1/etc/apt/preferences.d" && cp {prefs} {target}',
-                     f"--customize-hook=rm -f {target}"] + hooks
-        log(f"bootstrapping Debian {recipe['suite']} ({recipe['variant']}{', pinned by the lock' if pins else ''}) "
-            "with mmdebstrap")
-        proc = subprocess.run(
-            [tool, f"--variant={recipe['variant']}", "--mode=auto", *hooks, recipe["suite"], str(tarball),
-             str(sources_file)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if proc.returncode != 0:
-            last = [ln for ln in proc.stdout.splitlines() if ln.strip()][-5:]
-            raise BaseImageError(f"mmdebstrap failed (exit {proc.returncode}): {' | '.join(last)}",
-                                 hint="check the Debian mirror (DLENV_DEBIAN_MIRROR or the host's apt sources)")
-        installed = parse_dpkg_list(packages_file.read_text())
-        if pins:
-            wrong = _mismatches(pins, installed)
-            if wrong:
-                shown = ", ".join(wrong[:8]) + (f" and {len(wrong) - 8} more" if len(wrong) > 8 else "")
-                raise BaseImageError(
-                    f"the Debian archive no longer has the base packages the lock pins: {shown}",
-                    hint="`dlenv lock STACK` resolves them again (and shows what changes), or set debian_mirror "
-                         "to a snapshot of the archive from the lock's date")
-        digest = hashlib.sha256()
-        with open(tarball, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        log(f"importing the rootfs (sha256 {digest.hexdigest()[:16]}) as {ref}")
+        tarball, sha, installed = bootstrap_rootfs(base, workdir, log, pins=pins, mirror=mirror)
+        log(f"importing the rootfs (sha256 {sha[:16]}) as {ref}")
         changes = [
             "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "ENV LANG=C.UTF-8",
             f"LABEL {RECIPE_LABEL}={recipe['suite']}/{recipe['variant']}/{recipe['epoch']}",
-            f"LABEL {ROOTFS_LABEL}={digest.hexdigest()}",
+            f"LABEL {ROOTFS_LABEL}={sha}",
             f"LABEL {PACKAGES_LABEL}={packages_digest(installed)}",
             'CMD ["bash"]',
         ]
         return engine.import_rootfs(client, tarball, ref, changes)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def bootstrap_rootfs(base: dict, workdir: Path, log=lambda msg: None, pins: dict | None = None,
+                     mirror: str | None = None, hooks_after: tuple = ()) -> tuple[Path, str, dict]:
+    """mmdebstrap the base's rootfs into `workdir`: (tarball, its sha256, the installed packages).
+    `hooks_after`: extra mmdebstrap options after dlenv's own (the buildah base's customize hook)."""
+    recipe = base_recipe(base)
+    tool = shutil.which("mmdebstrap")
+    if tool is None:
+        raise BaseImageError("mmdebstrap is not installed; it bootstraps the default Debian base",
+                             hint="apt-get install mmdebstrap")
+    sources_file = workdir / "debian.sources"
+    sources_file.write_text(debian_sources(recipe["suite"], mirror=mirror))
+    tarball = workdir / "rootfs.tar"
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(recipe["epoch"]))
+    packages_file = workdir / "packages.txt"
+    hooks = [f"--customize-hook=chroot \"$1\" dpkg-query -W -f='{DPKG_FORMAT}' > {packages_file}"]
+    if pins:
+        prefs = workdir / "dlenv-lock.pref"
+        prefs.write_text("".join(f"Package: {name}\nPin: version {version}\nPin-Priority: 1001\n\n"
+                                 for name, version in sorted(pins.items())))
+        target = '"$1/etc/apt/preferences.d/dlenv-lock.pref"'
+        hooks = [f'--setup-hook=mkdir -p "$1/etc/apt/preferences.d" && cp {prefs} {target}',
+                 f"--customize-hook=rm -f {target}"] + hooks
+    log(f"bootstrapping Debian {recipe['suite']} ({recipe['variant']}{', pinned by the lock' if pins else ''}) "
+        "with mmdebstrap")
+    proc = subprocess.run(
+        [tool, f"--variant={recipe['variant']}", "--mode=auto", *hooks, *hooks_after, recipe["suite"], str(tarball),
+         str(sources_file)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        last = [ln for ln in proc.stdout.splitlines() if ln.strip()][-5:]
+        raise BaseImageError(f"mmdebstrap failed (exit {proc.returncode}): {' | '.join(last)}",
+                             hint="check the Debian mirror (DLENV_DEBIAN_MIRROR or the host's apt sources)")
+    installed = parse_dpkg_list(packages_file.read_text())
+    if pins:
+        wrong = _mismatches(pins, installed)
+        if wrong:
+            shown = ", ".join(wrong[:8]) + (f" and {len(wrong) - 8} more" if len(wrong) > 8 else "")
+            raise BaseImageError(
+                f"the Debian archive no longer has the base packages the lock pins: {shown}",
+                hint="`dlenv lock STACK` resolves them again (and shows what changes), or set debian_mirror "
+                     "to a snapshot of the archive from the lock's date")
+    digest = hashlib.sha256()
+    with open(tarball, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return tarball, digest.hexdigest(), installed

@@ -35,6 +35,7 @@ from builder.engine.images import promoted_image
 from builder.names import HASH_LABEL, TAG_CHARS
 from builder.outputs.exports.common import registry_host
 from builder.outputs.exports.common import registry_ref as remote_ref
+from builder.plan.lockimages import refusal
 from builder.plan.plan import Plan
 from builder.statelock import stack_lock
 from builder.errors import EngineError, RegistryError
@@ -324,6 +325,11 @@ def _pull(client, plan: Plan, registry: str, on_progress: ProgressCallback | Non
                             f"{plan.content_hash[:TAG_CHARS]}...", kind="mismatch",
                             hint=f"no tag was moved; push the right image again (`dlenv push {plan.resolved.name}`) "
                                  f"or build it here")
+    problem = refusal(plan.lock.images if plan.lock else {}, attrs["Id"], f"the image under {remote}")
+    if problem:
+        _restore_tag(client, remote, remote_before, attrs["Id"])
+        raise RegistryError(problem, kind="mismatch",
+                            hint="no tag was moved; build it here (`dlenv build --engine buildah` reproduces the lock's image)")
     engine.tag(client, attrs["Id"], plan.hash_tag)
     engine.tag(client, attrs["Id"], plan.latest_tag)
     if remote_before is None:

@@ -23,7 +23,7 @@ from builder.engine.images import promoted_image
 from builder.errors import BuildError, EngineError, LockError, VerifyError, shown
 from builder.fileio import write_text_atomic
 from builder.names import HASH_LABEL, TAG_CHARS
-from builder.pipeline import locker
+from builder.pipeline import buildah_build, locker
 from builder.plan import buildkit_variant
 from builder.plan.lockfile import dump
 from builder.plan.lockfile import load as load_lock
@@ -126,9 +126,12 @@ def _prepare_base(client, p: Plan, mirror: str | None, log) -> None:
                     "its packages are the locked ones")
 
 
-def _build_candidate(client, p: Plan, bundle: CABundle, engine_name: str, cli: str | None, log_path: Path, *,
-                     nocache: bool, on_progress) -> str:
+def _build_candidate(client, p: Plan, bundle: CABundle, engine_name: str, cli, log_path: Path, *,
+                     nocache: bool, on_progress, mirror: str | None = None, log=lambda msg: None) -> str:
     """Build the candidate image with the chosen engine from a temporary context; returns its id."""
+    if engine_name == "buildah":   # its own storage, base and context (pipeline/buildah_build.py)
+        return buildah_build.build_candidate(cli, client, p, bundle, log_path, nocache=nocache, mirror=mirror,
+                                             log=log, on_progress=on_progress)
     workdir = Path(tempfile.mkdtemp(prefix="context-", dir=paths.state_dir()))
     try:
         buildargs = {**pip_build_args(), "DLENV_CONTENT_HASH": p.content_hash}
@@ -143,6 +146,12 @@ def _build_candidate(client, p: Plan, bundle: CABundle, engine_name: str, cli: s
                          on_progress=on_progress, nocache=nocache)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _find_cli(engine_name: str):
+    if engine_name == "buildkit":
+        return buildkit.find_cli()
+    return buildah_build.find() if engine_name == "buildah" else None
 
 
 def _verify_candidate(client, p: Plan, on_check) -> Report:
@@ -182,7 +191,8 @@ def build(p: Plan, client, *, ca_bundle: CABundle | None = None, mirror: str | N
 
     engine_name "sdk" builds through docker-py (classic builder); "buildkit" through a Docker CLI with
     BuildKit, from the variant of the same Dockerfile (see plan/buildkit_variant.py): same content hash,
-    same label, same candidate/promote steps."""
+    same label, same candidate/promote steps; "buildah" through buildah (plan/buildah_variant.py), whose
+    first build of a lock records the image id in the lock's images section."""
     started = time.monotonic()
     with stack_lock(p.resolved.name, log):
         attrs = promoted_image(client, p)
@@ -195,16 +205,19 @@ def build(p: Plan, client, *, ca_bundle: CABundle | None = None, mirror: str | N
             return BuildResult(p, attrs["Id"], False, [p.hash_tag, p.latest_tag],
                                time.monotonic() - started, pulled=True)
         bundle = ca_bundle or find_ca_bundle()
-        cli = buildkit.find_cli() if engine_name == "buildkit" else None   # before the base: fails in a second
+        cli = _find_cli(engine_name)   # before the base: fails in a second
         if p.parent is None:
-            _prepare_base(client, p, mirror, log)
+            if engine_name != "buildah":   # buildah bootstraps its own base in its own storage
+                _prepare_base(client, p, mirror, log)
         elif promoted_image(client, p.parent) is None:
             raise EngineError(f"{p.parent.hash_tag}, the image {p.resolved.name} builds on, does not exist",
                               hint=f"build or pull {p.parent.resolved.name} first (`dlenv build` does it)")
         log_path = paths.state_dir() / "logs" / f"{p.resolved.name}-{p.content_hash[:TAG_CHARS]}.log"
         image_id = _build_candidate(client, p, bundle, engine_name, cli, log_path, nocache=nocache,
-                                    on_progress=on_progress)
+                                    on_progress=on_progress, mirror=mirror, log=log)
         report = _verify_candidate(client, p, on_check) if verify else None
         _promote(client, p, image_id)
+        if engine_name == "buildah":
+            buildah_build.record_image(cli, p, image_id, log)
         return BuildResult(p, image_id, False, [p.hash_tag, p.latest_tag], time.monotonic() - started,
                            str(log_path), report)

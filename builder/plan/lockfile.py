@@ -13,6 +13,7 @@ stack, and the texts the renderer installs from:
 - `apt`: every Debian package the build and runtime stages install or upgrade, with its version.
 - `sources`: the Debian source packages compiled from, with the checksum of the upstream tarball.
 - `python`: for every pip install step, each distribution with its version, file and sha256.
+- `images`, outside the pins and digests: the reproducible image id per engine/arch (plan/lockimages).
 
 The file is YAML with sorted keys and one package per line, so a relock reads as a small diff.
 """
@@ -28,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from builder.errors import LockError, SpecError, printable, shown
+from builder.plan.lockimages import parse_images
 from builder.spec.yamlload import decode_yaml_bytes, is_blank, parse_yaml_text, read_limited
 
 LOCK_FORMAT = 1
@@ -124,6 +126,7 @@ class Lock:
     dlenv_version: str = ""
     path: Path | None = field(default=None, compare=False)
     parent: dict = field(default_factory=dict)  # layered: {"stack", "content_hash", "lock"} of the parent image
+    images: dict = field(default_factory=dict, compare=False)  # engine/arch -> image id: not in pins_document
 
     @property
     def inputs_digest(self) -> str:
@@ -180,6 +183,7 @@ def dump(lock: Lock) -> str:
         "sources": lock.sources,
         "python": {step: [{"name": p.name, "version": p.version, "file": p.file, "sha256": p.sha256} for p in pins]
                    for step, pins in lock.python.items()},
+        **({"images": dict(sorted(lock.images.items()))} if lock.images else {}),
     }
     header = (f"# Written by `dlenv lock {lock.stack}`. Do not edit: change the stack file and lock again.\n"
               "# Commit it next to the stack: `dlenv build` installs exactly these versions and files.\n")
@@ -257,8 +261,7 @@ def _read(path: Path):
     except SpecError as exc:
         raise LockError(exc.message, hint="run `dlenv lock` to write it again") from None
     problem = _plain_problem(data)
-    if problem:
-        _need(False, path, *problem)
+    _need(problem is None, path, *(problem or ("", "")))
     return data
 
 
@@ -311,7 +314,8 @@ def load(path: Path) -> Lock:
                 apt_build=_pins(apt.get("build", {}), path, "apt.build"),
                 apt_runtime=_pins(apt.get("runtime", {}), path, "apt.runtime"),
                 sources={k: dict(v) for k, v in sources.items()}, python=python,
-                dlenv_version=str(data.get("dlenv_version", "")), path=path, parent=_parent(data.get("parent"), path))
+                dlenv_version=str(data.get("dlenv_version", "")), path=path, parent=_parent(data.get("parent"), path),
+                images=parse_images(data.get("images"), path))
 
 
 # --- parsing what the lock container reports (pure, so it is unit-tested) -------------------
@@ -335,9 +339,7 @@ def parse_dpkg_list(text: str) -> dict:
     out = {}
     for line in text.splitlines():
         parts = line.split("\t")
-        if len(parts) >= 2 and parts[0] and parts[1]:
-            if len(parts) >= 3 and not parts[2].startswith("ii"):
-                continue
+        if len(parts) >= 2 and parts[0] and parts[1] and (len(parts) < 3 or parts[2].startswith("ii")):
             out[parts[0].split(":")[0]] = parts[1]
     return out
 
@@ -381,19 +383,16 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-
 def lock_changes(old: Lock | None, new: Lock) -> list[str]:
     """Pins that differ between two locks, as 'name old -> new' lines."""
     if old is None:
         return []
-    out = []
+
     def table(lock):
         rows = {f"deb {k}": v for k, v in {**lock.base_packages, **lock.apt_build, **lock.apt_runtime}.items()}
         rows.update({f"py {k}": v for k, v in lock.python_pins().items()})
         rows.update({f"src {k}": f"{v['version']} {v['sha256'][:12]}" for k, v in lock.sources.items()})
         return rows
     a, b = table(old), table(new)
-    for key in sorted(set(a) | set(b)):
-        if a.get(key) != b.get(key):
-            out.append(f"{key} {a.get(key, '(none)')} -> {b.get(key, '(none)')}")
-    return out
+    return [f"{key} {a.get(key, '(none)')} -> {b.get(key, '(none)')}" for key in sorted(set(a) | set(b))
+            if a.get(key) != b.get(key)]

@@ -28,8 +28,9 @@ KEYS = {
                       "Debian mirror URL for the bootstrapped base (default: the host's apt sources)"),
     "ca_bundle": ("DLENV_CA_BUNDLE", None, r"^[^\n\x00]+$", "extra CA bundle for pip in the build stage"),
     "shm_size": ("DLENV_SHM_SIZE", "8g", r"^[0-9]+[bkmg]?$", "/dev/shm size for shell, run and verify"),
-    "engine": ("DLENV_ENGINE", "sdk", r"^(sdk|buildkit)$",
-               "build engine: sdk (docker-py, classic builder) or buildkit (a Docker CLI with BuildKit)"),
+    "engine": ("DLENV_ENGINE", "sdk", r"^(sdk|buildkit|buildah)$",
+               "build engine: sdk (docker-py, classic builder), buildkit (a Docker CLI with BuildKit) or buildah "
+               "(reproducible image ids)"),
     "base": ("DLENV_BASE", None, r"^[a-z0-9][a-z0-9._/:-]{0,254}(@sha256:[a-f0-9]{64})?$",
              "default base image for stacks that name none (default: bootstrapped Debian bookworm)"),
 }

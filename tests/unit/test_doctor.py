@@ -15,6 +15,7 @@ import docker.errors
 import pytest
 
 from builder import doctor
+from builder.engine import buildah
 from builder.cli.app import main
 from builder.cli.doctor import doctor as doctor_cmd
 from builder.errors import EngineError
@@ -99,6 +100,15 @@ def plenty_of_disk(monkeypatch):
     monkeypatch.setattr(doctor.shutil, "disk_usage", lambda path: DiskUsage(500 * GB, 100 * GB, 400 * GB))
 
 
+BUILDAH_DOCTOR_STATUS = buildah.doctor_status   # the real one, before the fixture below replaces it
+
+
+@pytest.fixture(autouse=True)
+def buildah_present(monkeypatch):
+    """This machine's buildah (or its absence) does not decide these tests; test_buildah_check does."""
+    monkeypatch.setattr(buildah, "doctor_status", lambda required, environ=None: ("ok", "buildah 1.28.2", None))
+
+
 @pytest.fixture
 def which(monkeypatch):
     """`which(found)`: pretend mmdebstrap is (or is not) installed."""
@@ -121,7 +131,7 @@ def test_all_good(env, root, which):
     checks = run(env, FakeClient(make_info(root, Runtimes={"nvidia": {"path": "nvidia-container-runtime"}}),
                                  images=[DEFAULT_BASE_REF]))
     assert list(checks) == ["config", "engine", "storage driver", "disk space", "nvidia runtime", "base image",
-                            "mmdebstrap", "debian mirror", "ca bundle", "registry"]
+                            "mmdebstrap", "debian mirror", "ca bundle", "registry", "buildah"]
     statuses = {name: c.status for name, c in checks.items()}
     assert statuses == {**{name: "ok" for name in checks}, "ca bundle": "warn", "registry": "skip"}
     assert "Docker 20.10.24+dfsg1 (API 1.41)" in checks["engine"].detail
@@ -526,11 +536,11 @@ def test_cli_warnings_exit_0_with_aligned_lines_and_fixes(doctor_cli, root):
     assert any(ln.startswith("ok    engine ") and "Docker 20.10.24+dfsg1" in ln for ln in lines)
     # status, name and detail are columns: every detail (and every fix) starts at the same place
     rows = check_lines(result.stdout)
-    assert len(rows) == 10
+    assert len(rows) == 11
     width = max(len(name) for name in ("storage driver", "nvidia runtime")) + 2
     assert {ln[6 + width - 1] for ln in rows} == {" "} and all(ln[6 + width] != " " for ln in rows)
     assert lines[gpu + 1].index("fix:") == 6 + width
-    assert lines[-1] == "7 ok, 2 warn, 1 skip"
+    assert lines[-1] == "8 ok, 2 warn, 1 skip"
 
 
 def test_cli_json_and_exit_1_on_a_fail(doctor_cli):
@@ -559,3 +569,10 @@ def test_cli_quiet_prints_only_warnings_and_failures(doctor_cli, root):
     assert result.exit_code == 0, result.output
     assert [ln.split("  ")[0] for ln in check_lines(result.stdout)] == ["warn", "warn"]
     assert "ok    engine" not in result.stdout
+
+
+def test_buildah_check_without_buildah_skips_or_fails_when_it_is_the_engine(tmp_path):
+    env = {"PATH": str(tmp_path)}   # no buildah on it
+    assert BUILDAH_DOCTOR_STATUS(False, env)[0] == "skip"
+    failed = BUILDAH_DOCTOR_STATUS(True, env)
+    assert failed[0] == "fail" and "buildah is not installed" in failed[1] and "setup-host.sh" in failed[2]

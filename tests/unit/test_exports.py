@@ -774,3 +774,20 @@ def test_export_templates_are_found_with_a_foreign_catalog(tmp_path, monkeypatch
     shutil.copytree(ROOT / "templates", foreign, ignore=shutil.ignore_patterns("exports"))
     monkeypatch.setenv("DLENV_TEMPLATES_DIR", str(foreign))
     assert apptainer_def(py).startswith("Bootstrap: docker-daemon\n")
+
+
+def test_load_refuses_an_image_that_is_not_the_locks_recorded_id(py, saved, state):
+    """Issue #17: with a lock that records reproducible ids, only one of them is tagged."""
+    other = "sha256:" + "cd" * 32
+    key = "buildah-1.28/linux-amd64"
+    api = FakeAPI(py)
+    with pytest.raises(ArchiveError) as info:
+        load_image(FakeClient(api), saved, recorded=lambda stack, content_hash: {key: other})
+    line = info.value.one_line()
+    assert "not the lock's reproducible image" in line and key in line and "no tag was moved" in line
+    assert api.tags == [] and api.removed == [api.load_id]
+    api = FakeAPI(py)
+    asked = []
+    load_image(FakeClient(api), saved,
+               recorded=lambda stack, content_hash: asked.append((stack, content_hash)) or {key: IMAGE_ID})
+    assert api.tags and asked == [("python", py.content_hash)]

@@ -1,0 +1,212 @@
+"""The optional buildah engine: the same build through `buildah build`, so that one lock gives one image id.
+
+Why buildah: with `--format oci --timestamp <epoch> --identity-label=false` and a base written as an
+image archive (engine/buildah_store.py), two `--no-cache` builds of one lock give the same image id,
+also on another machine (measured with the prototype of issue #17). The Dockerfile it builds is the
+variant of builder.plan.buildah_variant.
+
+Owns finding buildah (and its version), dlenv's own buildah storage (`--root`/`--runroot` under the
+state folder, so that cleaning up touches only dlenv's containers and images), running the build with
+its progress, stopping it, cleaning up after it, and its failure as the same BuildError the SDK's.
+Only this module and buildah_store run buildah.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from builder import paths
+from builder.engine.buildlog import LOG_TAIL, BuildProgress, _build_hint, _short_build_error
+from builder.errors import BuildError, EngineError
+from builder.names import CA_SECRET_ID
+
+MIN_VERSION = (1, 28)
+_VERSION = re.compile(r"^Version:\s+(\d+)\.(\d+)(?:\.(\d+))?", re.M)
+_STEP = re.compile(r"^(?:\[(\d+)/(\d+)\] )?STEP (\d+)/(\d+): (.*)$")
+_ERROR = re.compile(r"^Error: (.*)$")
+_AT_STEP = re.compile(r'^building at STEP "(.*)": (.*)$')
+HINT = "install Debian's buildah (scripts/setup-host.sh does) or build with --engine sdk"
+
+
+def storage_args() -> list[str]:
+    """buildah's global flags for dlenv's own storage, under the state folder."""
+    root = paths.state_dir() / "buildah"
+    return ["--root", str(root / "storage"), "--runroot", str(root / "run")]
+
+
+def find_buildah(environ=os.environ) -> tuple[str, str]:
+    """(path, version) of a buildah >= 1.28; EngineError (one line) when there is none."""
+    path = shutil.which("buildah", path=environ.get("PATH"))
+    if path is None:
+        raise EngineError("buildah is not installed; the buildah engine needs it", hint=HINT)
+    try:
+        proc = subprocess.run([path, "version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EngineError(f"cannot run {path} version: {exc}", hint=HINT) from None
+    m = _VERSION.search(proc.stdout)
+    if proc.returncode != 0 or not m:
+        raise EngineError(f"{path} version did not say its version (exit status {proc.returncode})", hint=HINT)
+    if (int(m[1]), int(m[2])) < MIN_VERSION:
+        raise EngineError(f"buildah {m[1]}.{m[2]} is too old; dlenv needs 1.28 or newer", hint=HINT)
+    return path, f"{m[1]}.{m[2]}.{m[3] or 0}"
+
+
+def run_buildah(cli: str, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """One buildah command in dlenv's storage; EngineError (one line) when it fails and `check`."""
+    try:
+        proc = subprocess.run([cli, *storage_args(), *args], capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EngineError(f"buildah {args[0]} failed: {exc}", hint=HINT) from None
+    if check and proc.returncode != 0:
+        why = (proc.stderr or proc.stdout).strip().splitlines()
+        raise EngineError(f"buildah {args[0]} failed: {why[-1] if why else f'exit status {proc.returncode}'}",
+                          hint="see `dlenv doctor`; dlenv's buildah storage is " + str(paths.state_dir() / "buildah"))
+    return proc
+
+
+def cleanup(cli: str, prune: bool = True) -> None:
+    """Remove every working container in dlenv's storage and (`prune`) the images no tagged image needs:
+    what an interrupted or failed build leaves. Touches nothing outside dlenv's own storage."""
+    run_buildah(cli, "rm", "--all", check=False)
+    if prune:
+        run_buildah(cli, "rmi", "--prune", check=False)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End buildah and whatever it started (it leads its own process group): SIGTERM, then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            break
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def command(cli: str, context_dir: Path, tag_ref: str, buildargs: dict, iid_file: Path, *, epoch: int,
+            secret_file: Path | None, nocache: bool) -> list[str]:
+    """The command line that gives one image id per lock (report of issue #17, §0)."""
+    cmd = [cli, *storage_args(), "build", "--layers", "--format", "oci", "--timestamp", str(int(epoch)),
+           "--identity-label=false", "--pull=never", "--iidfile", str(iid_file), "-t", tag_ref]
+    if nocache:
+        cmd.append("--no-cache")
+    for name in sorted(buildargs):     # values travel in the environment: credentials stay out of `ps`
+        cmd += ["--build-arg", name]
+    if secret_file is not None:
+        cmd += ["--secret", f"id={CA_SECRET_ID},src={secret_file}"]
+    return cmd + ["-f", str(context_dir / "Dockerfile"), str(context_dir)]
+
+
+class _StepLog:
+    """Reads buildah's output: the step it is at, its error line, the tail."""
+
+    def __init__(self):
+        self.progress = BuildProgress()
+        self.tail: collections.deque = collections.deque(maxlen=LOG_TAIL)
+        self.error = None
+
+    def feed(self, line: str) -> None:
+        self.tail.append(line)
+        m = _STEP.match(line)
+        if m:
+            stage = f"[stage {m[1]}/{m[2]}] " if m[1] else ""
+            self.progress.step, self.progress.total, self.progress.instruction = int(m[3]), int(m[4]), stage + m[5]
+        e = _ERROR.match(line)
+        if e and self.error is None:
+            self.error = e[1]
+
+
+def _run(cmd: list[str], env: dict, log_path: Path, steps: _StepLog,
+         on_progress: Callable[[BuildProgress, str], None] | None) -> int:
+    with open(log_path, "w", encoding="utf-8") as log:
+        try:
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1,
+                                    start_new_session=True)
+        except OSError as exc:
+            raise EngineError(f"cannot run {cmd[0]}: {exc}", hint=HINT) from None
+        try:
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")
+                log.write(line + "\n")
+                steps.feed(line)
+                if on_progress:
+                    on_progress(steps.progress, line)
+            return proc.wait()
+        finally:
+            _stop(proc)
+
+
+def failure(code: int, steps: _StepLog, log_path: Path) -> BuildError:
+    """The BuildError of a failed buildah build: its error, at the step it was at."""
+    message = steps.error or f"buildah build exited with status {code}"
+    m = _AT_STEP.match(message)
+    if m:
+        message = m[2]
+    where = steps.progress
+    step = f"step {where.step}/{where.total}: {where.instruction}" if where.total else None
+    lines = list(steps.tail)
+    return BuildError(_short_build_error(message, where), step=step, log_tail=lines, log_path=str(log_path),
+                      hint=_build_hint(message, lines))
+
+
+def build(cli: str, context_dir: Path, tag_ref: str, buildargs: dict, log_path: Path, *, epoch: int,
+          secret_file: Path | None = None, on_progress: Callable[[BuildProgress, str], None] | None = None,
+          nocache: bool = False) -> str:
+    """`buildah build` of `context_dir` (its Dockerfile is the variant) in dlenv's storage, tagged
+    `tag_ref`; returns the image id. The full log goes to `log_path`. Whatever way it ends (Ctrl-C
+    included), buildah is stopped and its working containers are removed."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    iid_dir = Path(tempfile.mkdtemp(prefix="iid-"))
+    iid_file = iid_dir / "iid"
+    cmd = command(cli, context_dir, tag_ref, buildargs, iid_file, epoch=epoch, secret_file=secret_file, nocache=nocache)
+    env = {**os.environ, **{k: str(v) for k, v in buildargs.items()}}
+    steps = _StepLog()
+    ok = False
+    try:
+        code = _run(cmd, env, log_path, steps, on_progress)
+        if code != 0:
+            raise failure(code, steps, log_path)
+        image_id = iid_file.read_text().strip() if iid_file.is_file() else ""
+        if not image_id:
+            raise BuildError("the buildah build finished without an image id", log_tail=list(steps.tail),
+                             log_path=str(log_path))
+        ok = True
+        return image_id if image_id.startswith("sha256:") else "sha256:" + image_id
+    finally:
+        shutil.rmtree(iid_dir, ignore_errors=True)
+        cleanup(cli, prune=not ok)   # a good build keeps its intermediate images: they are the layer cache
+
+
+def doctor_status(required: bool, environ=os.environ) -> tuple[str, str, str | None]:
+    """(ok|warn|fail|skip, detail, fix) for `dlenv doctor`: buildah's presence, version and dlenv's storage."""
+    try:
+        cli, version = find_buildah(environ)
+    except EngineError as exc:
+        return ("fail" if required else "skip"), exc.message, exc.hint
+    root = paths.state_dir() / "buildah" / "storage"
+    if not root.is_dir():
+        return "ok", f"buildah {version} ({cli}); dlenv's storage {root} is not made yet (the first build makes it)", None
+    proc = run_buildah(cli, "images", "--all", "--quiet", check=False, timeout=60)
+    if proc.returncode != 0:
+        why = (proc.stderr or proc.stdout).strip().splitlines()
+        return "warn", f"buildah {version}: cannot read dlenv's storage {root}: {why[-1] if why else proc.returncode}", \
+            f"remove {root.parent} (dlenv's own buildah storage) and build again"
+    count = len(proc.stdout.split())
+    return "ok", f"buildah {version} ({cli}); dlenv's storage {root}: {count} image(s)", None

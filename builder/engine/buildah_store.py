@@ -1,0 +1,152 @@
+"""What the buildah engine keeps in dlenv's buildah storage, and how its images reach Docker.
+
+- The deterministic base (report of issue #17, §1): the mmdebstrap rootfs tarball becomes the only,
+  uncompressed layer of a docker-archive whose config is fixed (created = the recipe's epoch), pulled
+  into dlenv's buildah storage under the name the Dockerfile's FROM uses. Its image id is the config's
+  digest: the same on every machine whose bootstrap gives the same rootfs. Only for buildah: the
+  sdk/BuildKit base stays a `docker import` (their content hashes and goldens do not change). The
+  buildah base's bootstrap also deletes /etc/hostname and /etc/resolv.conf (mmdebstrap copies the
+  host's; engines bind-mount both at run time), so its rootfs differs from the lock's rootfs_sha256.
+- Into Docker: `buildah push IMG docker-daemon:TAG`, or, when DOCKER_HOST names another engine
+  (docker-daemon: ignores it), a docker-archive loaded through docker-py. Same id on both sides.
+- The layer listing of an image, to say which paths differ between two builds (`build --check`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+from builder import paths
+from builder.engine import dockerapi as engine
+from builder.engine.base import bootstrap_rootfs
+from builder.engine.buildah import run_buildah
+from builder.errors import EngineError
+from builder.names import PACKAGES_LABEL, RECIPE_LABEL, ROOTFS_LABEL
+from builder.plan.pins import base_recipe, packages_digest
+
+HOST_FILES_HOOK = '--customize-hook=rm -f "$1/etc/hostname" "$1/etc/resolv.conf"'
+_DEFAULT_SOCKETS = ("", "unix:///var/run/docker.sock", "unix:///run/docker.sock")
+
+
+def image_id(cli: str, ref: str) -> str | None:
+    """The id of `ref` in dlenv's buildah storage, or None."""
+    proc = run_buildah(cli, "inspect", "--type", "image", "--format", "{{.FromImageID}}", ref, check=False)
+    got = proc.stdout.strip()
+    return ("sha256:" + got.removeprefix("sha256:")) if proc.returncode == 0 and got else None
+
+
+def base_config(base: dict, layer_sha: str, installed: dict, arch: str) -> bytes:
+    """The base's image config: byte for byte a function of the recipe, the rootfs and its packages."""
+    recipe = base_recipe(base)
+    created = datetime.datetime.fromtimestamp(recipe["epoch"], datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    name = f"{recipe['suite']}/{recipe['variant']}/{recipe['epoch']}"
+    cfg = {
+        "architecture": arch, "os": "linux", "created": created,
+        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
+                   "Cmd": ["bash"],
+                   "Labels": {RECIPE_LABEL: name, ROOTFS_LABEL: layer_sha, PACKAGES_LABEL: packages_digest(installed)}},
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_sha}"]},
+        "history": [{"created": created, "created_by": f"dlenv bootstrap {name} (mmdebstrap)"}],
+    }
+    return json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes | None = None, path: Path | None = None) -> None:
+    info = tarfile.TarInfo(name)
+    info.mtime, info.mode, info.uid, info.gid = 0, 0o644, 0, 0
+    if path is not None:
+        info.size = path.stat().st_size
+        with open(path, "rb") as handle:
+            tar.addfile(info, handle)
+    else:
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+
+def write_base_archive(out: Path, ref: str, rootfs: Path, config: bytes, layer_sha: str) -> str:
+    """A docker-archive (docker save format) holding `rootfs` as its one layer; returns the image id."""
+    cfg_hex = hashlib.sha256(config).hexdigest()
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        _add(tar, f"{cfg_hex}.json", config)
+        _add(tar, f"{layer_sha}/layer.tar", path=rootfs)
+        manifest = [{"Config": f"{cfg_hex}.json", "RepoTags": [ref], "Layers": [f"{layer_sha}/layer.tar"]}]
+        _add(tar, "manifest.json", json.dumps(manifest, separators=(",", ":")).encode())
+    return f"sha256:{cfg_hex}"
+
+
+def ensure_base(cli: str, base: dict, ref: str, arch: str, log=lambda msg: None, pins: dict | None = None,
+                mirror: str | None = None) -> str:
+    """The base in dlenv's buildah storage as `ref`, the name the Dockerfile's FROM uses (bootstrapped
+    and pulled when missing)."""
+    if "image" in base:
+        raise EngineError("the buildah engine builds only on dlenv's bootstrapped Debian base for now",
+                          hint="build this stack with --engine sdk or buildkit")
+    if image_id(cli, ref) is not None:
+        return ref
+    workdir = Path(tempfile.mkdtemp(prefix="buildah-base-", dir=paths.state_dir()))
+    try:
+        rootfs, sha, installed = bootstrap_rootfs(base, workdir, log, pins=pins, mirror=mirror,
+                                                  hooks_after=(HOST_FILES_HOOK,))
+        archive = workdir / "base.tar"
+        want = write_base_archive(archive, ref, rootfs, base_config(base, sha, installed, arch), sha)
+        log(f"loading the base (rootfs sha256 {sha[:16]}, image {want[7:19]}) into dlenv's buildah storage as {ref}")
+        run_buildah(cli, "pull", "--quiet", f"docker-archive:{archive}")
+        got = image_id(cli, ref)
+        if got != want:
+            raise EngineError(f"buildah stored the base {ref} as {got}, not {want}",
+                              hint=f"remove dlenv's buildah storage ({paths.state_dir() / 'buildah'}) and build again")
+        return ref
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def to_docker(cli: str, client, ref: str, tag_ref: str, want_id: str, environ=os.environ) -> None:
+    """Hand the image `ref` to the Docker engine as `tag_ref`, and check Docker gives it the same id."""
+    if environ.get("DOCKER_HOST", "") in _DEFAULT_SOCKETS:
+        run_buildah(cli, "push", "--quiet", ref, f"docker-daemon:{tag_ref}")
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="buildah-push-", dir=paths.state_dir()))
+        try:
+            archive = workdir / "image.tar"
+            run_buildah(cli, "push", "--quiet", ref, f"docker-archive:{archive}:{tag_ref}")
+            with open(archive, "rb") as handle:
+                client.images.load(handle)
+            engine.untag(client, f"localhost/{ref}")   # the archive also names buildah's own ref (report §3)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    attrs = engine.image_attrs(client, tag_ref)
+    if attrs is None or attrs["Id"] != want_id:
+        raise EngineError(f"Docker holds {tag_ref} as {(attrs or {}).get('Id', 'nothing')}, not buildah's {want_id}",
+                          hint="run `dlenv doctor`; check that DOCKER_HOST names the engine on this machine")
+
+
+def layer_listing(cli: str, ref: str) -> set[tuple]:
+    """Every entry of every layer of `ref`: (layer index, path, type, mode, uid, gid, size, sha256)."""
+    workdir = Path(tempfile.mkdtemp(prefix="buildah-list-", dir=paths.state_dir()))
+    try:
+        run_buildah(cli, "push", "--quiet", ref, f"oci:{workdir / 'oci'}")
+        index = json.loads((workdir / "oci" / "index.json").read_text())
+        blobs = workdir / "oci" / "blobs" / "sha256"
+        manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_text())
+        out = set()
+        for i, layer in enumerate(manifest["layers"]):
+            with tarfile.open(blobs / layer["digest"].split(":")[1], "r:*") as tar:
+                for m in tar:
+                    data = tar.extractfile(m).read() if m.isfile() else m.linkname.encode()
+                    out.add((i, m.name, m.type, m.mode, m.uid, m.gid, m.size, hashlib.sha256(data).hexdigest()))
+        return out
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def differing_paths(a: set[tuple], b: set[tuple], limit: int = 10) -> list[str]:
+    """The paths whose entries differ between two layer listings (pure)."""
+    return sorted({entry[1] for entry in a ^ b})[:limit]

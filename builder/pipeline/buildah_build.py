@@ -1,0 +1,133 @@
+"""The buildah engine's part of the build pipeline (issue #17): base -> candidate -> Docker, the lock's
+recorded image id, and `build --check` (a second no-cache build that must give the same id).
+
+One buildah build at a time (builder.statelock, "_buildah"): the cleanup after a build removes every
+working container in dlenv's buildah storage, so two builds must not overlap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from pathlib import Path
+
+from builder import paths
+from builder.engine import buildah, buildah_store
+from builder.engine import dockerapi as engine
+from builder.engine.context import write_context
+from builder.errors import BuildError, EngineError, ImageIdError, LockError
+from builder.fileio import write_text_atomic
+from builder.names import TAG_CHARS
+from builder.plan import buildah_variant
+from builder.plan.lockfile import dump
+from builder.plan.lockimages import check_recorded, image_key
+from builder.plan.plan import Plan
+from builder.settings.host import CABundle, pip_build_args
+from builder.statelock import stack_lock
+
+BUILDAH_MUTEX = "_buildah"
+
+
+@dataclasses.dataclass(frozen=True)
+class Buildah:
+    cli: str
+    version: str
+
+    def key(self, p: Plan) -> str:
+        return image_key("buildah", self.version, arch(p))
+
+
+def arch(p: Plan) -> str:
+    """The Debian architecture the lock was resolved for (amd64 when unlocked)."""
+    return str((p.lock.platform if p.lock else {}).get("arch", "amd64"))
+
+
+def find() -> Buildah:
+    return Buildah(*buildah.find_buildah())
+
+
+def _build(bh: Buildah, p: Plan, bundle: CABundle, name: str, log_path: Path, *, nocache: bool,
+           mirror: str | None, log, on_progress) -> str:
+    """The base, then `buildah build` of the variant as `name` in dlenv's buildah storage; the id."""
+    buildah_store.ensure_base(bh.cli, p.resolved.base, p.context.base_ref, arch(p), log,
+                              pins=p.context.base_pins or None, mirror=mirror)
+    workdir = Path(tempfile.mkdtemp(prefix="context-", dir=paths.state_dir()))
+    try:
+        epoch = buildah_variant.stack_epoch(p.resolved.base)
+        dockerfile = buildah_variant.variant(p.context.dockerfile, epoch=epoch, ca_secret=bundle.path is not None)
+        write_context(p.context, workdir, None, dockerfile=dockerfile)
+        buildargs = {**pip_build_args(), "DLENV_CONTENT_HASH": p.content_hash}
+        return buildah.build(bh.cli, workdir, name, buildargs, log_path, epoch=epoch, secret_file=bundle.path,
+                             on_progress=on_progress, nocache=nocache)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def build_candidate(bh: Buildah, client, p: Plan, bundle: CABundle, log_path: Path, *, nocache: bool,
+                    mirror: str | None, log, on_progress) -> str:
+    """Build with buildah (named by the hash tag in dlenv's storage) and hand the image to Docker as
+    the candidate tag; returns the id, the same in both."""
+    if p.parent is not None:
+        raise EngineError(f"the buildah engine does not build on a parent image yet ({p.resolved.name} builds on "
+                          f"{p.parent.hash_tag})", hint="build this stack with --engine sdk or buildkit")
+    with stack_lock(BUILDAH_MUTEX, log):
+        image_id = _build(bh, p, bundle, p.hash_tag, log_path, nocache=nocache, mirror=mirror, log=log,
+                          on_progress=on_progress)
+        buildah_store.to_docker(bh.cli, client, p.hash_tag, p.candidate_tag, image_id)
+    return image_id
+
+
+def record_image(bh: Buildah, p: Plan, image_id: str, log) -> str:
+    """Write the id into the lock's images section when it records none for this engine and arch
+    (atomically); returns 'recorded', 'reproduced' or 'differs' (said in the log, not an error)."""
+    key = bh.key(p)
+    if p.lock is None:
+        return "unlocked"
+    try:
+        status = check_recorded(p.lock.images, key, image_id, "this build's image")
+    except ImageIdError as exc:
+        log(f"note: {exc.message}")
+        return "differs"
+    if status == "reproduced":
+        return status
+    new = dataclasses.replace(p.lock, images={**p.lock.images, key: image_id})
+    try:
+        write_text_atomic(p.lock_file, dump(new))
+    except OSError as exc:
+        raise LockError(f"cannot record the image id in {p.lock_file}: {exc}",
+                        hint="copy the stack into your own folder (a dlenv.yaml extending it) and build that") from None
+    log(f"recorded {image_id[:19]} as the reproducible image of {p.lock_file.name} ({key})")
+    return "recorded"
+
+
+def check(bh: Buildah, client, p: Plan, bundle: CABundle, *, mirror: str | None, log, on_progress) -> dict:
+    """A second, no-cache build under a temporary name; BuildError (listing differing paths) when its id
+    is not the promoted image's or the lock's. Returns {"id", "key", "compared_with"}."""
+    promoted = engine.image_attrs(client, p.hash_tag)
+    key = bh.key(p)
+    want = p.lock.images.get(key) if p.lock else None
+    want = want or (promoted or {}).get("Id")
+    if want is None:
+        raise BuildError(f"nothing to compare with: {p.hash_tag} is not built and the lock records no {key} image",
+                         hint=f"run `dlenv build --engine buildah {p.resolved.name}` first")
+    name = f"dlenv-check/{p.resolved.name}:{p.content_hash[:TAG_CHARS]}"
+    log_path = paths.state_dir() / "logs" / f"{p.resolved.name}-{p.content_hash[:TAG_CHARS]}-check.log"
+    with stack_lock(BUILDAH_MUTEX, log):
+        try:
+            got = _build(bh, p, bundle, name, log_path, nocache=True, mirror=mirror, log=log, on_progress=on_progress)
+            if got != want:
+                raise BuildError(f"not reproduced: the no-cache build gave {got[:19]}, not {want[:19]} ({key}); "
+                                 f"differing paths: {_differences(bh, p.hash_tag, name)}", log_path=str(log_path),
+                                 hint="see the build log; the report of issue #17 lists the known causes")
+        finally:
+            buildah.run_buildah(bh.cli, "rmi", name, check=False)
+    return {"id": got, "key": key, "compared_with": want}
+
+
+def _differences(bh: Buildah, ref: str, other: str) -> str:
+    if buildah_store.image_id(bh.cli, ref) is None:
+        return f"unknown ({ref} is not in dlenv's buildah storage to compare with)"
+    paths_ = buildah_store.differing_paths(buildah_store.layer_listing(bh.cli, ref),
+                                           buildah_store.layer_listing(bh.cli, other))
+    return ", ".join(paths_) or "none in the layers (the image config differs)"

@@ -1,0 +1,138 @@
+"""The buildah variant of a rendered Dockerfile, derived by a pure text rewrite.
+
+Identity: as for BuildKit (plan/buildkit_variant.py), the image is named by the content hash of the
+canonical (SDK) rendering; this variant only changes how buildah runs the same steps, so that two
+`--no-cache` builds of one lock give one image id (measured with the prototype of issue #17):
+
+- buildah's deterministic output needs `--format oci`, and in the OCI format buildah 1.28 ignores
+  SHELL, also for the build's own RUN steps: every shell-form RUN becomes an exec-form RUN of the
+  SHELL in force (Docker's continuation rule: the backslash and the newline go, nothing else), its
+  `--mount` flags kept; exec-form RUNs stay; the SHELL lines become comments.
+- the runtime apt step also deletes /var/cache/ldconfig/aux-cache (written by libc-bin's trigger,
+  different on every build), and `useradd` runs with SOURCE_DATE_EPOCH (the day of the last password
+  change in /etc/shadow is the build's day otherwise).
+- the CA bundle is a build secret (`buildah build --secret`), never in a layer: the two CA lines go
+  and the pip steps mount the secret, as in the BuildKit variant.
+
+Raises RenderError when the text is not shaped as the templates render it. Runs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from builder.errors import RenderError
+from builder.names import CA_BUNDLE_TARGET, CA_SECRET_ID, SYSTEM_CA
+from builder.plan.buildkit_variant import _instructions
+from builder.plan.pins import DEFAULT_EPOCH, base_recipe
+
+_SHELL = re.compile(r"^SHELL\s+(\[.*\])\s*$")
+_FROM = re.compile(r"^FROM \S+(?: AS (\S+))?\s*$")
+_RUN = re.compile(r"^RUN\s+((?:--\S+\s+)*)(.*)$", re.S)
+_CA_COPY = re.compile(r"^COPY \S+/ca\.crt " + re.escape(CA_BUNDLE_TARGET) + r"\s*$")
+_CA_FALLBACK = re.compile(r"^RUN \[ -s " + re.escape(CA_BUNDLE_TARGET) + r" \] \|\| cp ")
+_PIP = re.compile(r"(^|[\s/])pip3? install\b")
+_SSH_KEYS = "/etc/ssh/ssh_host_* "
+_USERADD = "&& useradd "
+_HINT = "the Dockerfile template changed: update builder/plan/buildah_variant.py with it"
+
+
+def _shell_of(block: list[str]) -> list[str]:
+    m = _SHELL.match(block[0])
+    try:
+        shell = json.loads(m.group(1)) if m else None
+    except ValueError:
+        shell = None
+    if not (isinstance(shell, list) and shell and all(isinstance(w, str) for w in shell)):
+        raise RenderError(f"the buildah variant cannot read the SHELL instruction {block[0][:80]!r}", hint=_HINT)
+    return shell
+
+
+def _exec_form(block: list[str], shell: list[str], extra_flags: str = "") -> list[str]:
+    """A shell-form RUN as the exec form of `shell`; an exec-form RUN as it is."""
+    text = "".join(line[:-1] if line.endswith("\\") else line for line in block)
+    m = _RUN.match(text)
+    flags, command = m.group(1), m.group(2)
+    if command.lstrip().startswith("["):
+        return block if not extra_flags else [f"RUN {extra_flags}{block[0][4:]}", *block[1:]]
+    return [f"RUN {flags}{extra_flags}{json.dumps(shell + [command])}"]
+
+
+def _runtime_fixes(block: list[str], epoch: int, found: dict) -> list[str]:
+    """The runtime apt step: no ldconfig aux-cache, and useradd dated by SOURCE_DATE_EPOCH."""
+    out = []
+    for line in block:
+        if _SSH_KEYS in line:
+            found["aux_cache"] += 1
+            line = line.replace(_SSH_KEYS, "/var/cache/ldconfig/aux-cache " + _SSH_KEYS, 1)
+        if _USERADD in line:
+            found["useradd"] += 1
+            line = line.replace(_USERADD, f"&& SOURCE_DATE_EPOCH={int(epoch)} useradd ", 1)
+        out.append(line)
+    return out
+
+
+def _check(found: dict, has_build: bool, has_runtime_user: bool) -> None:
+    want = {"shell": found["shell"] >= 1,
+            "ca": (found["ca_copy"], found["ca_fallback"]) == ((1, 1) if has_build else (0, 0)),
+            "runtime": not has_runtime_user or (found["aux_cache"], found["useradd"]) == (1, 1)}
+    if not all(want.values()):
+        raise RenderError(f"the buildah variant did not find the lines it rewrites ({found})", hint=_HINT)
+
+
+def _rewrite_block(block: list[str], stage, shell, epoch: int | None, ca_secret: bool, found: dict):
+    """The blocks one block becomes, and the SHELL in force after it."""
+    first = block[0]
+    if first.startswith("SHELL "):
+        found["shell"] += 1
+        shell = _shell_of(block)
+        note = f"# SHELL {json.dumps(shell)} applies to each RUN below as its exec form (buildah's OCI format ignores SHELL)"
+        return [note], shell
+    if stage == "build" and _CA_COPY.match(first):
+        found["ca_copy"] += 1
+        return [], shell
+    if stage == "build" and _CA_FALLBACK.match(first):
+        found["ca_fallback"] += 1
+        return [], shell
+    if stage == "build" and first.startswith("ENV PIP_CERT=") and not ca_secret:
+        return [first.replace(f"PIP_CERT={CA_BUNDLE_TARGET}", f"PIP_CERT={SYSTEM_CA}"), *block[1:]], shell
+    if not first.startswith("RUN "):
+        return block, shell
+    if stage == "runtime" and epoch is not None:
+        block = _runtime_fixes(block, epoch, found)
+    flags = ""
+    if stage == "build" and ca_secret and _PIP.search("\n".join(block)):
+        flags = f"--mount=type=secret,id={CA_SECRET_ID},target={CA_BUNDLE_TARGET} "
+    return (_exec_form(block, shell, flags) if shell is not None else block), shell
+
+
+def variant(dockerfile: str, *, epoch: int | None, ca_secret: bool = True) -> str:
+    """The buildah Dockerfile derived from the canonical (SDK) rendering `dockerfile`.
+
+    epoch: the stack's SOURCE_DATE_EPOCH (dates useradd's /etc/shadow entry); None for a stack
+    built on its parent's image (no runtime apt step of its own). ca_secret: the CA bundle comes as
+    the secret `dlenv-ca` on the pip steps; without one pip trusts the image's own CA certificates.
+    """
+    out: list[str] = []
+    stage, shell = None, None
+    found = dict.fromkeys(("shell", "ca_copy", "ca_fallback", "aux_cache", "useradd"), 0)
+    has_build = has_runtime_user = False
+    for block in _instructions(dockerfile):
+        m = _FROM.match(block[0])
+        if m:
+            stage, shell = m.group(1), None      # SHELL is per stage
+            has_build = has_build or stage == "build"
+            out.extend(block)
+            continue
+        if stage == "runtime" and block[0].startswith("RUN ") and any(_USERADD in ln for ln in block):
+            has_runtime_user = epoch is not None
+        replaced, shell = _rewrite_block(block, stage, shell, epoch, ca_secret, found)
+        out.extend(replaced)
+    _check(found, has_build, has_runtime_user)
+    return "\n".join(out) + ("\n" if dockerfile.endswith("\n") else "")
+
+
+def stack_epoch(base: dict) -> int:
+    """The SOURCE_DATE_EPOCH a stack's images are dated by: its bootstrap recipe's, or the default."""
+    return base_recipe(base)["epoch"] if "image" not in base else DEFAULT_EPOCH

@@ -1,0 +1,180 @@
+"""The buildah engine with real buildah and the real Docker engine (issue #17): two no-cache builds of a
+small whole stack give one image id, which the lock records and Docker shows; `build --check` passes;
+`verify` says the image is the lock's; a registry image with the right content hash but another id is
+refused by `pull`; a SIGINT stops buildah and leaves no working container in dlenv's buildah storage.
+
+The module shares one state folder (one buildah storage: the base is bootstrapped once). Skips when
+buildah is missing (fails with DLENV_REQUIRE_ENGINE=1).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from registry_fixture import Registry, ensure_tools  # noqa: E402
+
+from builder.engine import buildah as buildah_mod
+from builder.errors import EngineError
+
+KEY = "buildah-1.28/linux-amd64"
+
+
+@pytest.fixture(scope="module")
+def buildah_cli():
+    try:
+        return buildah_mod.find_buildah()[0]
+    except EngineError as exc:
+        if os.environ.get("DLENV_REQUIRE_ENGINE") == "1":
+            pytest.fail(f"DLENV_REQUIRE_ENGINE=1 but {exc.one_line()}", pytrace=False)
+        pytest.skip(exc.one_line())
+
+
+@pytest.fixture(scope="module")
+def state(buildah_cli, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bh-state")
+    yield root
+    store = ["--root", str(root / "buildah" / "storage"), "--runroot", str(root / "buildah" / "run")]
+    subprocess.run([buildah_cli, *store, "rm", "--all"], capture_output=True)
+    subprocess.run([buildah_cli, *store, "rmi", "--all", "--force"], capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def storage_cmd(cli: str, state: Path, *args: str) -> list[str]:
+    return [cli, "--root", str(state / "buildah" / "storage"), "--runroot", str(state / "buildah" / "run"), *args]
+
+
+def dlenv(dlenv_path, state: Path, cwd: Path, *args: str, env=None, timeout=1800):
+    full = dict(os.environ, NO_COLOR="1", COLUMNS="200", DLENV_STATE_DIR=str(state), **(env or {}))
+    full.pop("DLENV_REGISTRY", None)
+    return subprocess.run([dlenv_path, *args], capture_output=True, text=True, env=full, cwd=cwd, timeout=timeout)
+
+
+def write_stack(folder: Path, body: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dlenv.yaml").write_text(textwrap.dedent(body).lstrip())
+    return folder
+
+
+def remove_repo(client, repo: str) -> None:
+    for image in client.images.list(name=repo):
+        for tag in image.tags:
+            try:
+                client.images.remove(tag, noprune=False)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+
+@pytest.fixture(scope="module")
+def built(buildah_cli, state, dlenv_path, docker_client, tmp_path_factory):
+    """A small whole stack (python's component declared, one package) built once with --no-cache."""
+    repo = "dlenv/dlenv-itest-bh"
+    project = write_stack(tmp_path_factory.mktemp("bh-proj"), """
+        schema: 1
+        name: dlenv-itest-bh
+        extends: python
+        components: {python: "3.11"}   # a whole build: both stages, apt steps included
+        python_packages: ["six==1.16.0"]
+    """)
+    remove_repo(docker_client, repo)
+    res = dlenv(dlenv_path, state, project, "build", "--engine", "buildah", "--no-cache")
+    assert res.returncode == 0, res.stderr[-3000:]
+    yield project, res
+    remove_repo(docker_client, repo)
+
+
+def test_the_lock_records_the_id_docker_shows_and_check_reproduces_it(built, state, dlenv_path, docker_client):
+    project, first = built
+    assert "checks passed" in first.stdout and "recorded sha256:" in first.stderr
+    lock = (project / "dlenv.lock").read_text()
+    recorded = next(line.split(": ", 1)[1] for line in lock.splitlines() if line.strip().startswith(KEY))
+    show = json.loads(dlenv(dlenv_path, state, project, "show", "--json").stdout)
+    assert docker_client.api.inspect_image(show["image"])["Id"] == recorded
+    # The lock's content hash is unchanged by the images section: the stack is still up to date.
+    assert "is up to date" in dlenv(dlenv_path, state, project, "build", "--engine", "buildah").stdout
+    res = dlenv(dlenv_path, state, project, "-q", "build", "--engine", "buildah", "--check")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"reproduced {recorded[:19]} ({KEY})" in res.stdout
+    out = json.loads(dlenv(dlenv_path, state, project, "verify", "--json").stdout)
+    assert out["reproducible"]["status"] == "reproduced" and out["reproducible"]["key"] == KEY
+
+
+def test_pull_refuses_another_image_under_the_hash(built, state, dlenv_path, docker_client, tmp_path):
+    project, _ = built
+    ensure_tools()
+    reg = Registry(tmp_path / "registry").start()
+    show = json.loads(dlenv(dlenv_path, state, project, "show", "--json").stdout)
+    good = docker_client.api.inspect_image(show["image"])["Id"]
+    try:
+        # Same labels (content hash included), another id: one more label on top of the built image.
+        other, _ = docker_client.images.build(fileobj=io.BytesIO(f"FROM {show['image']}\nLABEL dlenv.test=other\n".encode()),
+                                              rm=True)
+        docker_client.api.tag(other.id, *show["image"].rsplit(":", 1), force=True)
+        res = dlenv(dlenv_path, state, project, "push", ".", "--registry", reg.address)
+        assert res.returncode == 0, res.stderr
+        docker_client.api.tag(good, *show["image"].rsplit(":", 1), force=True)
+        docker_client.images.remove(other.id, force=True)
+        res = dlenv(dlenv_path, state, project, "pull", ".", "--registry", reg.address)
+        assert res.returncode != 0
+        err = [line for line in res.stderr.splitlines() if line.startswith("dlenv: error:")]
+        assert len(err) == 1 and "not the lock's reproducible image" in err[0] and KEY in err[0], res.stderr
+        assert docker_client.api.inspect_image(show["image"])["Id"] == good   # no tag moved
+    finally:
+        reg.stop()
+
+
+def _processes_with(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_sigint_kills_buildah_and_leaves_no_container(buildah_cli, state, dlenv_path, docker_client, tmp_path):
+    repo = "dlenv/dlenv-itest-bh-sigint"
+    token = f"dlenv-bh-sleep-{secrets.token_hex(6)}"
+    project = write_stack(tmp_path / "proj", f"""
+        schema: 1
+        name: dlenv-itest-bh-sigint
+        extends: python
+        components: {{python: "3.11"}}
+        run: ["echo {token} && sleep 300"]
+    """)
+    env = dict(os.environ, NO_COLOR="1", DLENV_STATE_DIR=str(state))
+    errors = tmp_path / "stderr.txt"
+    with open(errors, "w") as err_file:
+        proc = subprocess.Popen([dlenv_path, "build", "--engine", "buildah"], stdout=subprocess.PIPE,
+                                stderr=err_file, text=True, env=env, cwd=project)
+    try:
+        deadline = time.monotonic() + 900
+        while not _processes_with(token) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _processes_with(token), errors.read_text()[-3000:]
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=180)
+        err = errors.read_text()
+        assert proc.returncode == 130, err[-3000:]
+        assert "interrupted" in err and "Traceback" not in err
+        left = subprocess.run(storage_cmd(buildah_cli, state, "containers", "--quiet"), capture_output=True, text=True)
+        assert left.returncode == 0 and not left.stdout.strip(), left.stdout
+        assert not _processes_with(token), "the step still runs"
+        assert not {t for i in docker_client.images.list(name=repo) for t in i.tags}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        remove_repo(docker_client, repo)
