@@ -73,7 +73,7 @@ def built(docker_client, tmp_path_factory):
         name: {STACK}
         extends: python
         env:
-          DLENV_EXPORT_TOKEN: "{TOKEN}"
+          EXPORT_TOKEN: "{TOKEN}"
     """))
     state = folder / "state"
 
@@ -176,7 +176,7 @@ def test_devcontainer_runs_with_exactly_its_run_args(docker_client, built, tmp_p
         assert as_remote_user("pwd").strip() == "/workspace"
         assert as_remote_user("cat from-host.txt && echo made > from-container.txt") == "hello from the host\n"
         assert (project / "from-container.txt").read_text() == "made\n"
-        assert as_remote_user("printenv DLENV_EXPORT_TOKEN").strip() == TOKEN
+        assert as_remote_user("printenv EXPORT_TOKEN").strip() == TOKEN
     finally:
         subprocess.run([_docker_cli(), "rm", "-f", name], capture_output=True)
     assert not docker_client.containers.list(all=True, filters={"name": name})
