@@ -6,9 +6,8 @@ import contextlib
 import time
 
 import click
-from rich.markup import escape
 
-from builder.cli.common import ENGINES, Ctx, bundle_and_mirror, check_driver, plan_of, print_check
+from builder.cli.common import ENGINES, Ctx, bundle_and_mirror, step_printer, check_driver, plan_of, print_check
 from builder.cli.registry import LayerProgress
 from builder.engine import base as base_mod
 from builder.engine import dockerapi as engine
@@ -68,7 +67,7 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
     client = engine.connect()
     if not no_verify:  # the device checks of a GPU host would otherwise fail deep inside CuPy
         check_driver(gpu_runtime(client.info()), p.resolved.versions(), p.hash_tag, False)
-    on_progress = _step_printer(ctx)
+    on_progress = step_printer(ctx)
     if p.parent is not None and not (p.lock_state == "locked" and promoted_image(client, p) is not None):
         how = build_mod.ensure_parent(p, client, registry=registry, ca_bundle=bundle, mirror=mirror, log=ctx.info,
                                       on_check=lambda r: print_check(ctx, r), on_progress=on_progress,
@@ -103,20 +102,6 @@ def _check(ctx: Ctx, p, client, bundle, mirror, on_progress) -> None:
     started = time.monotonic()
     got = buildah_build.check(bh, client, p, bundle, mirror=mirror, log=ctx.info, on_progress=on_progress)
     click.echo(f"reproduced {got['id'][:19]} ({got['key']}) in {time.monotonic() - started:.0f}s")
-
-
-def _step_printer(ctx: Ctx):
-    """Progress callback: one line per build step (BuildKit numbers steps per stage: a step is its triple)."""
-    last = {"step": None}
-
-    def on_progress(progress, line):
-        key = (progress.step, progress.total, progress.instruction)
-        if ctx.quiet or not progress.step or key == last["step"]:
-            return
-        last["step"] = key
-        ctx.err.print(f"[cyan]step {progress.step}/{progress.total}[/cyan] {escape(progress.instruction[:110])}",
-                      markup=True, highlight=False)
-    return on_progress
 
 
 def _print_parent(ctx: Ctx, p, how: str, registry: str | None) -> None:
@@ -167,7 +152,7 @@ def lock(ctx: Ctx, stack, upgrade, upgrade_all, check, ca_bundle):
     if p.parent is not None:    # the lock is resolved in a container of the parent's image
         registry = load_settings({}).get("registry")
         how = build_mod.ensure_parent(p, client, registry=registry, ca_bundle=bundle, mirror=mirror, log=ctx.info,
-                                      on_check=lambda r: print_check(ctx, r), on_progress=_step_printer(ctx))
+                                      on_check=lambda r: print_check(ctx, r), on_progress=step_printer(ctx))
         _print_parent(ctx, p, how, registry)
     new_plan, report = build_mod.write_lock(p, client, upgrade=upgrade, upgrade_all=upgrade_all,
                                             ca_bundle=bundle, mirror=mirror, log=ctx.info)

@@ -9,6 +9,7 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -134,3 +135,17 @@ def warn_once(message: str) -> None:
     if message not in _WARNED:
         _WARNED.add(message)
         click.echo(f"dlenv: warning: {one_line(message)}", err=True)
+
+
+def step_printer(ctx: Ctx):
+    """Progress callback: one line per build step (BuildKit numbers steps per stage: a step is its triple)."""
+    last = {"step": None}
+
+    def on_progress(progress, line):
+        key = (progress.step, progress.total, progress.instruction)
+        if ctx.quiet or not progress.step or key == last["step"]:
+            return
+        last["step"] = key
+        ctx.err.print(f"[cyan]step {progress.step}/{progress.total}[/cyan] {escape(progress.instruction[:110])}",
+                      markup=True, highlight=False)
+    return on_progress

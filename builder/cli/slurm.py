@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 
 import click
-from rich.markup import escape
 
 from builder import paths
-from builder.cli.common import Ctx, image_for_use, warn_once
+from builder.cli.common import Ctx, image_for_use, step_printer, warn_once
 from builder.engine import dockerapi as engine
 from builder.errors import SlurmError
 from builder.names import TAG_CHARS
@@ -25,20 +24,6 @@ from builder.settings.host import pip_build_args
 CANCEL_WAIT_SECONDS = 60
 
 
-def build_progress(ctx: Ctx):
-    """The build's step lines, as `dlenv build` prints them."""
-    last = {"step": None}
-
-    def on_progress(progress, line):
-        key = (progress.step, progress.total, progress.instruction)
-        if ctx.quiet or not progress.step or key == last["step"]:
-            return
-        last["step"] = key
-        ctx.err.print(f"[cyan]step {progress.step}/{progress.total}[/cyan] {escape(progress.instruction[:110])}",
-                      markup=True, highlight=False)
-    return on_progress
-
-
 def node_image_for(ctx: Ctx, client, stack: str, build: bool) -> str:
     """The stack's promoted image (offered or built like `dlenv shell`), then its Slurm node image."""
     base = image_for_use(ctx, client, stack, build)
@@ -46,7 +31,7 @@ def node_image_for(ctx: Ctx, client, stack: str, build: bool) -> str:
     start = time.monotonic()
     log_path = paths.state_dir() / "logs" / f"{p.resolved.name}-slurm-{p.content_hash[:TAG_CHARS]}.log"
     tag, built = cluster_mod.ensure_node_image(client, p.resolved.name, base, p.content_hash, paths.state_dir(),
-                                               log_path, pip_build_args(), on_progress=build_progress(ctx))
+                                               log_path, pip_build_args(), on_progress=step_printer(ctx))
     if built:
         ctx.info(f"{tag}: Slurm node image built in {time.monotonic() - start:.1f}s (log {log_path})")
     return tag

@@ -25,6 +25,7 @@ from typing import Callable
 
 from builder import paths
 from builder.engine.buildlog import LOG_TAIL, BuildProgress, _build_hint, _short_build_error
+from builder.engine.processes import stop_group
 from builder.errors import BuildError, EngineError
 from builder.names import CA_SECRET_ID
 
@@ -82,21 +83,8 @@ def cleanup(cli: str, prune: bool = True) -> None:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """End buildah and whatever it started (it leads its own process group): SIGTERM, then SIGKILL."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-        except ProcessLookupError:
-            break
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    """End buildah and whatever it started: SIGTERM, then SIGKILL."""
+    stop_group(proc, ((signal.SIGTERM, 10), (signal.SIGKILL, 5)))
 
 
 def command(cli: str, context_dir: Path, tag_ref: str, buildargs: dict, iid_file: Path, *, epoch: int,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from builder.engine.buildlog import LOG_TAIL, BuildProgress, _build_hint, _short_build_error
+from builder.engine.processes import stop_group
 from builder.errors import BuildError, EngineError
 from builder.names import CA_SECRET_ID
 
@@ -75,22 +76,8 @@ _VERTEX_OUT = re.compile(r"^#\d+ \d+\.\d+ ?")
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """End the CLI: SIGINT as a user's Ctrl-C would, then harder. It leads its own process group
-    (start_new_session), so the group is it and whatever it started, nothing else."""
-    for sig, wait in ((signal.SIGINT, 10), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-        except ProcessLookupError:
-            break
-    try:   # whatever the CLI left behind in its group (it has exited: nothing to wait for)
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    """End the CLI: SIGINT as a user's Ctrl-C would, then harder."""
+    stop_group(proc, ((signal.SIGINT, 10), (signal.SIGTERM, 5), (signal.SIGKILL, 5)))
 
 
 def _command(cli: str, context_dir: Path, tag_ref: str, buildargs: dict, iid_file: Path,
