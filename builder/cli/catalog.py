@@ -105,7 +105,6 @@ def render(ctx: Ctx, stack, engine_name):
         click.echo(variant(p.context.dockerfile, base=p.resolved.base), nl=False)
         return
     if engine_name == "buildah":
-        click.echo(buildah_variant.variant(p.context.dockerfile, epoch=buildah_variant.stack_epoch(p.resolved.base)),
-                   nl=False)
+        click.echo(buildah_variant.variant(p.context.dockerfile), nl=False)
         return
     click.echo(p.context.dockerfile, nl=False)

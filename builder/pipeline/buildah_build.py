@@ -55,7 +55,7 @@ def _build(bh: Buildah, p: Plan, bundle: CABundle, name: str, log_path: Path, *,
     workdir = Path(tempfile.mkdtemp(prefix="context-", dir=paths.state_dir()))
     try:
         epoch = buildah_variant.stack_epoch(p.resolved.base)
-        dockerfile = buildah_variant.variant(p.context.dockerfile, epoch=epoch, ca_secret=bundle.path is not None)
+        dockerfile = buildah_variant.variant(p.context.dockerfile, ca_secret=bundle.path is not None)
         write_context(p.context, workdir, None, dockerfile=dockerfile)
         buildargs = {**pip_build_args(), "DLENV_CONTENT_HASH": p.content_hash}
         return buildah.build(bh.cli, workdir, name, buildargs, log_path, epoch=epoch, secret_file=bundle.path,

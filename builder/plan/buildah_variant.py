@@ -8,9 +8,9 @@ canonical (SDK) rendering; this variant only changes how buildah runs the same s
   SHELL, also for the build's own RUN steps: every shell-form RUN becomes an exec-form RUN of the
   SHELL in force (Docker's continuation rule: the backslash and the newline go, nothing else), its
   `--mount` flags kept; exec-form RUNs stay; the SHELL lines become comments.
-- the runtime apt step also deletes /var/cache/ldconfig/aux-cache (written by libc-bin's trigger,
-  different on every build), and `useradd` runs with SOURCE_DATE_EPOCH (the day of the last password
-  change in /etc/shadow is the build's day otherwise).
+- (the files that differ between two builds of one lock are fixed in the templates, for every engine:
+  ldconfig's aux-cache, /etc/shadow's date, Open MPI's build host, pip --target bytecode, mpi4py's
+  debug info.)
 - the CA bundle is a build secret (`buildah build --secret`), never in a layer: the two CA lines go
   and the pip steps mount the secret, as in the BuildKit variant.
 
@@ -33,8 +33,6 @@ _RUN = re.compile(r"^RUN\s+((?:--\S+\s+)*)(.*)$", re.S)
 _CA_COPY = re.compile(r"^COPY \S+/ca\.crt " + re.escape(CA_BUNDLE_TARGET) + r"\s*$")
 _CA_FALLBACK = re.compile(r"^RUN \[ -s " + re.escape(CA_BUNDLE_TARGET) + r" \] \|\| cp ")
 _PIP = re.compile(r"(^|[\s/])pip3? install\b")
-_SSH_KEYS = "/etc/ssh/ssh_host_* "
-_USERADD = "&& useradd "
 _HINT = "the Dockerfile template changed: update builder/plan/buildah_variant.py with it"
 
 
@@ -59,29 +57,14 @@ def _exec_form(block: list[str], shell: list[str], extra_flags: str = "") -> lis
     return [f"RUN {flags}{extra_flags}{json.dumps(shell + [command])}"]
 
 
-def _runtime_fixes(block: list[str], epoch: int, found: dict) -> list[str]:
-    """The runtime apt step: no ldconfig aux-cache, and useradd dated by SOURCE_DATE_EPOCH."""
-    out = []
-    for line in block:
-        if _SSH_KEYS in line:
-            found["aux_cache"] += 1
-            line = line.replace(_SSH_KEYS, "/var/cache/ldconfig/aux-cache " + _SSH_KEYS, 1)
-        if _USERADD in line:
-            found["useradd"] += 1
-            line = line.replace(_USERADD, f"&& SOURCE_DATE_EPOCH={int(epoch)} useradd ", 1)
-        out.append(line)
-    return out
-
-
-def _check(found: dict, has_build: bool, has_runtime_user: bool) -> None:
+def _check(found: dict, has_build: bool) -> None:
     want = {"shell": found["shell"] >= 1,
-            "ca": (found["ca_copy"], found["ca_fallback"]) == ((1, 1) if has_build else (0, 0)),
-            "runtime": not has_runtime_user or (found["aux_cache"], found["useradd"]) == (1, 1)}
+            "ca": (found["ca_copy"], found["ca_fallback"]) == ((1, 1) if has_build else (0, 0))}
     if not all(want.values()):
         raise RenderError(f"the buildah variant did not find the lines it rewrites ({found})", hint=_HINT)
 
 
-def _rewrite_block(block: list[str], stage, shell, epoch: int | None, ca_secret: bool, found: dict):
+def _rewrite_block(block: list[str], stage, shell, ca_secret: bool, found: dict):
     """The blocks one block becomes, and the SHELL in force after it."""
     first = block[0]
     if first.startswith("SHELL "):
@@ -99,25 +82,22 @@ def _rewrite_block(block: list[str], stage, shell, epoch: int | None, ca_secret:
         return [first.replace(f"PIP_CERT={CA_BUNDLE_TARGET}", f"PIP_CERT={SYSTEM_CA}"), *block[1:]], shell
     if not first.startswith("RUN "):
         return block, shell
-    if stage == "runtime" and epoch is not None:
-        block = _runtime_fixes(block, epoch, found)
     flags = ""
     if stage == "build" and ca_secret and _PIP.search("\n".join(block)):
         flags = f"--mount=type=secret,id={CA_SECRET_ID},target={CA_BUNDLE_TARGET} "
     return (_exec_form(block, shell, flags) if shell is not None else block), shell
 
 
-def variant(dockerfile: str, *, epoch: int | None, ca_secret: bool = True) -> str:
+def variant(dockerfile: str, *, ca_secret: bool = True) -> str:
     """The buildah Dockerfile derived from the canonical (SDK) rendering `dockerfile`.
 
-    epoch: the stack's SOURCE_DATE_EPOCH (dates useradd's /etc/shadow entry); None for a stack
-    built on its parent's image (no runtime apt step of its own). ca_secret: the CA bundle comes as
-    the secret `dlenv-ca` on the pip steps; without one pip trusts the image's own CA certificates.
+    ca_secret: the CA bundle comes as the secret `dlenv-ca` on the pip steps; without one pip trusts
+    the image's own CA certificates.
     """
     out: list[str] = []
     stage, shell = None, None
-    found = dict.fromkeys(("shell", "ca_copy", "ca_fallback", "aux_cache", "useradd"), 0)
-    has_build = has_runtime_user = False
+    found = dict.fromkeys(("shell", "ca_copy", "ca_fallback"), 0)
+    has_build = False
     for block in _instructions(dockerfile):
         m = _FROM.match(block[0])
         if m:
@@ -125,11 +105,9 @@ def variant(dockerfile: str, *, epoch: int | None, ca_secret: bool = True) -> st
             has_build = has_build or stage == "build"
             out.extend(block)
             continue
-        if stage == "runtime" and block[0].startswith("RUN ") and any(_USERADD in ln for ln in block):
-            has_runtime_user = epoch is not None
-        replaced, shell = _rewrite_block(block, stage, shell, epoch, ca_secret, found)
+        replaced, shell = _rewrite_block(block, stage, shell, ca_secret, found)
         out.extend(replaced)
-    _check(found, has_build, has_runtime_user)
+    _check(found, has_build)
     return "\n".join(out) + ("\n" if dockerfile.endswith("\n") else "")
 
 

@@ -25,7 +25,7 @@ RUN python3 -m venv /opt/venv
 
 # --- cuda-headers 12.6 [compile]
 COPY dlenv-build/pylock/cuda-headers.txt /etc/dlenv-build/pylock/cuda-headers.txt
-RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /opt/cuda-headers --require-hashes -r /etc/dlenv-build/pylock/cuda-headers.txt \
+RUN /opt/venv/bin/pip install --no-deps --no-compile --only-binary=:all: --target /opt/cuda-headers --require-hashes -r /etc/dlenv-build/pylock/cuda-headers.txt && /opt/venv/bin/python -m compileall -q /opt/cuda-headers \
  && test -f /opt/cuda-headers/nvidia/cuda_runtime/include/cuda.h
 
 # --- ucx 1.13.1 [compile]
@@ -64,14 +64,17 @@ RUN mkdir -p /usr/src/ucx/cuda/include /usr/src/ucx/cuda/lib/stubs && cd /usr/sr
         > /tmp/ucx-configure.log 2>&1 || { tail -n 40 /tmp/ucx-configure.log; false; }; } \
  && { make -j"$(nproc)" > /tmp/ucx-make.log 2>&1 || { tail -n 40 /tmp/ucx-make.log; false; }; } \
  && make install > /dev/null \
- && { /opt/ucx/bin/ucx_info -b | grep -Eq '^#define HAVE_CUDA +1$' \
+ && /opt/ucx/bin/ucx_info -b > /tmp/ucx-info.log \
+ && { grep -Eq '^#define HAVE_CUDA +1$' /tmp/ucx-info.log \
       || { echo "UCX was built without CUDA support" >&2; false; }; } \
  && test -f /opt/ucx/lib/ucx/libuct_cuda.so.0 && test -f /opt/ucx/lib/ucx/libuct_ib.so.0 \
  && rm -rf /usr/src/ucx /tmp/ucx-*.log
 
 # --- openmpi 4.1.4 [compile]
 # Upstream tarball from Debian's source package (apt checks its signature and checksum, the lock its sha256); Debian's
-# patches need autotools regeneration and are not applied.
+# patches need autotools regeneration and are not applied. Open MPI records the configure and build host
+# (`hostname`, the build container's random name) in ompi_info and libmpi: a fixed `hostname` comes first
+# on PATH, so two builds of one lock give the same files (the dates already come from SOURCE_DATE_EPOCH).
 # Cluster extras, only where the stack has the components: the ucx PML (InfiniBand, CUDA-aware
 # transports); an external PMIx for srun --mpi=pmix, which requires Open MPI to use the libevent
 # and hwloc PMIx was built with; --with-slurm fails configure instead of dropping Slurm support.
@@ -81,6 +84,8 @@ RUN mkdir -p /usr/src/openmpi && cd /usr/src/openmpi \
  && rm -rf /var/lib/apt/lists/* \
  && echo 'ddaee7dbdb01eb4fab1fda5b5e03e8bbff026711806c095c1f39bb410f99f263  openmpi_4.1.4.orig.tar.xz' | sha256sum --check --strict - \
  && tar -xJf openmpi_4.1.4.orig.tar.xz && cd openmpi-4.1.4 \
+ && mkdir /usr/src/openmpi/fixed-host && printf '#!/bin/sh\necho dlenv-build\n' > /usr/src/openmpi/fixed-host/hostname \
+ && chmod +x /usr/src/openmpi/fixed-host/hostname && export HOSTNAME=dlenv-build PATH="/usr/src/openmpi/fixed-host:$PATH" \
  && { ./configure --prefix=/opt/openmpi --with-cuda=/opt/cuda-headers/nvidia/cuda_runtime \
         --enable-mpirun-prefix-by-default --disable-mpi-fortran --disable-oshmem --disable-static \
         --with-ucx=/opt/ucx \
@@ -98,15 +103,15 @@ RUN mkdir -p /usr/src/openmpi && cd /usr/src/openmpi \
 
 # --- cuda 12.6 [cuda]
 COPY dlenv-build/pylock/cuda.txt /etc/dlenv-build/pylock/cuda.txt
-RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /opt/nvidia/cuda --require-hashes -r /etc/dlenv-build/pylock/cuda.txt
+RUN /opt/venv/bin/pip install --no-deps --no-compile --only-binary=:all: --target /opt/nvidia/cuda --require-hashes -r /etc/dlenv-build/pylock/cuda.txt && /opt/venv/bin/python -m compileall -q /opt/nvidia/cuda
 
 # --- cudnn 8.9.7.29 [cuda]
 COPY dlenv-build/pylock/cudnn.txt /etc/dlenv-build/pylock/cudnn.txt
-RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /opt/nvidia/cudnn --require-hashes -r /etc/dlenv-build/pylock/cudnn.txt
+RUN /opt/venv/bin/pip install --no-deps --no-compile --only-binary=:all: --target /opt/nvidia/cudnn --require-hashes -r /etc/dlenv-build/pylock/cudnn.txt && /opt/venv/bin/python -m compileall -q /opt/nvidia/cudnn
 
 # --- nccl 2.21.5 [cuda]
 COPY dlenv-build/pylock/nccl.txt /etc/dlenv-build/pylock/nccl.txt
-RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /opt/nvidia/nccl --require-hashes -r /etc/dlenv-build/pylock/nccl.txt
+RUN /opt/venv/bin/pip install --no-deps --no-compile --only-binary=:all: --target /opt/nvidia/nccl --require-hashes -r /etc/dlenv-build/pylock/nccl.txt && /opt/venv/bin/python -m compileall -q /opt/nvidia/nccl
 COPY dlenv-build/constraints.txt /etc/dlenv-build/constraints.txt
 ENV PIP_CONSTRAINT=/etc/dlenv-build/constraints.txt
 
@@ -132,21 +137,25 @@ RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /etc/dlenv-build/pyl
 
 # --- mpi4py 3.1.6 [python]
 COPY dlenv-build/pylock/mpi4py.txt /etc/dlenv-build/pylock/mpi4py.txt
-RUN MPICC=/opt/openmpi/bin/mpicc /opt/venv/bin/pip install --no-build-isolation --no-deps --require-hashes -r /etc/dlenv-build/pylock/mpi4py.txt
+# -g0: pip compiles the sdist in a random /tmp/pip-install-* folder, which debug info would record (no
+# -ffile-prefix-map can name a random folder): without it two builds of one lock differ.
+RUN CFLAGS=-g0 MPICC=/opt/openmpi/bin/mpicc /opt/venv/bin/pip install --no-build-isolation --no-deps --require-hashes -r /etc/dlenv-build/pylock/mpi4py.txt
 
 FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS runtime
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Host keys that packages generate at install time would be shared by every container (and stay in
 # this layer): they go in the same step; keys are made per run where ssh is used. The downloaded .debs
 # (the bootstrapped base has no docker-clean apt hook), apt's binary caches and the install logs go
-# too: nothing reads them, and the last two differ between two builds of one lock.
+# too: nothing reads them, and the last two differ between two builds of one lock. So do ldconfig's
+# aux-cache (libc-bin's trigger) and the day useradd writes into /etc/shadow unless SOURCE_DATE_EPOCH
+# dates it (the runtime stage has no such ENV: it would reach the users' own builds).
 COPY dlenv-runtime/apt.txt /etc/dlenv/apt-runtime.txt
 RUN apt-get update \
  && xargs --no-run-if-empty --arg-file=/etc/dlenv/apt-runtime.txt env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* /var/log/dpkg.log /var/log/alternatives.log \
-          /etc/ssh/ssh_host_* \
- && useradd --create-home --uid 1000 --user-group --shell /bin/bash dlenv \
+          /var/cache/ldconfig/aux-cache /etc/ssh/ssh_host_* \
+ && SOURCE_DATE_EPOCH=1735689600 useradd --create-home --uid 1000 --user-group --shell /bin/bash dlenv \
  && install -d -o dlenv -g dlenv /workspace
 COPY --from=build /opt/ucx /opt/ucx
 COPY --from=build /opt/openmpi /opt/openmpi

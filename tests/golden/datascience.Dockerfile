@@ -38,14 +38,16 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Host keys that packages generate at install time would be shared by every container (and stay in
 # this layer): they go in the same step; keys are made per run where ssh is used. The downloaded .debs
 # (the bootstrapped base has no docker-clean apt hook), apt's binary caches and the install logs go
-# too: nothing reads them, and the last two differ between two builds of one lock.
+# too: nothing reads them, and the last two differ between two builds of one lock. So do ldconfig's
+# aux-cache (libc-bin's trigger) and the day useradd writes into /etc/shadow unless SOURCE_DATE_EPOCH
+# dates it (the runtime stage has no such ENV: it would reach the users' own builds).
 COPY dlenv-runtime/apt.txt /etc/dlenv/apt-runtime.txt
 RUN apt-get update \
  && xargs --no-run-if-empty --arg-file=/etc/dlenv/apt-runtime.txt env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* /var/log/dpkg.log /var/log/alternatives.log \
-          /etc/ssh/ssh_host_* \
- && useradd --create-home --uid 1000 --user-group --shell /bin/bash dlenv \
+          /var/cache/ldconfig/aux-cache /etc/ssh/ssh_host_* \
+ && SOURCE_DATE_EPOCH=1735689600 useradd --create-home --uid 1000 --user-group --shell /bin/bash dlenv \
  && install -d -o dlenv -g dlenv /workspace
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/leaf /opt/leaf

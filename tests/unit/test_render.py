@@ -144,6 +144,37 @@ def test_two_stages_and_a_non_root_runtime_user(catalog_plans, name):
     assert dockerfile.index(f"USER {users[-1]}") > dockerfile.index("AS runtime")
 
 
+# --- reproducible files (issue #17): what differed between two no-cache builds of one lock ----------
+
+@pytest.mark.parametrize("name", CATALOG_NAMES)
+def test_files_that_differed_between_builds_are_fixed(catalog_plans, name):
+    p = catalog_plans[name]
+    runtime = stages(p.context.dockerfile)["runtime"]
+    epoch = re.search(r"SOURCE_DATE_EPOCH=(\d+)", p.context.dockerfile).group(1)
+    assert f"SOURCE_DATE_EPOCH={epoch} useradd " in runtime          # /etc/shadow's day
+    assert "/var/cache/ldconfig/aux-cache /etc/ssh/ssh_host_*" in runtime
+    assert "SOURCE_DATE_EPOCH=" not in "".join(l for l in runtime.splitlines() if l.startswith("ENV "))
+    for line in logical_lines(p.context.dockerfile):
+        for target in re.findall(r"pip install [^&]*--target (\S+)", line):  # pip's temp folder in bytecode
+            kept = not target.startswith("/usr/src/")                        # a step's own scratch goes
+            assert not kept or ("--no-compile" in line and f"-m compileall -q {target}" in line), line[:160]
+        if "/openmpi/bin/mpicc" in line and "pip" in line:               # the sdist's temp folder in DWARF
+            assert "CFLAGS=-g0" in line
+        if "openmpi-" in line and "./configure" in line:                 # the build container's name
+            assert "export HOSTNAME=dlenv-build PATH=\"/usr/src/openmpi/fixed-host:$PATH\"" in line
+
+
+def test_no_template_pipes_into_an_early_exiting_grep():
+    """`cmd | grep -q` under pipefail fails at random: grep exits at the first match and cmd gets
+    SIGPIPE (ucx_info: 54 failures in 200 runs). Grep a file instead."""
+    offenders = []
+    for path in sorted(paths.templates_dir().rglob("*.j2")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"\|\s*grep\s+(-\w*q|--quiet)", line) or re.search(r"\|\s*head\b", line):
+                offenders.append(f"{path.name}:{n}")
+    assert not offenders, offenders
+
+
 @pytest.mark.parametrize("name", CATALOG_NAMES)
 def test_runtime_stage_has_no_ca_bundle_and_no_pip_cert(catalog_plans, name):
     parts = stages(catalog_plans[name].context.dockerfile)
