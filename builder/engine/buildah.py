@@ -25,7 +25,7 @@ from typing import Callable
 
 from builder import paths
 from builder.engine.buildlog import LOG_TAIL, BuildProgress, _build_hint, _short_build_error
-from builder.engine.processes import stop_group
+from builder.engine.processes import run_logged
 from builder.errors import BuildError, EngineError
 from builder.names import CA_SECRET_ID
 
@@ -34,6 +34,7 @@ _VERSION = re.compile(r"^Version:\s+(\d+)\.(\d+)(?:\.(\d+))?", re.M)
 _STEP = re.compile(r"^(?:\[(\d+)/(\d+)\] )?STEP (\d+)/(\d+): (.*)$")
 _ERROR = re.compile(r"^Error: (.*)$")
 _AT_STEP = re.compile(r'^building at STEP "(.*)": (.*)$')
+STOP_STEPS = ((signal.SIGTERM, 10), (signal.SIGKILL, 5))    # buildah ends its RUN containers on SIGTERM
 HINT = "install Debian's buildah (scripts/setup-host.sh does) or build with --engine sdk"
 
 
@@ -82,11 +83,6 @@ def cleanup(cli: str, prune: bool = True) -> None:
         run_buildah(cli, "rmi", "--prune", check=False)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """End buildah and whatever it started: SIGTERM, then SIGKILL."""
-    stop_group(proc, ((signal.SIGTERM, 10), (signal.SIGKILL, 5)))
-
-
 def command(cli: str, context_dir: Path, tag_ref: str, buildargs: dict, iid_file: Path, *, epoch: int,
             secret_file: Path | None, nocache: bool) -> list[str]:
     """The command line that gives one image id per lock (report of issue #17, §0)."""
@@ -122,23 +118,11 @@ class _StepLog:
 
 def _run(cmd: list[str], env: dict, log_path: Path, steps: _StepLog,
          on_progress: Callable[[BuildProgress, str], None] | None) -> int:
-    with open(log_path, "w", encoding="utf-8") as log:
-        try:
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1,
-                                    start_new_session=True)
-        except OSError as exc:
-            raise EngineError(f"cannot run {cmd[0]}: {exc}", hint=HINT) from None
-        try:
-            for raw in proc.stdout:
-                line = raw.rstrip("\n")
-                log.write(line + "\n")
-                steps.feed(line)
-                if on_progress:
-                    on_progress(steps.progress, line)
-            return proc.wait()
-        finally:
-            _stop(proc)
+    def on_line(line: str) -> None:
+        steps.feed(line)
+        if on_progress:
+            on_progress(steps.progress, line)
+    return run_logged(cmd, env, log_path, on_line, STOP_STEPS, hint=HINT)
 
 
 def failure(code: int, steps: _StepLog, log_path: Path) -> BuildError:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from builder.engine.buildlog import LOG_TAIL, BuildProgress, _build_hint, _short_build_error
-from builder.engine.processes import stop_group
+from builder.engine.processes import run_logged
 from builder.errors import BuildError, EngineError
 from builder.names import CA_SECRET_ID
 
@@ -73,11 +73,7 @@ def find_cli(environ=os.environ) -> str:
 _VERTEX = re.compile(r"^#(\d+) \[(?:([^\]\s]+) )?(\d+)/(\d+)\] (.*)$")
 _VERTEX_ERROR = re.compile(r"^#(\d+) ERROR: (.*)$")
 _VERTEX_OUT = re.compile(r"^#\d+ \d+\.\d+ ?")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """End the CLI: SIGINT as a user's Ctrl-C would, then harder."""
-    stop_group(proc, ((signal.SIGINT, 10), (signal.SIGTERM, 5), (signal.SIGKILL, 5)))
+STOP_STEPS = ((signal.SIGINT, 10), (signal.SIGTERM, 5), (signal.SIGKILL, 5))   # as a user's Ctrl-C would, then harder
 
 
 def _command(cli: str, context_dir: Path, tag_ref: str, buildargs: dict, iid_file: Path,
@@ -124,23 +120,11 @@ def _run_cli(cli: str, cmd: list[str], env: dict, log_path: Path, plain: _PlainL
              on_progress: Callable[[BuildProgress, str], None] | None) -> int:
     """Runs the CLI to its end, every line to `log_path`; returns its exit status. However this ends
     (Ctrl-C included), the CLI does not build on."""
-    with open(log_path, "w", encoding="utf-8") as log:
-        try:
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1,
-                                    start_new_session=True)
-        except OSError as exc:
-            raise EngineError(f"cannot run {cli}: {exc}") from None
-        try:
-            for raw in proc.stdout:
-                line = raw.rstrip("\n")
-                log.write(line + "\n")
-                plain.feed(line)
-                if on_progress:
-                    on_progress(plain.progress, _VERTEX_OUT.sub("", line))
-            return proc.wait()
-        finally:
-            _stop(proc)   # Ctrl-C or any error here: the CLI must not build on without us
+    def on_line(line: str) -> None:
+        plain.feed(line)
+        if on_progress:
+            on_progress(plain.progress, _VERTEX_OUT.sub("", line))
+    return run_logged(cmd, env, log_path, on_line, STOP_STEPS)
 
 
 def _failure(cli: str, code: int, plain: _PlainLog, log_path: Path) -> BuildError:

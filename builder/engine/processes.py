@@ -1,12 +1,16 @@
-"""Stopping an engine's command-line build (BuildKit's docker CLI, buildah) and everything it started:
-each runs as the leader of its own process group (start_new_session), so signalling the group reaches
-its children and nothing else."""
+"""Running an engine's command-line build (BuildKit's docker CLI, buildah) with its log, and stopping it
+and everything it started: each runs as the leader of its own process group (start_new_session), so
+signalling the group reaches its children and nothing else."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+from pathlib import Path
+from typing import Callable
+
+from builder.errors import EngineError
 
 
 def stop_group(proc: subprocess.Popen, steps: tuple) -> None:
@@ -26,3 +30,25 @@ def stop_group(proc: subprocess.Popen, steps: tuple) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def run_logged(cmd: list[str], env: dict, log_path: Path, on_line: Callable[[str], None], stop_steps: tuple,
+               hint: str | None = None) -> int:
+    """Run `cmd` in its own process group to its end, every output line to `log_path` and `on_line`;
+    its exit status. However this ends (Ctrl-C included), the group is stopped by `stop_steps`: the
+    build must not go on without dlenv."""
+    with open(log_path, "w", encoding="utf-8") as log:
+        try:
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1,
+                                    start_new_session=True)
+        except OSError as exc:
+            raise EngineError(f"cannot run {cmd[0]}: {exc}", hint=hint) from None
+        try:
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")
+                log.write(line + "\n")
+                on_line(line)
+            return proc.wait()
+        finally:
+            stop_group(proc, stop_steps)
