@@ -124,3 +124,7 @@ RUNTIME_FILES = "dlenv-runtime"     # copied into the runtime stage
 COPIED_FILES = "dlenv-files"        # the stack's own files (`files:`), copied last into the runtime stage
 CA_BUNDLE_PATH = f"{BUILD_FILES}/ca.crt"   # written by the engine; never hashed, never in the runtime stage
 CA_SECRET_ID = "dlenv-ca"                  # BuildKit: the CA bundle as a secret instead of a context file
+# buildah: the Debian sources (machine-dependent: the mirror) reach RUN steps as a bind mount, never a layer
+APT_SOURCES_CONTEXT = "apt-sources/debian.sources"          # outside dlenv-build: no stage copies it
+APT_SOURCES_MOUNT = "/etc/apt/sources.list.d/dlenv-build.sources"
+BUILDAH_BASE_FORMAT_LABEL = f"{LABEL_PREFIX}.buildah-base-format"   # what the buildah base's bootstrap removed

@@ -6,7 +6,8 @@
   digest: the same on every machine whose bootstrap gives the same rootfs. Only for buildah: the
   sdk/BuildKit base stays a `docker import` (their content hashes and goldens do not change). The
   buildah base's bootstrap also deletes /etc/hostname and /etc/resolv.conf (mmdebstrap copies the
-  host's; engines bind-mount both at run time), so its rootfs differs from the lock's rootfs_sha256.
+  host's; engines bind-mount both at run time) and the Debian sources (the mirror's URL), so its
+  rootfs differs from the lock's rootfs_sha256 and is the same on every machine.
 - Into Docker: `buildah push IMG docker-daemon:TAG`, or, when DOCKER_HOST names another engine
   (docker-daemon: ignores it), a docker-archive loaded through docker-py. Same id on both sides.
 - The layer listing of an image, to say which paths differ between two builds (`build --check`).
@@ -29,10 +30,15 @@ from builder.engine import dockerapi as engine
 from builder.engine.base import bootstrap_rootfs
 from builder.engine.buildah import run_buildah
 from builder.errors import EngineError
-from builder.names import PACKAGES_LABEL, RECIPE_LABEL, ROOTFS_LABEL
+from builder.names import BUILDAH_BASE_FORMAT_LABEL, PACKAGES_LABEL, RECIPE_LABEL, ROOTFS_LABEL
 from builder.plan.pins import base_recipe, packages_digest
 
-HOST_FILES_HOOK = '--customize-hook=rm -f "$1/etc/hostname" "$1/etc/resolv.conf"'
+# What the buildah base's bootstrap removes: the host's /etc/hostname and /etc/resolv.conf (engines
+# bind-mount both at run time) and the Debian sources mmdebstrap wrote (the mirror: RUN steps get it as
+# a bind mount, builder.plan.buildah_variant). A change here is a new BASE_FORMAT.
+HOST_FILES_HOOK = ('--customize-hook=rm -f "$1/etc/hostname" "$1/etc/resolv.conf" "$1/etc/apt/sources.list" '
+                   '"$1"/etc/apt/sources.list.d/*')
+BASE_FORMAT = "2"
 _DEFAULT_SOCKETS = ("", "unix:///var/run/docker.sock", "unix:///run/docker.sock")
 
 
@@ -41,6 +47,13 @@ def image_id(cli: str, ref: str) -> str | None:
     proc = run_buildah(cli, "inspect", "--type", "image", "--format", "{{.FromImageID}}", ref, check=False)
     got = proc.stdout.strip()
     return ("sha256:" + got.removeprefix("sha256:")) if proc.returncode == 0 and got else None
+
+
+def base_format(cli: str, ref: str) -> str:
+    """The BASE_FORMAT label of the base `ref` in dlenv's buildah storage ('' when it has none)."""
+    proc = run_buildah(cli, "inspect", "--type", "image", "--format",
+                       f'{{{{index .OCIv1.Config.Labels "{BUILDAH_BASE_FORMAT_LABEL}"}}}}', ref, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 def base_config(base: dict, layer_sha: str, installed: dict, arch: str) -> bytes:
@@ -52,7 +65,8 @@ def base_config(base: dict, layer_sha: str, installed: dict, arch: str) -> bytes
         "architecture": arch, "os": "linux", "created": created,
         "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
                    "Cmd": ["bash"],
-                   "Labels": {RECIPE_LABEL: name, ROOTFS_LABEL: layer_sha, PACKAGES_LABEL: packages_digest(installed)}},
+                   "Labels": {RECIPE_LABEL: name, ROOTFS_LABEL: layer_sha, PACKAGES_LABEL: packages_digest(installed),
+                              BUILDAH_BASE_FORMAT_LABEL: BASE_FORMAT}},
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_sha}"]},
         "history": [{"created": created, "created_by": f"dlenv bootstrap {name} (mmdebstrap)"}],
     }
@@ -90,7 +104,10 @@ def ensure_base(cli: str, base: dict, ref: str, arch: str, log=lambda msg: None,
         raise EngineError("the buildah engine builds only on dlenv's bootstrapped Debian base for now",
                           hint="build this stack with --engine sdk or buildkit")
     if image_id(cli, ref) is not None:
-        return ref
+        if base_format(cli, ref) == BASE_FORMAT:
+            return ref
+        log(f"the buildah base {ref} was made by an earlier dlenv; bootstrapping it again")
+        run_buildah(cli, "rmi", "--force", ref)
     workdir = Path(tempfile.mkdtemp(prefix="buildah-base-", dir=paths.state_dir()))
     try:
         rootfs, sha, installed = bootstrap_rootfs(base, workdir, log, pins=pins, mirror=mirror,
@@ -145,6 +162,18 @@ def layer_listing(cli: str, ref: str) -> set[tuple]:
         return out
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def layer_steps(cli: str, ref: str) -> list[dict]:
+    """The layers of `ref` in dlenv's buildah storage, in order: {"diff_id", "step"} (the history entry
+    that made each; steps that made no layer are left out)."""
+    proc = run_buildah(cli, "inspect", "--type", "image", "--format", "{{json .OCIv1}}", ref)
+    config = json.loads(proc.stdout)
+    steps = [h.get("created_by", "") for h in config.get("history", []) if not h.get("empty_layer")]
+    diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+    if len(steps) != len(diff_ids):
+        steps = [""] * len(diff_ids)
+    return [{"diff_id": d, "step": s[:160]} for d, s in zip(diff_ids, steps)]
 
 
 def differing_paths(a: set[tuple], b: set[tuple], limit: int = 10) -> list[str]:

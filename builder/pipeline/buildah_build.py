@@ -18,12 +18,13 @@ from builder.engine import dockerapi as engine
 from builder.engine.context import write_context
 from builder.errors import BuildError, EngineError, ImageIdError, LockError
 from builder.fileio import write_text_atomic
-from builder.names import TAG_CHARS
+from builder.names import APT_SOURCES_CONTEXT, TAG_CHARS
 from builder.plan import buildah_variant
 from builder.plan.lockfile import dump
 from builder.plan.lockimages import check_recorded, image_key
+from builder.plan.pins import base_recipe
 from builder.plan.plan import Plan
-from builder.settings.host import CABundle, pip_build_args
+from builder.settings.host import CABundle, debian_sources, pip_build_args
 from builder.statelock import stack_lock
 
 BUILDAH_MUTEX = "_buildah"
@@ -57,6 +58,9 @@ def _build(bh: Buildah, p: Plan, bundle: CABundle, name: str, log_path: Path, *,
         epoch = buildah_variant.stack_epoch(p.resolved.base)
         dockerfile = buildah_variant.variant(p.context.dockerfile, ca_secret=bundle.path is not None)
         write_context(p.context, workdir, None, dockerfile=dockerfile)
+        sources = workdir / APT_SOURCES_CONTEXT      # RUN steps mount it; no layer keeps it
+        sources.parent.mkdir(parents=True, exist_ok=True)
+        sources.write_text(debian_sources(base_recipe(p.resolved.base)["suite"], mirror=mirror))
         buildargs = {**pip_build_args(), "DLENV_CONTENT_HASH": p.content_hash}
         return buildah.build(bh.cli, workdir, name, buildargs, log_path, epoch=epoch, secret_file=bundle.path,
                              on_progress=on_progress, nocache=nocache)

@@ -11,6 +11,9 @@ canonical (SDK) rendering; this variant only changes how buildah runs the same s
 - (the files that differ between two builds of one lock are fixed in the templates, for every engine:
   ldconfig's aux-cache, /etc/shadow's date, Open MPI's build host, pip --target bytecode, mpi4py's
   debug info.)
+- the Debian sources (the mirror: the one machine-dependent text of a build) are not in the buildah
+  base; every RUN that runs apt gets them as a read-only bind mount of a context file, so no layer holds them and
+  two machines with different mirrors build the same image (the image has no apt sources).
 - the CA bundle is a build secret (`buildah build --secret`), never in a layer: the two CA lines go
   and the pip steps mount the secret, as in the BuildKit variant.
 
@@ -23,7 +26,7 @@ import json
 import re
 
 from builder.errors import RenderError
-from builder.names import CA_BUNDLE_TARGET, CA_SECRET_ID, SYSTEM_CA
+from builder.names import APT_SOURCES_CONTEXT, APT_SOURCES_MOUNT, CA_BUNDLE_TARGET, CA_SECRET_ID, SYSTEM_CA
 from builder.plan.buildkit_variant import _instructions
 from builder.plan.pins import DEFAULT_EPOCH, base_recipe
 
@@ -32,7 +35,9 @@ _FROM = re.compile(r"^FROM \S+(?: AS (\S+))?\s*$")
 _RUN = re.compile(r"^RUN\s+((?:--\S+\s+)*)(.*)$", re.S)
 _CA_COPY = re.compile(r"^COPY \S+/ca\.crt " + re.escape(CA_BUNDLE_TARGET) + r"\s*$")
 _CA_FALLBACK = re.compile(r"^RUN \[ -s " + re.escape(CA_BUNDLE_TARGET) + r" \] \|\| cp ")
+_APT = re.compile(r"(^|[\s/;&|(])apt(-get|-cache)?\s")
 _PIP = re.compile(r"(^|[\s/])pip3? install\b")
+APT_MOUNT = f"--mount=type=bind,source={APT_SOURCES_CONTEXT},target={APT_SOURCES_MOUNT} "
 _HINT = "the Dockerfile template changed: update builder/plan/buildah_variant.py with it"
 
 
@@ -82,10 +87,12 @@ def _rewrite_block(block: list[str], stage, shell, ca_secret: bool, found: dict)
         return [first.replace(f"PIP_CERT={CA_BUNDLE_TARGET}", f"PIP_CERT={SYSTEM_CA}"), *block[1:]], shell
     if not first.startswith("RUN "):
         return block, shell
-    flags = ""
+    flags = APT_MOUNT if _APT.search("\n".join(block)) else ""
     if stage == "build" and ca_secret and _PIP.search("\n".join(block)):
-        flags = f"--mount=type=secret,id={CA_SECRET_ID},target={CA_BUNDLE_TARGET} "
-    return (_exec_form(block, shell, flags) if shell is not None else block), shell
+        flags += f"--mount=type=secret,id={CA_SECRET_ID},target={CA_BUNDLE_TARGET} "
+    if shell is None:                    # before the stage's SHELL: /bin/sh runs it as it is
+        return [f"RUN {flags}{block[0][4:]}", *block[1:]], shell
+    return _exec_form(block, shell, flags), shell
 
 
 def variant(dockerfile: str, *, ca_secret: bool = True) -> str:

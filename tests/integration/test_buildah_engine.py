@@ -1,7 +1,8 @@
 """The buildah engine with real buildah and the real Docker engine (issue #17): two no-cache builds of a
 small whole stack give one image id, which the lock records and Docker shows; `build --check` passes;
 `verify` says the image is the lock's; a registry image with the right content hash but another id is
-refused by `pull`; a SIGINT stops buildah and leaves no working container in dlenv's buildah storage.
+refused by `pull`; the catalog's chainer stack gives, twice, the golden image id committed in its lock
+(on any machine: CI runs it on a fresh one); a SIGINT stops buildah and leaves no working container in dlenv's buildah storage.
 
 The module shares one state folder (one buildah storage: the base is bootstrapped once). Skips when
 buildah is missing (fails with DLENV_REQUIRE_ENGINE=1).
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from registry_fixture import Registry, ensure_tools  # noqa: E402
 
@@ -28,6 +30,7 @@ from builder.engine import buildah as buildah_mod
 from builder.errors import EngineError
 
 KEY = "buildah-1.28/linux-amd64"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +134,39 @@ def test_pull_refuses_another_image_under_the_hash(built, state, dlenv_path, doc
         assert docker_client.api.inspect_image(show["image"])["Id"] == good   # no tag moved
     finally:
         reg.stop()
+
+
+def _first_differing_layers(cli: str, state: Path, ref: str, golden: dict) -> str:
+    """Which layers (build steps) of `ref` differ from the golden image's: what to look at first."""
+    proc = subprocess.run(storage_cmd(cli, state, "inspect", "--type", "image", "--format", "{{json .OCIv1}}", ref),
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return f"cannot inspect {ref}: {proc.stderr.strip()[-300:]}"
+    got = json.loads(proc.stdout)["rootfs"]["diff_ids"]
+    diffs = [f"layer {i} ({want['step'][:100]!r})" for i, want in enumerate(golden["layers"])
+             if i >= len(got) or got[i] != want["diff_id"]]
+    return "; ".join(diffs[:4]) or "none (the image config differs)"
+
+
+def test_chainer_gives_the_golden_image_id_its_lock_records(buildah_cli, state, dlenv_path, docker_client):
+    """Two no-cache buildah builds of the catalog's chainer stack from its lock, on this machine, must
+    give the image id committed in stacks/chainer.lock (recorded on another machine)."""
+    lock_file = ROOT / "stacks" / "chainer.lock"
+    before = lock_file.read_text()
+    golden = yaml.safe_load(before).get("images", {}).get(KEY)
+    layers = json.loads((ROOT / "tests" / "golden" / "images" / "chainer.buildah.json").read_text())
+    assert golden and layers["id"] == golden, f"stacks/chainer.lock records no {KEY} id matching the image golden"
+    show = json.loads(dlenv(dlenv_path, state, ROOT, "show", "chainer", "--json").stdout)
+    first = dlenv(dlenv_path, state, ROOT, "build", "chainer", "--engine", "buildah", "--no-cache", "--no-pull")
+    assert first.returncode == 0, first.stderr[-3000:]
+    got = docker_client.api.inspect_image(show["image"])["Id"]
+    assert got == golden, (f"chainer built as {got}, not the golden {golden}: differing "
+                           f"{_first_differing_layers(buildah_cli, state, show['image'], layers)}")
+    # The second no-cache build: dlenv names the differing paths itself when the id is another.
+    check = dlenv(dlenv_path, state, ROOT, "-q", "build", "chainer", "--engine", "buildah", "--check")
+    assert check.returncode == 0, check.stderr[-3000:]
+    assert f"reproduced {golden[:19]} ({KEY})" in check.stdout
+    assert lock_file.read_text() == before                       # the committed lock is only read
 
 
 def _processes_with(text: str) -> list[int]:

@@ -41,6 +41,9 @@ def test_every_catalog_stack_rewrites_to_exec_form(stack):
         argv = json.loads(body)
         assert argv[:4] == ["/bin/bash", "-o", "pipefail", "-c"] or argv[0] != "/bin/bash"
         assert ("type=secret,id=dlenv-ca" in ins) == (stage == "build" and "pip install" in ins)
+        # the Debian sources (the mirror's URL) only as a mount of the apt steps, so in no layer
+        assert ("--mount=type=bind,source=apt-sources/debian.sources,target=/etc/apt/sources.list.d/dlenv-build"
+                ".sources " in ins) == ("apt-get " in ins)
     assert plan(stack).content_hash == before
 
 
@@ -66,3 +69,20 @@ def test_unexpected_shape_is_one_line_render_error(df):
     with pytest.raises(RenderError) as err:
         buildah_variant.variant(df)
     assert "\n" not in err.value.one_line() and "buildah_variant.py" in err.value.one_line()
+
+
+def test_apt_mount_also_before_a_stage_shell():
+    out = buildah_variant.variant('FROM b AS runtime\nRUN apt-get update\nSHELL ["/bin/sh", "-c"]\nRUN echo apt\n')
+    assert "RUN --mount=type=bind,source=apt-sources/debian.sources,target=/etc/apt/sources.list.d/dlenv-build.sources " \
+           "apt-get update" in out
+    assert 'RUN ["/bin/sh", "-c", "echo apt"]' in out
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_runtime_stage_takes_no_machine_dependent_build_arg(stack):
+    """buildah writes a build arg's value into the history of each later RUN of its stage, so into the
+    image id: the pip index settings may only reach the build stage (its history is not the image's;
+    measured: two values, one final id), and proxies are never recorded."""
+    text = buildah_variant.variant(plan(stack).context.dockerfile)
+    runtime = text[text.index(" AS runtime"):]
+    assert re.findall(r"^ARG (\w+)", runtime, flags=re.M) == ["DLENV_CONTENT_HASH"]
