@@ -167,8 +167,8 @@ def layer_listing(cli: str, ref: str) -> set[tuple]:
 def layer_steps(cli: str, ref: str) -> list[dict]:
     """The layers of `ref` in dlenv's buildah storage, in order: {"diff_id", "step"} (the history entry
     that made each; steps that made no layer are left out)."""
-    proc = run_buildah(cli, "inspect", "--type", "image", "--format", "{{json .OCIv1}}", ref)
-    config = json.loads(proc.stdout)
+    proc = run_buildah(cli, "inspect", "--type", "image", ref)     # 1.28's --format has no json function
+    config = json.loads(proc.stdout).get("OCIv1", {})
     steps = [h.get("created_by", "") for h in config.get("history", []) if not h.get("empty_layer")]
     diff_ids = config.get("rootfs", {}).get("diff_ids", [])
     if len(steps) != len(diff_ids):

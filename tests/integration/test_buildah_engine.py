@@ -138,11 +138,10 @@ def test_pull_refuses_another_image_under_the_hash(built, state, dlenv_path, doc
 
 def _first_differing_layers(cli: str, state: Path, ref: str, golden: dict) -> str:
     """Which layers (build steps) of `ref` differ from the golden image's: what to look at first."""
-    proc = subprocess.run(storage_cmd(cli, state, "inspect", "--type", "image", "--format", "{{json .OCIv1}}", ref),
-                          capture_output=True, text=True)
+    proc = subprocess.run(storage_cmd(cli, state, "inspect", "--type", "image", ref), capture_output=True, text=True)
     if proc.returncode != 0:
         return f"cannot inspect {ref}: {proc.stderr.strip()[-300:]}"
-    got = json.loads(proc.stdout)["rootfs"]["diff_ids"]
+    got = json.loads(proc.stdout)["OCIv1"]["rootfs"]["diff_ids"]
     diffs = [f"layer {i} ({want['step'][:100]!r})" for i, want in enumerate(golden["layers"])
              if i >= len(got) or got[i] != want["diff_id"]]
     return "; ".join(diffs[:4]) or "none (the image config differs)"

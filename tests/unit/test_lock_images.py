@@ -4,8 +4,11 @@ errors, and the refusal of an image whose id is not the recorded one."""
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from builder import paths
 from builder.errors import ImageIdError, LockError
@@ -27,8 +30,7 @@ def test_key_is_engine_major_minor_and_arch():
 
 
 def test_round_trip_and_not_in_any_digest(tmp_path):
-    lock = _chainer_lock()
-    assert lock.images == {}
+    lock = dataclasses.replace(_chainer_lock(), images={})
     with_images = dataclasses.replace(lock, images={KEY: ID})
     text = L.dump(with_images)
     assert f"images:\n  {KEY}: {ID}\n" in text
@@ -42,7 +44,10 @@ def test_round_trip_and_not_in_any_digest(tmp_path):
 
 def test_catalog_content_hash_unchanged_by_images(tmp_path):
     p = plan("chainer")
-    assert p.lock.images == {} and "images:" not in (paths.stacks_dir() / "chainer.lock").read_text()
+    assert p.lock.images.get(KEY), "stacks/chainer.lock records the golden image id (CI reproduces it)"
+    bare = tmp_path / "chainer.lock"
+    bare.write_text(L.dump(dataclasses.replace(p.lock, images={})))
+    assert L.load(bare).digest == p.lock.digest and L.load(bare).inputs_digest == p.lock.inputs_digest
 
 
 @pytest.mark.parametrize("images, needle", [
@@ -92,3 +97,16 @@ def test_verify_summary_is_one_line_per_status():
     assert (yes["status"], no["status"], unknown["status"]) == ("reproduced", "differs", "unrecorded")
     assert yes["line"].startswith("reproducible: yes") and no["line"].startswith("reproducible: no")
     assert all("\n" not in s["line"] for s in (yes, no, unknown))
+
+
+def test_image_goldens_match_the_ids_their_locks_record():
+    """tests/golden/images/<stack>.buildah.json (the layers of the golden image, for the integration
+    test's diagnosis) and the stack's lock name the same image: regenerate both together."""
+    root = Path(__file__).resolve().parents[2]
+    goldens = sorted((root / "tests" / "golden" / "images").glob("*.buildah.json"))
+    assert goldens, "no image golden: stacks/chainer.lock's id must have one"
+    for golden in goldens:
+        doc = json.loads(golden.read_text())
+        lock = yaml.safe_load((root / "stacks" / f"{doc['stack']}.lock").read_text())
+        assert lock.get("images", {}).get(doc["key"]) == doc["id"], golden.name
+        assert doc["layers"] and all(layer["diff_id"].startswith("sha256:") for layer in doc["layers"])
