@@ -46,6 +46,7 @@ def is_build_controlled(name: str) -> bool:
 # --- images ----------------------------------------------------------------------------------
 REPO_PREFIX = "dlenv/"
 BASE_REPO = f"{REPO_PREFIX}base"
+CHECK_REPO_PREFIX = "dlenv-check/"   # buildah: the second build of `build --check`, removed after it
 LOCKENV_REPO = f"{REPO_PREFIX}lockenv"
 TAG_CHARS = 16                                              # hash characters in a tag
 SLURM_REPO_SUFFIX = "-slurm"                                # dlenv/<stack>-slurm: the stack's Slurm node image

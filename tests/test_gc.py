@@ -1,7 +1,7 @@
 """`dlenv gc` decides from image listings: candidate tags and old hash tags go, latest and the
 newest hash tags stay, other repositories are never touched, build cache only below a dlenv base."""
 
-from builder.engine.gc import plan_gc
+from builder.engine.gc import plan_buildah_gc, plan_gc
 
 
 def img(id_, tags=(), parent="", created="2026-01-01T00:00:00Z", size=100):
@@ -40,3 +40,12 @@ def test_build_cache_only_untagged_leaves_below_a_dlenv_base():
     plan = plan_gc(IMAGES, keep=1, build_cache=True)
     assert plan.cache == ["leaf1"]
     assert plan.reclaim_bytes == 5000
+
+
+def test_buildah_storage_keeps_bases_and_what_docker_keeps():
+    names = ["localhost/dlenv/base:bookworm-minbase-1", "localhost/dlenv/chainer:new", "localhost/dlenv/chainer:old",
+             "localhost/dlenv-check/chainer:new", "localhost/other/thing:1", "localhost/dlenv/gone:abc"]
+    kept = ["dlenv/chainer:latest", "dlenv/chainer:new"]
+    assert plan_buildah_gc(names, kept) == ["localhost/dlenv-check/chainer:new", "localhost/dlenv/chainer:old",
+                                            "localhost/dlenv/gone:abc"]
+    assert plan_buildah_gc([], kept) == []

@@ -13,11 +13,14 @@ import click
 from builder import paths
 from builder.cli.common import Ctx
 from builder.engine import dockerapi as engine
-from builder.engine.gc import apply_gc, list_images, plan_gc
-from builder.errors import SpecError, shown
+from builder.engine import buildah, buildah_store
+from builder.engine.gc import apply_gc, list_images, plan_buildah_gc, plan_gc
+from builder.errors import EngineError, SpecError, shown
+from builder.pipeline.buildah_build import BUILDAH_MUTEX
 from builder.plan.plan import plan
 from builder.spec.stack import catalog_stack_names, find_stack, load_chain
 from builder.spec.starter import NAME, detect, init_text, target_path
+from builder.statelock import stack_lock
 
 REPORT_LINES = 10      # "not taken" lines init prints; the rest are counted
 
@@ -29,7 +32,8 @@ REPORT_LINES = 10      # "not taken" lines init prints; the rest are counted
 @click.option("--dry-run", "-n", is_flag=True, help="Only say what would be removed.")
 @click.pass_obj
 def gc(ctx: Ctx, keep, build_cache, dry_run):
-    """Remove old candidate and hash tags of dlenv images (and, asked, their build cache)."""
+    """Remove old candidate and hash tags of dlenv images (and, asked, their build cache), in the
+    Docker engine and in dlenv's buildah storage."""
     client = engine.connect()
     plan = plan_gc(list_images(client), keep=keep, build_cache=build_cache)
     verb = "would remove" if dry_run else "removing"
@@ -43,6 +47,29 @@ def gc(ctx: Ctx, keep, build_cache, dry_run):
     done = "would remove" if dry_run else "removed"
     click.echo(f"{done} {len(plan.untag) - len(failed)} tag(s) and {len(plan.cache)} build cache chain(s); "
                f"kept {len(plan.keep)} tag(s)")
+    _gc_buildah(ctx, plan.keep, build_cache, dry_run)
+
+
+def _gc_buildah(ctx: Ctx, kept_refs: list, build_cache: bool, dry_run: bool) -> None:
+    """The same in dlenv's buildah storage (when there is one): its copies of the images Docker no
+    longer keeps, and with --build-cache its layer cache."""
+    if not buildah.storage_root().is_dir():
+        return
+    try:
+        cli = buildah.find_buildah()[0]
+    except EngineError as exc:
+        ctx.info(f"dlenv's buildah storage left as it is: {exc.message}")
+        return
+    with stack_lock(BUILDAH_MUTEX, ctx.info):     # a running buildah build needs its intermediate images
+        names = plan_buildah_gc(buildah_store.image_names(cli), kept_refs)
+        verb = "would remove" if dry_run else "removing"
+        for name in names:
+            ctx.info(f"{verb} {name} (buildah storage)")
+        failed = [] if dry_run else buildah_store.remove_images(cli, names, prune=build_cache)
+    for line in failed:
+        ctx.err.print(f"[yellow]dlenv: warning: could not remove {line}[/yellow]")
+    cache = " and its layer cache" if build_cache else ""
+    click.echo(f"buildah storage: {'would remove' if dry_run else 'removed'} {len(names) - len(failed)} image(s){cache}")
 
 
 @click.command("init")

@@ -41,10 +41,14 @@ STOP_STEPS = ((signal.SIGTERM, 10), (signal.SIGKILL, 5))    # buildah ends its R
 HINT = "install Debian's buildah (scripts/setup-host.sh does) or build with --engine sdk"
 
 
+def storage_root() -> Path:
+    """dlenv's own buildah storage (images and layers), under the state folder."""
+    return paths.state_dir() / "buildah" / "storage"
+
+
 def storage_args() -> list[str]:
     """buildah's global flags for dlenv's own storage, under the state folder."""
-    root = paths.state_dir() / "buildah"
-    return ["--root", str(root / "storage"), "--runroot", str(root / "run")]
+    return ["--root", str(storage_root()), "--runroot", str(paths.state_dir() / "buildah" / "run")]
 
 
 def find_buildah(environ=os.environ) -> tuple[str, str]:

@@ -164,6 +164,25 @@ def layer_listing(cli: str, ref: str) -> set[tuple]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def image_names(cli: str) -> list[str]:
+    """Every image name in dlenv's buildah storage."""
+    proc = run_buildah(cli, "images", "--json")
+    return [name for image in json.loads(proc.stdout or "[]") for name in image.get("names") or []]
+
+
+def remove_images(cli: str, names: list[str], prune: bool) -> list[str]:
+    """Remove `names` (and, `prune`, every image no named one needs: the layer cache); what could not
+    be removed, with buildah's reason."""
+    failed = []
+    for name in names:
+        proc = run_buildah(cli, "rmi", name, check=False)
+        if proc.returncode != 0:
+            failed.append(f"{name}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    if prune:
+        run_buildah(cli, "rmi", "--prune", check=False)
+    return failed
+
+
 def layer_steps(cli: str, ref: str) -> list[dict]:
     """The layers of `ref` in dlenv's buildah storage, in order: {"diff_id", "step"} (the history entry
     that made each; steps that made no layer are left out)."""

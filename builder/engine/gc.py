@@ -1,8 +1,10 @@
 """Garbage collection of what dlenv leaves in the engine: candidate tags, hash tags that are no
-longer `latest`, and the build cache (dangling build-stage layers) that descends from a dlenv base.
+longer `latest`, and the build cache (dangling build-stage layers) that descends from a dlenv base;
+and in dlenv's own buildah storage, the images whose Docker tags are gone or removed.
 
-`plan_gc` decides (pure over the listings it is given); `apply_gc` removes. Nothing outside the
-`dlenv/` repositories and the layers built on dlenv's bases is ever touched.
+`plan_gc` and `plan_buildah_gc` decide (pure over the listings they are given); `apply_gc` removes
+(buildah_store.remove_images for buildah). Nothing outside the `dlenv/` repositories and the layers
+built on dlenv's bases is ever touched.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import docker.errors
-from builder.names import BASE_REPO, REPO_PREFIX
+from builder.names import BASE_REPO, CHECK_REPO_PREFIX, REPO_PREFIX
 
 
 
@@ -60,6 +62,21 @@ def plan_gc(images: list, keep: int = 1, build_cache: bool = False) -> GcPlan:
                 plan.cache.append(attrs["Id"])
                 plan.reclaim_bytes += int(attrs.get("Size") or 0)
     return plan
+
+
+def plan_buildah_gc(names: list, kept_refs: list) -> list:
+    """The names to remove from dlenv's buildah storage: every dlenv image but the bases and those
+    whose tag Docker keeps (`kept_refs`, GcPlan.keep), and what an interrupted `build --check` left.
+    buildah names local images `localhost/<name>`."""
+    kept = set(kept_refs)
+    out = []
+    for name in sorted(set(names)):
+        ref = name.removeprefix("localhost/")
+        repo = ref.rpartition(":")[0]
+        if ref.startswith(CHECK_REPO_PREFIX) or (repo.startswith(REPO_PREFIX) and repo != BASE_REPO
+                                                 and ref not in kept):
+            out.append(name)
+    return out
 
 
 def _tags(attrs: dict) -> list:

@@ -18,7 +18,7 @@ from builder.engine import dockerapi as engine
 from builder.engine.context import write_context
 from builder.errors import BuildError, EngineError, ImageIdError, LockError
 from builder.fileio import write_text_atomic
-from builder.names import APT_SOURCES_CONTEXT, TAG_CHARS
+from builder.names import APT_SOURCES_CONTEXT, CHECK_REPO_PREFIX, TAG_CHARS
 from builder.plan import buildah_variant
 from builder.plan.lockfile import dump
 from builder.plan.lockimages import check_recorded, image_key
@@ -115,7 +115,7 @@ def check(bh: Buildah, client, p: Plan, bundle: CABundle, *, mirror: str | None,
     if want is None:
         raise BuildError(f"nothing to compare with: {p.hash_tag} is not built and the lock records no {key} image",
                          hint=f"run `dlenv build --engine buildah {p.resolved.name}` first")
-    name = f"dlenv-check/{p.resolved.name}:{p.content_hash[:TAG_CHARS]}"
+    name = f"{CHECK_REPO_PREFIX}{p.resolved.name}:{p.content_hash[:TAG_CHARS]}"
     log_path = paths.state_dir() / "logs" / f"{p.resolved.name}-{p.content_hash[:TAG_CHARS]}-check.log"
     with stack_lock(BUILDAH_MUTEX, log):
         try:

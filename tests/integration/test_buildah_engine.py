@@ -136,6 +136,25 @@ def test_pull_refuses_another_image_under_the_hash(built, state, dlenv_path, doc
         reg.stop()
 
 
+def test_gc_removes_the_buildah_copies_docker_no_longer_keeps(built, buildah_cli, state, dlenv_path):
+    project, _ = built
+    show = json.loads(dlenv(dlenv_path, state, project, "show", "--json").stdout)
+    repo = show["image"].rsplit(":", 1)[0]
+    stale = f"{repo}:{'0' * 16}"                           # an older hash tag of the same stack
+    assert subprocess.run(storage_cmd(buildah_cli, state, "tag", show["image"], stale)).returncode == 0
+
+    def names():
+        out = subprocess.run(storage_cmd(buildah_cli, state, "images", "--json"), capture_output=True, text=True)
+        return {n for image in json.loads(out.stdout or "[]") for n in image.get("names") or []}
+
+    res = dlenv(dlenv_path, state, project, "gc")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"removing localhost/{stale} (buildah storage)" in res.stdout + res.stderr
+    left = names()
+    assert f"localhost/{stale}" not in left and f"localhost/{show['image']}" in left
+    assert any(n.startswith("localhost/dlenv/base:") for n in left)      # the base stays
+
+
 def _first_differing_layers(cli: str, state: Path, ref: str, golden: dict) -> str:
     """Which layers (build steps) of `ref` differ from the golden image's: what to look at first."""
     proc = subprocess.run(storage_cmd(cli, state, "inspect", "--type", "image", ref), capture_output=True, text=True)
