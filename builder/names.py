@@ -127,5 +127,8 @@ CA_BUNDLE_PATH = f"{BUILD_FILES}/ca.crt"   # written by the engine; never hashed
 CA_SECRET_ID = "dlenv-ca"                  # BuildKit: the CA bundle as a secret instead of a context file
 # buildah: the Debian sources (machine-dependent: the mirror) reach RUN steps as a bind mount, never a layer
 APT_SOURCES_CONTEXT = "apt-sources/debian.sources"          # outside dlenv-build: no stage copies it
-APT_SOURCES_MOUNT = "/etc/apt/sources.list.d/dlenv-build.sources"
+APT_SOURCES_DIR = "/etc/apt/sources.list.d"
+APT_SOURCES_LIST = "/etc/apt/sources.list"
+APT_SOURCES_MOUNT = f"{APT_SOURCES_DIR}/dlenv-build.sources"
+BUILDAH_LOCAL = "localhost/"        # how buildah names an image it holds under a short name
 BUILDAH_BASE_FORMAT_LABEL = f"{LABEL_PREFIX}.buildah-base-format"   # what the buildah base's bootstrap removed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -35,6 +36,14 @@ def gc(ctx: Ctx, keep, build_cache, dry_run):
     """Remove old candidate and hash tags of dlenv images (and, asked, their build cache), in the
     Docker engine and in dlenv's buildah storage."""
     client = engine.connect()
+    # With a buildah storage, not beside a buildah build: it needs its intermediate images, and its
+    # candidate's copy must not be taken for one whose Docker tag is gone.
+    guard = stack_lock(BUILDAH_MUTEX, ctx.info) if buildah.storage_root().is_dir() else contextlib.nullcontext()
+    with guard:
+        _gc(ctx, client, keep, build_cache, dry_run)
+
+
+def _gc(ctx: Ctx, client, keep: int, build_cache: bool, dry_run: bool) -> None:
     plan = plan_gc(list_images(client), keep=keep, build_cache=build_cache)
     verb = "would remove" if dry_run else "removing"
     for ref in plan.untag:
@@ -47,7 +56,8 @@ def gc(ctx: Ctx, keep, build_cache, dry_run):
     done = "would remove" if dry_run else "removed"
     click.echo(f"{done} {len(plan.untag) - len(failed)} tag(s) and {len(plan.cache)} build cache chain(s); "
                f"kept {len(plan.keep)} tag(s)")
-    _gc_buildah(ctx, plan.keep, build_cache, dry_run)
+    # What Docker could not untag it still holds: keep buildah's copy too.
+    _gc_buildah(ctx, plan.keep + [line.split(": ", 1)[0] for line in failed], build_cache, dry_run)
 
 
 def _gc_buildah(ctx: Ctx, kept_refs: list, build_cache: bool, dry_run: bool) -> None:
@@ -60,12 +70,11 @@ def _gc_buildah(ctx: Ctx, kept_refs: list, build_cache: bool, dry_run: bool) -> 
     except EngineError as exc:
         ctx.info(f"dlenv's buildah storage left as it is: {exc.message}")
         return
-    with stack_lock(BUILDAH_MUTEX, ctx.info):     # a running buildah build needs its intermediate images
-        names = plan_buildah_gc(buildah_store.image_names(cli), kept_refs)
-        verb = "would remove" if dry_run else "removing"
-        for name in names:
-            ctx.info(f"{verb} {name} (buildah storage)")
-        failed = [] if dry_run else buildah_store.remove_images(cli, names, prune=build_cache)
+    names = plan_buildah_gc(buildah_store.image_names(cli), kept_refs)
+    verb = "would remove" if dry_run else "removing"
+    for name in names:
+        ctx.info(f"{verb} {name} (buildah storage)")
+    failed = [] if dry_run else buildah_store.remove_images(cli, names, prune=build_cache)
     for line in failed:
         ctx.err.print(f"[yellow]dlenv: warning: could not remove {line}[/yellow]")
     cache = " and its layer cache" if build_cache else ""

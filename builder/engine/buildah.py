@@ -179,7 +179,7 @@ def doctor_status(required: bool, environ=os.environ) -> tuple[str, str, str | N
         cli, version = find_buildah(environ)
     except EngineError as exc:
         return ("fail" if required else "skip"), exc.message, exc.hint
-    root = paths.state_dir() / "buildah" / "storage"
+    root = storage_root()
     if not root.is_dir():
         return "ok", f"buildah {version} ({cli}); dlenv's storage {root} is not made yet (the first build makes it)", None
     proc = run_buildah(cli, "images", "--all", "--quiet", check=False, timeout=60)

@@ -30,14 +30,15 @@ from builder.engine import dockerapi as engine
 from builder.engine.base import bootstrap_rootfs
 from builder.engine.buildah import run_buildah
 from builder.errors import EngineError
-from builder.names import BUILDAH_BASE_FORMAT_LABEL, PACKAGES_LABEL, RECIPE_LABEL, ROOTFS_LABEL
+from builder.names import (APT_SOURCES_DIR, APT_SOURCES_LIST, BUILDAH_BASE_FORMAT_LABEL, BUILDAH_LOCAL, PACKAGES_LABEL,
+                           RECIPE_LABEL, ROOTFS_LABEL)
 from builder.plan.pins import base_recipe, packages_digest
 
 # What the buildah base's bootstrap removes: the host's /etc/hostname and /etc/resolv.conf (engines
 # bind-mount both at run time) and the Debian sources mmdebstrap wrote (the mirror: RUN steps get it as
 # a bind mount, builder.plan.buildah_variant). A change here is a new BASE_FORMAT.
-HOST_FILES_HOOK = ('--customize-hook=rm -f "$1/etc/hostname" "$1/etc/resolv.conf" "$1/etc/apt/sources.list" '
-                   '"$1"/etc/apt/sources.list.d/*')
+HOST_FILES_HOOK = (f'--customize-hook=rm -f "$1/etc/hostname" "$1/etc/resolv.conf" "$1{APT_SOURCES_LIST}" '
+                   f'"$1"{APT_SOURCES_DIR}/*')
 BASE_FORMAT = "2"
 _DEFAULT_SOCKETS = ("", "unix:///var/run/docker.sock", "unix:///run/docker.sock")
 
@@ -123,6 +124,44 @@ def ensure_base(cli: str, base: dict, ref: str, arch: str, log=lambda msg: None,
         return ref
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def from_docker(cli: str, client, ref: str, want_id: str, environ=os.environ) -> None:
+    """Copy the Docker image `ref` into dlenv's buildah storage under the one name `localhost/<ref>`
+    (buildah writes an image's first name into the history of what is built on it, so the name must
+    not depend on where the image came from), replacing another image held under that name, and
+    check buildah gives it Docker's id."""
+    if image_id(cli, ref) is not None:
+        run_buildah(cli, "rmi", ref)
+    if environ.get("DOCKER_HOST", "") in _DEFAULT_SOCKETS:
+        run_buildah(cli, "pull", "--quiet", f"docker-daemon:{ref}", timeout=3600)
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="buildah-pull-", dir=paths.state_dir()))
+        try:
+            archive = workdir / "image.tar"
+            with open(archive, "wb") as handle:
+                for chunk in client.images.get(ref).save(named=ref):
+                    handle.write(chunk)
+            run_buildah(cli, "pull", "--quiet", f"docker-archive:{archive}", timeout=3600)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    _only_local_name(cli, ref, want_id)
+    got = image_id(cli, ref)
+    if got != want_id:
+        raise EngineError(f"dlenv's buildah storage holds {ref} as {got}, not Docker's {want_id}",
+                          hint=f"remove dlenv's buildah storage ({paths.state_dir() / 'buildah'}) and build again")
+
+
+def _only_local_name(cli: str, ref: str, want_id: str) -> None:
+    """The image `want_id` named `localhost/<ref>` only (a pull may name it `docker.io/<ref>`)."""
+    names = [n for image in json.loads(run_buildah(cli, "images", "--json").stdout or "[]")
+             if want_id.removeprefix("sha256:").startswith(image.get("id", "-")) for n in image.get("names") or []]
+    local = BUILDAH_LOCAL + ref
+    if local not in names:
+        run_buildah(cli, "tag", want_id.removeprefix("sha256:"), local)
+    for name in names:
+        if name != local:
+            run_buildah(cli, "rmi", name)                      # one of several names: only untags
 
 
 def to_docker(cli: str, client, ref: str, tag_ref: str, want_id: str, environ=os.environ) -> None:

@@ -1,5 +1,5 @@
 """The Docker engine's client helpers, through the Docker SDK (docker-py): connect, inspect, tag,
-untag, import a rootfs.
+untag, import a rootfs, ask an image whether it has apt sources.
 
 Owns the connection to the daemon and the calls on images that every stage shares; errors become
 `EngineError` with the hint a user needs. Builds are builder.engine.sdk (classic builder) and
@@ -16,6 +16,12 @@ import docker.errors
 import requests.exceptions
 
 from builder.errors import EngineError
+from builder.names import APT_SOURCES_DIR, APT_SOURCES_LIST, ROLE_LABEL
+
+# Prints something when the image has an apt source (a buildah-built image has none: its builds
+# mount the host's Debian sources instead).
+HAS_APT_SOURCES = (f"grep -rhsE '^[[:space:]]*(deb |deb-src |URIs:)' {APT_SOURCES_LIST} {APT_SOURCES_DIR} "
+                   "| sed -n 1p || true")
 
 
 def connect(timeout: int = 600) -> docker.DockerClient:
@@ -51,6 +57,16 @@ def image_attrs(client, ref: str) -> dict | None:
         if exc.status_code == 404:
             return None
         raise EngineError(f"cannot inspect image {ref}: {exc.explanation}") from None
+
+
+def has_apt_sources(client, ref: str) -> bool:
+    """Whether the image `ref` can run apt-get update by itself (a throwaway container)."""
+    try:
+        out = client.containers.run(ref, ["bash", "-c", HAS_APT_SOURCES], user="0:0", remove=True,
+                                    labels={ROLE_LABEL: "probe"}, network_disabled=True)
+    except docker.errors.DockerException as exc:
+        raise EngineError(f"cannot look for apt sources in {ref}: {' '.join(str(exc).split())[:200]}") from None
+    return bool(out.strip())
 
 
 def image_labels(attrs: dict | None) -> dict:

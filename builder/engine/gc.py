@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import docker.errors
-from builder.names import BASE_REPO, CHECK_REPO_PREFIX, REPO_PREFIX
+from builder.names import BASE_REPO, BUILDAH_LOCAL, CHECK_REPO_PREFIX, REPO_PREFIX
 
 
 
@@ -71,7 +71,7 @@ def plan_buildah_gc(names: list, kept_refs: list) -> list:
     kept = set(kept_refs)
     out = []
     for name in sorted(set(names)):
-        ref = name.removeprefix("localhost/")
+        ref = name.removeprefix(BUILDAH_LOCAL)
         repo = ref.rpartition(":")[0]
         if ref.startswith(CHECK_REPO_PREFIX) or (repo.startswith(REPO_PREFIX) and repo != BASE_REPO
                                                  and ref not in kept):

@@ -64,7 +64,7 @@ def write_lock(p: Plan, client, *, upgrade=(), upgrade_all: bool = False, ca_bun
     with stack_lock(p.resolved.name, log):
         if p.parent is not None:   # resolved in a container of the parent's image, which must exist
             lock, report = make_layered_lock(client, p, previous=previous, upgrade=upgrade, upgrade_all=upgrade_all,
-                                             ca_bundle=ca_bundle, log=log)
+                                             ca_bundle=ca_bundle, mirror=mirror, log=log)
         else:
             lock, report = locker.make_lock(client, p.resolved, previous=previous, upgrade=upgrade,
                                             upgrade_all=upgrade_all, ca_bundle=ca_bundle, mirror=mirror, log=log)
@@ -212,12 +212,17 @@ def build(p: Plan, client, *, ca_bundle: CABundle | None = None, mirror: str | N
         elif promoted_image(client, p.parent) is None:
             raise EngineError(f"{p.parent.hash_tag}, the image {p.resolved.name} builds on, does not exist",
                               hint=f"build or pull {p.parent.resolved.name} first (`dlenv build` does it)")
+        elif engine_name != "buildah" and "apt-get " in p.context.dockerfile \
+                and not engine.has_apt_sources(client, p.parent.hash_tag):
+            raise EngineError(f"{p.parent.hash_tag} has no apt sources (built with buildah, whose builds mount them), "
+                              f"and {p.resolved.name} installs Debian packages",
+                              hint=f"build {p.resolved.name} with --engine buildah too")
         log_path = paths.state_dir() / "logs" / f"{p.resolved.name}-{p.content_hash[:TAG_CHARS]}.log"
         image_id = _build_candidate(client, p, bundle, engine_name, cli, log_path, nocache=nocache,
                                     on_progress=on_progress, mirror=mirror, log=log)
         report = _verify_candidate(client, p, on_check) if verify else None
         _promote(client, p, image_id)
         if engine_name == "buildah":
-            buildah_build.record_image(cli, p, image_id, log)
+            buildah_build.record_image(cli, client, p, image_id, log)
         return BuildResult(p, image_id, False, [p.hash_tag, p.latest_tag], time.monotonic() - started,
                            str(log_path), report)

@@ -1,5 +1,7 @@
-"""The buildah engine's part of the build pipeline (issue #17): base -> candidate -> Docker, the lock's
-recorded image id, and `build --check` (a second no-cache build that must give the same id).
+"""The buildah engine's part of the build pipeline (issue #17): base (or the parent image, copied from
+Docker) -> candidate -> Docker, the lock's recorded image id, and `build --check` (a second no-cache
+build that must give the same id). A stack built on its parent's image records its id only when the
+parent is the image the parent's lock records: its id contains the parent's.
 
 One buildah build at a time (builder.statelock, "_buildah"): the cleanup after a build removes every
 working container in dlenv's buildah storage, so two builds must not overlap.
@@ -21,6 +23,7 @@ from builder.fileio import write_text_atomic
 from builder.names import APT_SOURCES_CONTEXT, CHECK_REPO_PREFIX, TAG_CHARS
 from builder.plan import buildah_variant
 from builder.plan.lockfile import dump
+from builder.plan.lockfile import load as load_lock
 from builder.plan.lockimages import check_recorded, image_key
 from builder.plan.pins import base_recipe
 from builder.plan.plan import Plan
@@ -48,11 +51,31 @@ def find() -> Buildah:
     return Buildah(*buildah.find_buildah())
 
 
-def _build(bh: Buildah, p: Plan, bundle: CABundle, name: str, log_path: Path, *, nocache: bool,
+def _ensure_parent(bh: Buildah, client, p: Plan, log) -> None:
+    """The parent image in dlenv's buildah storage with Docker's id (copied from Docker when not)."""
+    ref = p.parent.hash_tag
+    attrs = engine.image_attrs(client, ref)
+    if attrs is None:
+        raise EngineError(f"{ref}, the image {p.resolved.name} builds on, is not in the Docker engine",
+                          hint=f"build or pull {p.parent.resolved.name} first (`dlenv build` does it)")
+    if buildah_store.image_id(bh.cli, ref) == attrs["Id"]:
+        return
+    log(f"copying {ref} from the Docker engine into dlenv's buildah storage")
+    buildah_store.from_docker(bh.cli, client, ref, attrs["Id"])
+
+
+def _build(bh: Buildah, client, p: Plan, bundle: CABundle, name: str, log_path: Path, *, nocache: bool,
            mirror: str | None, log, on_progress) -> str:
-    """The base, then `buildah build` of the variant as `name` in dlenv's buildah storage; the id."""
-    buildah_store.ensure_base(bh.cli, p.resolved.base, p.context.base_ref, arch(p), log,
-                              pins=p.context.base_pins or None, mirror=mirror)
+    """The base (or the parent image), then `buildah build` of the variant as `name` in dlenv's
+    buildah storage; the id."""
+    if "image" in p.resolved.base:
+        raise EngineError(f"the buildah engine builds only on dlenv's bootstrapped Debian base for now ({p.resolved.name} "
+                          "has a registry base)", hint="build this stack with --engine sdk or buildkit")
+    if p.parent is not None:
+        _ensure_parent(bh, client, p, log)
+    else:
+        buildah_store.ensure_base(bh.cli, p.resolved.base, p.context.base_ref, arch(p), log,
+                                  pins=p.context.base_pins or None, mirror=mirror)
     workdir = Path(tempfile.mkdtemp(prefix="context-", dir=paths.state_dir()))
     try:
         epoch = buildah_variant.stack_epoch(p.resolved.base)
@@ -72,22 +95,23 @@ def build_candidate(bh: Buildah, client, p: Plan, bundle: CABundle, log_path: Pa
                     mirror: str | None, log, on_progress) -> str:
     """Build with buildah (named by the hash tag in dlenv's storage) and hand the image to Docker as
     the candidate tag; returns the id, the same in both."""
-    if p.parent is not None:
-        raise EngineError(f"the buildah engine does not build on a parent image yet ({p.resolved.name} builds on "
-                          f"{p.parent.hash_tag})", hint="build this stack with --engine sdk or buildkit")
     with stack_lock(BUILDAH_MUTEX, log):
-        image_id = _build(bh, p, bundle, p.hash_tag, log_path, nocache=nocache, mirror=mirror, log=log,
+        image_id = _build(bh, client, p, bundle, p.hash_tag, log_path, nocache=nocache, mirror=mirror, log=log,
                           on_progress=on_progress)
         buildah_store.to_docker(bh.cli, client, p.hash_tag, p.candidate_tag, image_id)
     return image_id
 
 
-def record_image(bh: Buildah, p: Plan, image_id: str, log) -> str:
+def record_image(bh: Buildah, client, p: Plan, image_id: str, log) -> str:
     """Write the id into the lock's images section when it records none for this engine and arch
-    (atomically); returns 'recorded', 'reproduced' or 'differs' (said in the log, not an error)."""
+    (atomically); returns 'recorded', 'reproduced', 'differs' (said in the log, not an error), or
+    'unlocked'/'parent' when there is nothing to record: a stack built on a parent image is
+    reproducible only on the parent's own reproducible image."""
     key = bh.key(p)
     if p.lock is None:
         return "unlocked"
+    if p.parent is not None and not _parent_is_reproducible(bh, client, p, log):
+        return "parent"
     try:
         status = check_recorded(p.lock.images, key, image_id, "this build's image")
     except ImageIdError as exc:
@@ -105,6 +129,18 @@ def record_image(bh: Buildah, p: Plan, image_id: str, log) -> str:
     return "recorded"
 
 
+def _parent_is_reproducible(bh: Buildah, client, p: Plan, log) -> bool:
+    parent_id = (engine.image_attrs(client, p.parent.hash_tag) or {}).get("Id")
+    # Read again: a parent built by this very command has just recorded its id in its lock file.
+    lock = load_lock(p.parent.lock_file) if p.parent.lock_file.is_file() else None
+    want = (lock.images if lock else {}).get(bh.key(p))
+    if want and parent_id == want:
+        return True
+    log(f"note: no image id recorded: {p.parent.hash_tag} is not the reproducible image its lock records "
+        f"({bh.key(p)}); build {p.parent.resolved.name} with --engine buildah first")
+    return False
+
+
 def check(bh: Buildah, client, p: Plan, bundle: CABundle, *, mirror: str | None, log, on_progress) -> dict:
     """A second, no-cache build under a temporary name; BuildError (listing differing paths) when its id
     is not the promoted image's or the lock's. Returns {"id", "key", "compared_with"}."""
@@ -119,7 +155,7 @@ def check(bh: Buildah, client, p: Plan, bundle: CABundle, *, mirror: str | None,
     log_path = paths.state_dir() / "logs" / f"{p.resolved.name}-{p.content_hash[:TAG_CHARS]}-check.log"
     with stack_lock(BUILDAH_MUTEX, log):
         try:
-            got = _build(bh, p, bundle, name, log_path, nocache=True, mirror=mirror, log=log, on_progress=on_progress)
+            got = _build(bh, client, p, bundle, name, log_path, nocache=True, mirror=mirror, log=log, on_progress=on_progress)
             if got != want:
                 raise BuildError(f"not reproduced: the no-cache build gave {got[:19]}, not {want[:19]} ({key}); "
                                  f"differing paths: {_differences(bh, p.hash_tag, name)}", log_path=str(log_path),

@@ -6,13 +6,15 @@ was written on (stack, content hash, lock digest); a parent that moves makes it 
 from __future__ import annotations
 
 from builder import __version__
-from builder.names import CA_BUNDLE_TARGET
+from builder.engine.dockerapi import HAS_APT_SOURCES
+from builder.names import APT_SOURCES_MOUNT, CA_BUNDLE_TARGET
 from builder.pipeline.locker import (_Box, CA_FALLBACK, LockReport, _dry_run, _resolve_apt, lock_environment)
 from builder.plan.layered import layered_inputs, own_apt
 from builder.plan.lockfile import Lock, canonical
-from builder.plan.pins import LEAF_STEP, constraint_lines, pip_steps
+from builder.plan.pins import LEAF_STEP, base_recipe, constraint_lines, pip_steps
 from builder.plan.plan import Plan, parent_of
-from builder.settings.host import CABundle, find_ca_bundle
+from builder.settings.host import CABundle, debian_sources, find_ca_bundle
+
 
 
 def _parent_venv_pins(parent: Plan) -> dict:
@@ -38,7 +40,8 @@ def _resolve_leaf(box: _Box, p: Plan, keep: Lock | None, upgrade: set, report: L
 
 
 def make_layered_lock(client, p: Plan, *, previous: Lock | None = None, upgrade=(), upgrade_all: bool = False,
-                      ca_bundle: CABundle | None = None, log=lambda msg: None) -> tuple[Lock, LockReport]:
+                      ca_bundle: CABundle | None = None, mirror: str | None = None,
+                      log=lambda msg: None) -> tuple[Lock, LockReport]:
     """Resolve the pins of a stack built on its parent's image, in a container of that image (which the
     caller has made sure exists)."""
     report = LockReport()
@@ -53,6 +56,9 @@ def make_layered_lock(client, p: Plan, *, previous: Lock | None = None, upgrade=
         apt = own_apt(p.resolved, parent)
         apt_runtime = {}
         if apt:
+            if "image" not in p.resolved.base and not box.sh(HAS_APT_SOURCES, "looking for apt sources").strip():
+                # a buildah-built parent has none: the build mounts the host's there, the lock puts them
+                box.put(APT_SOURCES_MOUNT, debian_sources(base_recipe(p.resolved.base)["suite"], mirror=mirror).encode())
             box.sh("apt-get update -qq", "apt-get update in the lock container")
             apt_runtime = _resolve_apt(box, apt, keep.apt_runtime if keep else {}, "runtime", report, upgrade)
             log(f"Debian: {len(apt_runtime)} package(s) beyond the parent's")

@@ -155,6 +155,47 @@ def test_gc_removes_the_buildah_copies_docker_no_longer_keeps(built, buildah_cli
     assert any(n.startswith("localhost/dlenv/base:") for n in left)      # the base stays
 
 
+def test_a_project_on_a_reproducible_parent_gets_its_own_image_id(buildah_cli, state, dlenv_path, docker_client,
+                                                                  tmp_path):
+    """A stack built on its parent's image (issue #16) with buildah: its id is recorded (the parent is
+    its lock's build), and --check reproduces it on a parent copied from the Docker engine into dlenv's
+    buildah storage, as on a machine whose Docker got the parent from a registry."""
+    suffix = secrets.token_hex(4)
+    parent_name, child_name = f"dlenv-itest-bhparent-{suffix}", f"dlenv-itest-bhchild-{suffix}"
+    folder = write_stack(tmp_path / "repo", f"""
+        schema: 1
+        name: {child_name}
+        extends: ./parent.yaml
+        python_packages: ["six==1.17.0"]
+        apt: [less]
+    """)
+    (folder / "parent.yaml").write_text(f'schema: 1\nname: {parent_name}\nextends: python\ncomponents: {{python: "3.11"}}\n')
+    try:
+        parent = dlenv(dlenv_path, state, folder, "build", "parent.yaml", "--engine", "buildah", "--no-cache", "--no-verify")
+        assert parent.returncode == 0, parent.stderr[-3000:]
+        parent_tag = json.loads(dlenv(dlenv_path, state, folder, "show", "parent.yaml", "--json").stdout)["image"]
+        child = dlenv(dlenv_path, state, folder, "build", "--engine", "buildah", "--no-cache")
+        assert child.returncode == 0, child.stderr[-3000:]
+        assert "checks passed" in child.stdout and "recorded sha256:" in child.stderr
+        show = json.loads(dlenv(dlenv_path, state, folder, "show", "--json").stdout)
+        recorded = yaml.safe_load((folder / "dlenv.lock").read_text())["images"][KEY]
+        assert docker_client.api.inspect_image(show["image"])["Id"] == recorded
+        # The parent leaves buildah's storage (Docker still has it): --check copies it from Docker.
+        untag = subprocess.run(storage_cmd(buildah_cli, state, "rmi", parent_tag), capture_output=True, text=True)
+        assert untag.returncode == 0, untag.stderr
+        check = dlenv(dlenv_path, state, folder, "build", "--engine", "buildah", "--check")
+        assert check.returncode == 0, check.stderr[-3000:]
+        assert f"copying {parent_tag} from the Docker engine into dlenv's buildah storage" in check.stderr
+        assert f"reproduced {recorded[:19]}" in check.stdout
+        # An SDK build of the project on this parent (no apt sources) is refused in one line.
+        sdk = dlenv(dlenv_path, state, folder, "build", "--engine", "sdk", "--no-cache")
+        errors = [line for line in sdk.stderr.splitlines() if line.startswith("dlenv: error:")]
+        assert sdk.returncode == 1 and len(errors) == 1 and "has no apt sources" in errors[0], sdk.stderr[-2000:]
+    finally:
+        remove_repo(docker_client, f"dlenv/{child_name}")
+        remove_repo(docker_client, f"dlenv/{parent_name}")
+
+
 def _first_differing_layers(cli: str, state: Path, ref: str, golden: dict) -> str:
     """Which layers (build steps) of `ref` differ from the golden image's: what to look at first."""
     proc = subprocess.run(storage_cmd(cli, state, "inspect", "--type", "image", ref), capture_output=True, text=True)
