@@ -29,7 +29,7 @@ chainermn: venv host
 	$(DLENV) build chainermn
 
 test: venv host lint-imports
-	DLENV_REQUIRE_ENGINE=1 $(PYTEST) tests -v -rs
+	DLENV_REQUIRE_ENGINE=1 $(PYTEST) tests -v -rs --durations=25
 
 # Engine-free: tests/unit and the top-level tests (goldens, packaging, project, verify logic).
 unit: venv lint-imports
