@@ -12,7 +12,7 @@ from builder.cli.registry import LayerProgress
 from builder.engine import base as base_mod
 from builder.engine import dockerapi as engine
 from builder.engine.images import promoted_image
-from builder.errors import LockError, UsageError
+from builder.errors import EngineError, LockError, UsageError
 from builder.pipeline import build as build_mod
 from builder.pipeline import buildah_build
 from builder.plan.lockfile import lock_changes
@@ -64,7 +64,10 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
     if check and engine_name != "buildah":
         raise UsageError("--check needs the buildah engine (--engine buildah)")
     bundle, mirror = bundle_and_mirror(ca_bundle)
-    client = engine.connect()
+    client = _connect(ctx, engine_name)
+    if client is None:
+        _build_without_docker(ctx, p, bundle, mirror, nocache, check)
+        return
     if not no_verify:  # the device checks of a GPU host would otherwise fail deep inside CuPy
         check_driver(gpu_runtime(client.info()), p.resolved.versions(), p.hash_tag, False)
     on_progress = step_printer(ctx)
@@ -93,6 +96,28 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
         click.echo(f"built {p.hash_tag} and {p.latest_tag} in {result.seconds:.0f}s{verified}")
     if check:
         _check(ctx, result.plan, client, bundle, mirror, on_progress)
+
+
+def _connect(ctx: Ctx, engine_name: str):
+    """The Docker engine; for buildah, None when none answers (it builds without one)."""
+    try:
+        return engine.connect()
+    except EngineError as exc:
+        if engine_name != "buildah":
+            raise
+        ctx.info(f"no Docker engine ({exc.message}): building with buildah alone, into the host's containers-storage")
+        return None
+
+
+def _build_without_docker(ctx: Ctx, p, bundle, mirror, nocache: bool, check: bool) -> None:
+    bh = buildah_build.find()
+    on_progress = step_printer(ctx)
+    got = buildah_build.build_without_docker(bh, p, bundle, nocache=nocache, mirror=mirror, log=ctx.info,
+                                             on_progress=on_progress)
+    click.echo(f"built {p.hash_tag} ({got['id'][:19]}) in {got['seconds']:.0f}s, not verified: the checks run in "
+               f"the Docker engine; in {got['store']} for podman: `podman run --rm -it {p.hash_tag}`")
+    if check:
+        _check(ctx, p, None, bundle, mirror, on_progress)
 
 
 def _check(ctx: Ctx, p, client, bundle, mirror, on_progress) -> None:

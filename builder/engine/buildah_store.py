@@ -21,6 +21,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
@@ -162,6 +163,33 @@ def _only_local_name(cli: str, ref: str, want_id: str) -> None:
     for name in names:
         if name != local:
             run_buildah(cli, "rmi", name)                      # one of several names: only untags
+
+
+def default_store(cli: str) -> str:
+    """The host's own containers-storage (podman's and a plain `buildah`'s) as a transport prefix:
+    `containers-storage:[driver@graphroot+runroot]`."""
+    proc = subprocess.run([cli, "info"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    try:
+        store = json.loads(proc.stdout)["store"]
+        return f"containers-storage:[{store['GraphDriverName']}@{store['GraphRoot']}+{store['RunRoot']}]"
+    except (ValueError, KeyError, TypeError):
+        raise EngineError("`buildah info` did not name the host's containers-storage",
+                          hint="run `buildah info`; see `dlenv doctor`") from None
+
+
+def to_containers_storage(cli: str, ref: str, want_id: str) -> str:
+    """Copy `ref` into the host's containers-storage (where podman finds it) under the same name and
+    id; returns the store's transport prefix."""
+    store = default_store(cli)
+    local = BUILDAH_LOCAL + ref        # as buildah names its own images (a bare name would become docker.io/)
+    run_buildah(cli, "push", "--quiet", ref, f"{store}{local}", timeout=3600)
+    proc = subprocess.run([cli, "inspect", "--type", "image", "--format", "{{.FromImageID}}", local],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    got = "sha256:" + proc.stdout.strip().removeprefix("sha256:")
+    if proc.returncode != 0 or got != want_id:
+        raise EngineError(f"the host's containers-storage holds {ref} as {got}, not {want_id}",
+                          hint="run `buildah images`; see `dlenv doctor`")
+    return store
 
 
 def to_docker(cli: str, client, ref: str, tag_ref: str, want_id: str, environ=os.environ) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from builder import paths
@@ -102,6 +103,28 @@ def build_candidate(bh: Buildah, client, p: Plan, bundle: CABundle, log_path: Pa
     return image_id
 
 
+def build_without_docker(bh: Buildah, p: Plan, bundle: CABundle, *, nocache: bool, mirror: str | None, log,
+                         on_progress) -> dict:
+    """With no Docker engine: build in dlenv's buildah storage, copy the image into the host's
+    containers-storage (podman's) under its hash tag, and record its id in the lock. Nothing is
+    verified (the checks run in Docker containers) and no Docker tag exists to promote. Returns
+    {"id", "store", "recorded", "seconds"}."""
+    if p.parent is not None:
+        raise EngineError(f"{p.resolved.name} builds on {p.parent.hash_tag}, which lives in the Docker engine, and no "
+                          "Docker engine answers", hint="start the Docker engine (`dlenv doctor` says how)")
+    if p.lock is None or p.lock_state != "locked":
+        raise LockError(f"{p.lock_file} is {p.lock_state}; locking runs containers in the Docker engine, and none "
+                        "answers", hint=f"lock {p.resolved.name} on a machine with Docker and commit the lock")
+    started = time.monotonic()
+    log_path = paths.state_dir() / "logs" / f"{p.resolved.name}-{p.content_hash[:TAG_CHARS]}.log"
+    with stack_lock(p.resolved.name, log), stack_lock(BUILDAH_MUTEX, log):
+        image_id = _build(bh, None, p, bundle, p.hash_tag, log_path, nocache=nocache, mirror=mirror, log=log,
+                          on_progress=on_progress)
+        store = buildah_store.to_containers_storage(bh.cli, p.hash_tag, image_id)
+        recorded = record_image(bh, None, p, image_id, log)
+    return {"id": image_id, "store": store, "recorded": recorded, "seconds": time.monotonic() - started}
+
+
 def record_image(bh: Buildah, client, p: Plan, image_id: str, log) -> str:
     """Write the id into the lock's images section when it records none for this engine and arch
     (atomically); returns 'recorded', 'reproduced', 'differs' (said in the log, not an error), or
@@ -144,10 +167,11 @@ def _parent_is_reproducible(bh: Buildah, client, p: Plan, log) -> bool:
 def check(bh: Buildah, client, p: Plan, bundle: CABundle, *, mirror: str | None, log, on_progress) -> dict:
     """A second, no-cache build under a temporary name; BuildError (listing differing paths) when its id
     is not the promoted image's or the lock's. Returns {"id", "key", "compared_with"}."""
-    promoted = engine.image_attrs(client, p.hash_tag)
     key = bh.key(p)
     want = p.lock.images.get(key) if p.lock else None
-    want = want or (promoted or {}).get("Id")
+    if want is None:    # what was built last: the promoted image, or (no Docker) buildah's own copy
+        want = ((engine.image_attrs(client, p.hash_tag) or {}).get("Id") if client is not None
+                else buildah_store.image_id(bh.cli, p.hash_tag))
     if want is None:
         raise BuildError(f"nothing to compare with: {p.hash_tag} is not built and the lock records no {key} image",
                          hint=f"run `dlenv build --engine buildah {p.resolved.name}` first")

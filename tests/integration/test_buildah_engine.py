@@ -165,7 +165,7 @@ def test_a_project_on_a_reproducible_parent_gets_its_own_image_id(buildah_cli, s
         name: {child_name}
         extends: ./parent.yaml
         python_packages: ["six==1.17.0"]
-        apt: [less]
+        apt_packages: [less]
     """)
     (folder / "parent.yaml").write_text(f'schema: 1\nname: {parent_name}\nextends: python\ncomponents: {{python: "3.11"}}\n')
     try:
@@ -224,6 +224,23 @@ def test_chainer_gives_the_golden_image_id_its_lock_records(buildah_cli, state, 
     assert check.returncode == 0, check.stderr[-3000:]
     assert f"reproduced {golden[:19]} ({KEY})" in check.stdout
     assert lock_file.read_text() == before                       # the committed lock is only read
+
+
+def test_without_docker_the_image_goes_to_the_hosts_containers_storage(buildah_cli, state, dlenv_path):
+    """No Docker engine answers: buildah alone builds chainer (its layers cached by the test above),
+    and podman's containers-storage gets the lock's image id, said to be unverified."""
+    golden = yaml.safe_load((ROOT / "stacks" / "chainer.lock").read_text())["images"][KEY]
+    local = "localhost/" + json.loads(dlenv(dlenv_path, state, ROOT, "show", "chainer", "--json").stdout)["image"]
+    try:
+        res = dlenv(dlenv_path, state, ROOT, "build", "chainer", "--engine", "buildah",
+                    env={"DOCKER_HOST": "unix:///run/dlenv-itest-no-docker.sock"})
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "building with buildah alone" in res.stderr and "not verified" in res.stdout
+        got = subprocess.run([buildah_cli, "inspect", "--type", "image", "--format", "{{.FromImageID}}", local],
+                             capture_output=True, text=True)
+        assert got.returncode == 0 and "sha256:" + got.stdout.strip().removeprefix("sha256:") == golden, got.stderr
+    finally:
+        subprocess.run([buildah_cli, "rmi", local], capture_output=True)
 
 
 def _processes_with(text: str) -> list[int]:
