@@ -49,3 +49,16 @@ def test_buildah_storage_keeps_bases_and_what_docker_keeps():
     assert plan_buildah_gc(names, kept) == ["localhost/dlenv-check/chainer:new", "localhost/dlenv/chainer:old",
                                             "localhost/dlenv/gone:abc"]
     assert plan_buildah_gc([], kept) == []
+
+
+def test_hash_tags_ordered_by_when_they_were_tagged_here():
+    """buildah images are all Created at the lock's epoch: the tag time says which is newer."""
+    epoch = "2025-01-01T00:00:00Z"
+    older = img("a", ["dlenv/chainer:aaaaaaaaaaaaaaaa"], created=epoch)
+    older["Metadata"] = {"LastTagTime": "2026-11-01T10:00:00.5Z"}
+    newer = img("b", ["dlenv/chainer:bbbbbbbbbbbbbbbb"], created=epoch)
+    newer["Metadata"] = {"LastTagTime": "2026-11-27T10:00:00.5Z"}
+    sdk = img("c", ["dlenv/chainer:cccccccccccccccc"], created="2026-11-10T00:00:00Z")
+    sdk["Metadata"] = {"LastTagTime": "0001-01-01T00:00:00Z"}
+    plan = plan_gc([older, sdk, newer], keep=1)
+    assert sorted(plan.untag) == ["dlenv/chainer:aaaaaaaaaaaaaaaa", "dlenv/chainer:cccccccccccccccc"]

@@ -37,7 +37,7 @@ def plan_gc(images: list, keep: int = 1, build_cache: bool = False) -> GcPlan:
     for repo, tags in sorted(by_repo.items()):
         latest_id = next((a["Id"] for t, a in tags if t == "latest"), None)
         hash_tags = sorted(((t, a) for t, a in tags if t != "latest" and not t.endswith("-candidate")),
-                           key=lambda ta: ta[1].get("Created", ""), reverse=True)
+                           key=lambda ta: _made_here(ta[1]), reverse=True)
         kept = {a["Id"] for _, a in hash_tags[:keep]} | ({latest_id} if latest_id else set())
         for tag, attrs in sorted(tags, key=lambda ta: ta[0]):
             ref = f"{repo}:{tag}"
@@ -77,6 +77,13 @@ def plan_buildah_gc(names: list, kept_refs: list) -> list:
                                                  and ref not in kept):
             out.append(name)
     return out
+
+
+def _made_here(attrs: dict) -> str:
+    """When the image got its tag in this engine: a reproducible image's Created is its lock's epoch
+    (buildah), the same for every build, so the tag time orders them; Created where there is none."""
+    tagged = (attrs.get("Metadata") or {}).get("LastTagTime") or ""
+    return tagged if tagged and not tagged.startswith("0001-") else attrs.get("Created", "")
 
 
 def _tags(attrs: dict) -> list:
