@@ -117,6 +117,7 @@ SLURM_START = "/usr/local/sbin/dlenv-slurm-start"   # the node image's entrypoin
 SLURM_CONF = "/etc/slurm/slurm.conf"                # mounted read-only at run time, never in the image
 SLURM_SECRETS = "/run/dlenv-slurm"                  # the run's munge key, mounted read-only at run time
 MUNGE_DIR = "/etc/munge"                            # a tmpfs in a cluster's containers: the key's copy
+SLURM_APT_SOURCES = "dlenv-debian.sources"         # node image context: the host's Debian sources, for its apt step
 SLURM_SPOOL = "/var/lib/slurm/slurmd"               # slurmd's spool (PMIx server files live below it)
 
 # --- build context folders (relative to the context) -------------------------------------------

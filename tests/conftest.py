@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # Test-only helpers (tests/security.py, tests/registry_fixture.py) import by their module name.
 sys.path.insert(0, str(ROOT / "tests"))
 FIXTURES = ROOT / "tests" / "fixtures"
+
+# The Ctrl-C tests send SIGINT to the dlenv processes they start, as a terminal would. A suite run in
+# the background of a non-interactive shell (`cmd &`, nohup) inherits SIGINT ignored, and so would every
+# dlenv it starts (measured: all Ctrl-C tests then fail): give them a terminal's default back. A Python
+# handler here becomes SIG_DFL in each child at exec; an ignored signal would stay ignored.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def dlenv_bin() -> str:

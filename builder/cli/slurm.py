@@ -10,16 +10,17 @@ from pathlib import Path
 import click
 
 from builder import paths
-from builder.cli.common import Ctx, image_for_use, step_printer, warn_once
+from builder.cli.common import Ctx, bundle_and_mirror, image_for_use, step_printer, warn_once
 from builder.engine import dockerapi as engine
 from builder.errors import SlurmError
 from builder.names import TAG_CHARS
 from builder.outputs.slurm import MAX_NODES, job_exit_code, job_summary
+from builder.plan.pins import base_recipe
 from builder.plan.plan import plan
 from builder.run import slurm as cluster_mod
 from builder.run import slurm_jobs as jobs
 from builder.run.session import parse_env
-from builder.settings.host import pip_build_args
+from builder.settings.host import debian_sources, pip_build_args
 
 CANCEL_WAIT_SECONDS = 60
 
@@ -30,8 +31,12 @@ def node_image_for(ctx: Ctx, client, stack: str, build: bool) -> str:
     p = plan(stack)
     start = time.monotonic()
     log_path = paths.state_dir() / "logs" / f"{p.resolved.name}-slurm-{p.content_hash[:TAG_CHARS]}.log"
+    _, mirror = bundle_and_mirror(None)
+    sources = b"" if "image" in p.resolved.base else \
+        debian_sources(base_recipe(p.resolved.base)["suite"], mirror=mirror).encode()
     tag, built = cluster_mod.ensure_node_image(client, p.resolved.name, base, p.content_hash, paths.state_dir(),
-                                               log_path, pip_build_args(), on_progress=step_printer(ctx))
+                                               log_path, pip_build_args(), on_progress=step_printer(ctx),
+                                               apt_sources=sources)
     if built:
         ctx.info(f"{tag}: Slurm node image built in {time.monotonic() - start:.1f}s (log {log_path})")
     return tag

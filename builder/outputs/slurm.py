@@ -15,8 +15,8 @@ import jinja2
 
 from builder import paths
 from builder.errors import SlurmError
-from builder.names import (MUNGE_DIR, RUNTIME_UID, SLURM_CONTROLLER_HOST, SLURM_NODE_HOST, SLURM_NODE_LABEL,
-                           SLURM_SPOOL, SLURM_START)
+from builder.names import (APT_SOURCES_DIR, MUNGE_DIR, RUNTIME_UID, SLURM_APT_SOURCES, SLURM_CONTROLLER_HOST,
+                           SLURM_NODE_HOST, SLURM_NODE_LABEL, SLURM_SPOOL, SLURM_START)
 
 NODE_PACKAGES = ("slurmd", "slurmctld", "slurm-client", "munge", "libpmix2")
 START_SCRIPT = "dlenv-slurm-start"
@@ -67,23 +67,25 @@ class NodeImage:
     files: dict          # name -> (bytes, mode)
 
 
-def node_image(stack: str, base_image: str, content_hash: str, user: str) -> NodeImage:
+def node_image(stack: str, base_image: str, content_hash: str, user: str, apt_sources: bytes = b"") -> NodeImage:
     """The node image on `base_image`; its hash covers the stack's content hash, the fragment and the
-    entrypoint, so a change to any of them builds it again."""
+    entrypoint, so a change to any of them builds it again. `apt_sources`: the host's Debian sources,
+    used when the stack image has none (built with buildah); like the CA bundle, not hashed."""
     if not _IMAGE_REF.match(base_image):
         raise SlurmError(f"{base_image!r} is not an image reference")
     if not re.match(r"^[0-9]+(:[0-9]+)?$", user):
         raise SlurmError(f"the image user {user!r} is not numeric", hint="rebuild the stack with this dlenv")
     start = start_script()
     values = dict(stack=stack, image=base_image, packages=" ".join(NODE_PACKAGES), munge_dir=MUNGE_DIR,
-                  start=SLURM_START, node_label=SLURM_NODE_LABEL, user=user)
+                  start=SLURM_START, node_label=SLURM_NODE_LABEL, user=user, sources_file=SLURM_APT_SOURCES,
+                  sources_target=f"{APT_SOURCES_DIR}/{SLURM_APT_SOURCES}")
     unlabelled = _render("node.Dockerfile.j2", node_hash="", **values)
     digest = hashlib.sha256()
     for part in (content_hash.encode(), unlabelled.encode(), start):
         digest.update(hashlib.sha256(part).digest())
     node_hash = digest.hexdigest()
     return NodeImage(stack, base_image, node_hash, _render("node.Dockerfile.j2", node_hash=node_hash, **values),
-                     {START_SCRIPT: (start, 0o755)})
+                     {START_SCRIPT: (start, 0o755), SLURM_APT_SOURCES: (apt_sources, 0o644)})
 
 
 def version_label_dockerfile(image: str, label: str, version: str) -> str:

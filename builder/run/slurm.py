@@ -40,11 +40,11 @@ SHM_SIZE = "1g"
 # ------------------------------------------------------------------------------------ node image
 
 def ensure_node_image(client, stack: str, base_image: str, content_hash: str, work_dir: Path, log_path: Path,
-                      buildargs: dict | None = None, on_progress=None) -> tuple[str, bool]:
+                      buildargs: dict | None = None, on_progress=None, apt_sources: bytes = b"") -> tuple[str, bool]:
     """The node image's tag, built unless an image with that tag and this node hash exists: (tag, built).
     Two SDK builds: the node layer, then a label with the Slurm version the first one installed."""
     user = (image_attrs(client, base_image) or {}).get("Config", {}).get("User") or str(RUNTIME_UID)
-    spec = node_image(stack, base_image, content_hash, user)
+    spec = node_image(stack, base_image, content_hash, user, apt_sources)
     tag = slurm_node_tag(stack, content_hash)
     attrs = image_attrs(client, tag)
     if attrs and image_labels(attrs).get(SLURM_NODE_LABEL) == spec.node_hash \

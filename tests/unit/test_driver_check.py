@@ -343,6 +343,7 @@ def host(monkeypatch):
     monkeypatch.delenv("DOCKER_HOST", raising=False)
     monkeypatch.setattr(builder.cli.common, "_WARNED", set())
     monkeypatch.setattr(builder.engine.dockerapi, "connect", lambda *a, **k: FakeClient(state.runtimes))
+    monkeypatch.setattr(builder.engine.dockerapi, "image_attrs", lambda client, ref: None)   # verify's id lookup
     monkeypatch.setattr(driver, "read_host_driver", read)
     monkeypatch.setattr(builder.cli.common, "promoted_image", lambda client, p: object())
     monkeypatch.setattr(builder.engine.images, "require_promoted", lambda client, p, target: None)

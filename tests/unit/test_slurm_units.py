@@ -48,6 +48,12 @@ def test_node_image_dockerfile():
     assert spec.files["dlenv-slurm-start"][1] == 0o755
     assert b"slurmctld -D" in spec.files["dlenv-slurm-start"][0]
     assert "http" not in text                                           # apt uses the image's own sources
+    # ... or, on an image without any (built with buildah), the host's, for the apt step only
+    assert "COPY dlenv-debian.sources /etc/apt/sources.list.d/dlenv-debian.sources" in text
+    assert "rm -rf" in text and "/etc/apt/sources.list.d/dlenv-debian.sources /etc/munge/munge.key" in text
+    sources = node_image("chainermn", "dlenv/chainermn:5ef572c23a76bed8", HASH, "1000:1000", b"Types: deb\n")
+    assert sources.files["dlenv-debian.sources"] == (b"Types: deb\n", 0o644)
+    assert sources.node_hash == spec.node_hash                          # machine-dependent text: not hashed
 
 
 def test_node_hash_follows_the_stack_and_is_stable():
