@@ -68,12 +68,26 @@ def ensure_node_image(client, stack: str, base_image: str, content_hash: str, wo
 
 
 def _slurm_version(client, image: str) -> str:
+    """slurmd's Debian version in `image`. Read from the stopped container's log, again for a moment
+    when it is still empty: the engine may report the exit before its log copier has written the
+    short output (seen with this engine: an empty version three runs in a row, then none)."""
+    container = client.containers.create(image, ["dpkg-query", "-W", "-f=${Version}\\n", "slurmd"],
+                                         network_mode="none", labels={ROLE_LABEL: "slurm-build"})
     try:
-        out = client.containers.run(image, ["dpkg-query", "-W", "-f=${Version}", "slurmd"], remove=True,
-                                    network_mode="none", labels={ROLE_LABEL: "slurm-build"})
-    except docker.errors.ContainerError as exc:
-        raise SlurmError(f"slurmd is not installed in {image}: {exc}", hint="remove the image and run again") from None
-    return out.decode("utf-8", "replace").strip()
+        container.start()
+        code = container.wait().get("StatusCode")
+        out = b""
+        for _ in range(20):
+            out = container.logs(stdout=True, stderr=False)
+            if out.strip() or code != 0:
+                break
+            time.sleep(0.25)
+        if code != 0:
+            raise SlurmError(f"slurmd is not installed in {image} (dpkg-query exit status {code})",
+                             hint="remove the image and run again")
+        return out.decode("utf-8", "replace").strip()
+    finally:
+        container.remove(force=True)
 
 
 # ------------------------------------------------------------------------------------ state
