@@ -264,8 +264,9 @@ def test_gc_removes_candidates_and_old_hash_tags_only(docker_client, run_dlenv, 
         """)
         assert run_dlenv("build", str(stack)).returncode == 0
         refs.append(json.loads(run_dlenv("show", str(stack), "--json", check=True).stdout)["image"])
+        if variant == "old":   # a candidate left over, tagged before the newer build (gc orders by tag time)
+            docker_client.api.tag(refs[0], "dlenv/dlenv-itest-gc", refs[0].split(":")[1] + "-candidate")
     old, new = refs
-    docker_client.api.tag(old, "dlenv/dlenv-itest-gc", old.split(":")[1] + "-candidate")
     latest_before = {t for i in docker_client.images.list(name="dlenv/*") for t in i.tags if t.endswith(":latest")}
     dry = run_dlenv("gc", "--dry-run")
     assert dry.returncode == 0 and f"would remove {old}" in dry.stderr
