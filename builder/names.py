@@ -13,6 +13,7 @@ DLENV_LABELS = f"{LABEL_PREFIX}."                          # every dlenv label s
 HASH_LABEL = f"{LABEL_PREFIX}.content-hash"                # the content hash promotion trusts
 STACK_LABEL = f"{LABEL_PREFIX}.stack"
 LOCK_LABEL = f"{LABEL_PREFIX}.lock"                        # the lock's digest, or "unlocked"
+REFRESHED_LABEL = f"{LABEL_PREFIX}.lock-refreshed"         # built from a refreshed lock: "<from digest> <pins that moved>"
 VERSION_LABEL = f"{LABEL_PREFIX}.dlenv-version"
 BASE_LABEL = f"{LABEL_PREFIX}.base"
 COMPONENTS_LABEL = f"{LABEL_PREFIX}.components"
@@ -131,5 +132,12 @@ APT_SOURCES_CONTEXT = "apt-sources/debian.sources"          # outside dlenv-buil
 APT_SOURCES_DIR = "/etc/apt/sources.list.d"
 APT_SOURCES_LIST = "/etc/apt/sources.list"
 APT_SOURCES_MOUNT = f"{APT_SOURCES_DIR}/dlenv-build.sources"
+# dlenv's package repository: every Debian byte a build installs comes from it, served on the host for
+# the build's duration and reached through the build's (predefined, never recorded) http_proxy. The
+# host name never resolves: only that proxy answers for it, so no image text depends on the machine.
+PACKAGE_REPO_HOST = "dlenv.packages"
+PACKAGE_REPO_URL = f"http://{PACKAGE_REPO_HOST}/"
+PACKAGE_REPO_SOURCES = f"{APT_SOURCES_DIR}/0000dlenv.sources"     # in the base rootfs (mmdebstrap names it so)
+SOURCE_TARBALLS = "sources"          # the repository's folder of Debian source tarballs
 BUILDAH_LOCAL = "localhost/"        # how buildah names an image it holds under a short name
 BUILDAH_BASE_FORMAT_LABEL = f"{LABEL_PREFIX}.buildah-base-format"   # what the buildah base's bootstrap removed

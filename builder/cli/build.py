@@ -7,7 +7,8 @@ import time
 
 import click
 
-from builder.cli.common import ENGINES, Ctx, bundle_and_mirror, step_printer, check_driver, plan_of, print_check
+from builder.cli.common import (ENGINES, Ctx, bundle_and_mirror, check_driver, package_sources_of, plan_of, print_check,
+                                print_refresh, step_printer)
 from builder.cli.registry import LayerProgress
 from builder.engine import base as base_mod
 from builder.engine import dockerapi as engine
@@ -44,7 +45,10 @@ def base(ctx: Ctx, suite, force):
 @click.option("--no-pull", is_flag=True, help="Do not try the registry; always build here.")
 @click.option("--relock", is_flag=True, help="Lock again first (a stale lock is otherwise refused).")
 @click.option("--locked", "frozen", is_flag=True,
-              help="Never write the lock: fail when it is missing or stale (for CI).")
+              help="Never write the lock: fail when it is missing or stale, or names Debian files no source has "
+                   "(instead of refreshing those pins).")
+@click.option("--vendor", "vendor", multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="A bundle written by `dlenv vendor`: Debian files come from it before any network source.")
 @click.option("--engine", "engine_name", type=ENGINES,
               help="sdk (docker-py, classic builder; the default, or the engine setting), buildkit "
                    "(a Docker CLI with BuildKit: apt/pip cache mounts, CA bundle as a secret) or buildah "
@@ -52,7 +56,7 @@ def base(ctx: Ctx, suite, force):
 @click.option("--check", "check", is_flag=True,
               help="buildah: then build again without cache and fail unless the image id is the same.")
 @click.pass_obj
-def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, relock, frozen, engine_name, check):
+def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, relock, frozen, vendor, engine_name, check):
     """Build STACK from its lock, verify it, then tag it by content hash and as latest.
 
     A stack without a lock is locked first (the lock file is written next to the stack: commit it)."""
@@ -64,17 +68,19 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
     if check and engine_name != "buildah":
         raise UsageError("--check needs the buildah engine (--engine buildah)")
     bundle, mirror = bundle_and_mirror(ca_bundle)
+    packages = package_sources_of(p, mirror, vendor)
     client = _connect(ctx, engine_name)
     if client is None:
         _build_without_docker(ctx, p, bundle, mirror, nocache, check)
         return
+    on_refresh = lambda prov: print_refresh(ctx, prov)  # noqa: E731
     if not no_verify:  # the device checks of a GPU host would otherwise fail deep inside CuPy
         check_driver(gpu_runtime(client.info()), p.resolved.versions(), p.hash_tag, False)
     on_progress = step_printer(ctx)
     if p.parent is not None and not (p.lock_state == "locked" and promoted_image(client, p) is not None):
         how = build_mod.ensure_parent(p, client, registry=registry, ca_bundle=bundle, mirror=mirror, log=ctx.info,
                                       on_check=lambda r: print_check(ctx, r), on_progress=on_progress,
-                                      engine_name=engine_name)
+                                      engine_name=engine_name, packages=packages, locked=frozen, on_refresh=on_refresh)
         _print_parent(ctx, p, how, registry)
     if p.lock_state != "locked" or relock:
         p = build_mod.ensure_lock(p, client, relock=relock, frozen=frozen, ca_bundle=bundle, mirror=mirror, log=ctx.info,
@@ -86,7 +92,8 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
         result = build_mod.build(p, client, ca_bundle=bundle, mirror=mirror, verify=not no_verify, nocache=nocache,
                                  log=ctx.info, on_progress=on_progress, on_check=lambda r: print_check(ctx, r),
                                  registry=registry, on_pull=pull_progress.update if pull_progress else None,
-                                 engine_name=engine_name)
+                                 engine_name=engine_name, packages=packages, locked=frozen, on_refresh=on_refresh)
+    p = result.plan
     if result.pulled:
         click.echo(f"pulled {p.hash_tag} from {registry} instead of building ({result.seconds:.0f}s)")
     elif result.noop:

@@ -16,6 +16,7 @@ from rich.text import Text
 from builder.engine.images import promoted_image
 from builder.errors import BuildError, EngineError, VerifyError, one_line, printable
 from builder.pipeline import build as build_mod
+from builder.pipeline.packages import package_sources
 from builder.plan.plan import Plan, plan
 from builder.run.driver import check_host_driver
 from builder.settings.host import CABundle, find_ca_bundle
@@ -83,6 +84,26 @@ def bundle_and_mirror(ca_bundle_option: str | None) -> tuple[CABundle, str | Non
     settings = load_settings({"ca_bundle": ca_bundle_option})
     bundle = find_ca_bundle(settings.get("ca_bundle"), source=settings.source("ca_bundle"))
     return bundle, settings.get("debian_mirror")
+
+
+def package_sources_of(p: Plan, mirror: str | None, vendor=()):
+    """Where a build's Debian files may come from after the store: --vendor bundles, the debian_snapshot
+    setting, the mirror (setting or the host's apt sources)."""
+    snapshots = tuple((load_settings({}).get("debian_snapshot") or "").split())
+    return package_sources(p, mirror=mirror, snapshots=snapshots, bundles=tuple(vendor))
+
+
+def print_refresh(ctx: Ctx, prov) -> None:
+    """The pins a build refreshed because no source had their files: a table and one summary line."""
+    rows = prov.moved
+    if rows:
+        width = max(len(r["package"]) for r in rows)
+        click.echo(f"{'package'.ljust(width)}  stage    locked -> used  (pocket)", err=True)
+        for r in rows:
+            click.echo(f"{r['package'].ljust(width)}  {r['stage']:<7}  {r['locked']} -> {r['used']}"
+                       f"{'  (' + r['pocket'] + ')' if r.get('pocket') else ''}", err=True)
+    click.echo(f"refreshed the lock: {len(rows)} Debian pin(s) moved because no source had their files any more; "
+               f"recorded in {prov.refreshed_to}", err=True)
 
 
 def print_check(ctx: Ctx, r) -> None:

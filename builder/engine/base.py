@@ -24,7 +24,10 @@ from builder.settings.host import debian_sources
 from builder.errors import BaseImageError
 from builder.plan.lockfile import parse_dpkg_list
 from builder.plan.pins import base_recipe, base_ref, packages_digest
-from builder.names import PACKAGES_LABEL, RECIPE_LABEL, ROOTFS_LABEL
+from builder.engine.debrepo import proxy_args
+from builder.names import (APT_SOURCES_DIR, APT_SOURCES_LIST, PACKAGE_REPO_SOURCES, PACKAGES_LABEL, RECIPE_LABEL,
+                           ROOTFS_LABEL)
+from builder.plan.debs import repository_sources
 
 DPKG_FORMAT = "${Package}\t${Version}\t${db:Status-Abbrev}\n"
 
@@ -41,7 +44,7 @@ def rootfs_sha256(client, ref: str) -> str:
 
 
 def ensure_base(client, base: dict, log=lambda msg: None, force: bool = False, pins: dict | None = None,
-                mirror: str | None = None) -> str:
+                mirror: str | None = None, repo: str | None = None) -> str:
     """Return the base reference, bootstrapping the default base when it is missing (with `pins`,
     a base holding exactly those Debian package versions)."""
     ref = base_ref(base, pins)
@@ -68,7 +71,7 @@ def ensure_base(client, base: dict, log=lambda msg: None, force: bool = False, p
         if plain is not None and engine.image_labels(plain).get(PACKAGES_LABEL) == packages_digest(pins):
             engine.tag(client, plain["Id"], ref)
             return ref
-    bootstrap(client, base, log, pins=pins, mirror=mirror)
+    bootstrap(client, base, log, pins=pins, mirror=mirror, repo=repo)
     return ref
 
 
@@ -83,13 +86,13 @@ def _mismatches(pins: dict, installed: dict) -> list[str]:
 
 
 def bootstrap(client, base: dict, log=lambda msg: None, pins: dict | None = None, ref: str | None = None,
-              mirror: str | None = None) -> str:
+              mirror: str | None = None, repo: str | None = None) -> str:
     """Bootstrap and import the base (as `ref`, default its recipe's name); returns the image id."""
     recipe = base_recipe(base)
     ref = ref or base_ref(base, pins)
     workdir = Path(tempfile.mkdtemp(prefix="base-", dir=paths.state_dir()))
     try:
-        tarball, sha, installed = bootstrap_rootfs(base, workdir, log, pins=pins, mirror=mirror)
+        tarball, sha, installed = bootstrap_rootfs(base, workdir, log, pins=pins, mirror=mirror, repo=repo)
         log(f"importing the rootfs (sha256 {sha[:16]}) as {ref}")
         changes = [
             "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -105,20 +108,33 @@ def bootstrap(client, base: dict, log=lambda msg: None, pins: dict | None = None
 
 
 def bootstrap_rootfs(base: dict, workdir: Path, log=lambda msg: None, pins: dict | None = None,
-                     mirror: str | None = None, hooks_after: tuple = ()) -> tuple[Path, str, dict]:
+                     mirror: str | None = None, hooks_after: tuple = (), repo: str | None = None) -> tuple[Path, str, dict]:
     """mmdebstrap the base's rootfs into `workdir`: (tarball, its sha256, the installed packages).
+
+    With `repo` (the proxy URL of dlenv's package repository, engine/debrepo.py) the pinned packages
+    come from it, exactly the lock's files; without, from the mirror. Either way the rootfs's only
+    apt sources name dlenv's package repository: every later apt step of a build goes there.
     `hooks_after`: extra mmdebstrap options after dlenv's own (the buildah base's customize hook)."""
     recipe = base_recipe(base)
     tool = shutil.which("mmdebstrap")
     if tool is None:
         raise BaseImageError("mmdebstrap is not installed; it bootstraps the default Debian base",
                              hint="apt-get install mmdebstrap")
+    repo_sources = workdir / "dlenv.sources"
+    repo_sources.write_text(repository_sources())
     sources_file = workdir / "debian.sources"
     sources_file.write_text(debian_sources(recipe["suite"], mirror=mirror))
     tarball = workdir / "rootfs.tar"
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(recipe["epoch"]))
+    extra = []
+    if repo:
+        env.update(proxy_args(repo))
+        sources_file = repo_sources
+        extra = [f"--include={','.join(sorted(pins or {}))}"] if pins else []
     packages_file = workdir / "packages.txt"
-    hooks = [f"--customize-hook=chroot \"$1\" dpkg-query -W -f='{DPKG_FORMAT}' > {packages_file}"]
+    target_sources = f'"$1{PACKAGE_REPO_SOURCES}"'
+    hooks = [f"--customize-hook=chroot \"$1\" dpkg-query -W -f='{DPKG_FORMAT}' > {packages_file}",
+             f'--customize-hook=rm -f "$1{APT_SOURCES_LIST}" "$1"{APT_SOURCES_DIR}/* && cp {repo_sources} {target_sources}']
     if pins:
         prefs = workdir / "dlenv-lock.pref"
         prefs.write_text("".join(f"Package: {name}\nPin: version {version}\nPin-Priority: 1001\n\n"
@@ -129,7 +145,7 @@ def bootstrap_rootfs(base: dict, workdir: Path, log=lambda msg: None, pins: dict
     log(f"bootstrapping Debian {recipe['suite']} ({recipe['variant']}{', pinned by the lock' if pins else ''}) "
         "with mmdebstrap")
     proc = subprocess.run(
-        [tool, f"--variant={recipe['variant']}", "--mode=auto", *hooks, *hooks_after, recipe["suite"], str(tarball),
+        [tool, f"--variant={recipe['variant']}", "--mode=auto", *extra, *hooks, *hooks_after, recipe["suite"], str(tarball),
          str(sources_file)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
@@ -143,8 +159,8 @@ def bootstrap_rootfs(base: dict, workdir: Path, log=lambda msg: None, pins: dict
             shown = ", ".join(wrong[:8]) + (f" and {len(wrong) - 8} more" if len(wrong) > 8 else "")
             raise BaseImageError(
                 f"the Debian archive no longer has the base packages the lock pins: {shown}",
-                hint="`dlenv lock STACK` resolves them again (and shows what changes), or set debian_mirror "
-                     "to a snapshot of the archive from the lock's date")
+                hint="`dlenv lock STACK` resolves them again (and shows what changes), or build with "
+                     "--vendor DIR or a debian_snapshot setting that still has them")
     digest = hashlib.sha256()
     with open(tarball, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

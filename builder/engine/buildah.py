@@ -94,7 +94,8 @@ def command(cli: str, context_dir: Path, tag_ref: str, buildargs: dict, iid_file
             secret_file: Path | None, nocache: bool) -> list[str]:
     """The command line that gives one image id per lock (report of issue #17, §0)."""
     cmd = [cli, *storage_args(), "build", "--layers", "--format", "oci", "--timestamp", str(int(epoch)),
-           "--identity-label=false", "--pull=never", "--jobs", str(JOBS), "--iidfile", str(iid_file), "-t", tag_ref]
+           "--identity-label=false", "--pull=never", "--jobs", str(JOBS), "--iidfile", str(iid_file), "-t", tag_ref,
+           "--network", "host"]    # dlenv's package repository is on the host's loopback
     if nocache:
         cmd.append("--no-cache")
     for name in sorted(buildargs):     # values travel in the environment: credentials stay out of `ps`

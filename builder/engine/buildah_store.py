@@ -99,7 +99,7 @@ def write_base_archive(out: Path, ref: str, rootfs: Path, config: bytes, layer_s
 
 
 def ensure_base(cli: str, base: dict, ref: str, arch: str, log=lambda msg: None, pins: dict | None = None,
-                mirror: str | None = None) -> str:
+                mirror: str | None = None, repo: str | None = None) -> str:
     """The base in dlenv's buildah storage as `ref`, the name the Dockerfile's FROM uses (bootstrapped
     and pulled when missing)."""
     if "image" in base:
@@ -112,7 +112,7 @@ def ensure_base(cli: str, base: dict, ref: str, arch: str, log=lambda msg: None,
         run_buildah(cli, "rmi", "--force", ref)
     workdir = Path(tempfile.mkdtemp(prefix="buildah-base-", dir=paths.state_dir()))
     try:
-        rootfs, sha, installed = bootstrap_rootfs(base, workdir, log, pins=pins, mirror=mirror,
+        rootfs, sha, installed = bootstrap_rootfs(base, workdir, log, pins=pins, mirror=mirror, repo=repo,
                                                   hooks_after=(HOST_FILES_HOOK,))
         archive = workdir / "base.tar"
         want = write_base_archive(archive, ref, rootfs, base_config(base, sha, installed, arch), sha)

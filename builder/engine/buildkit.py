@@ -78,7 +78,8 @@ STOP_STEPS = ((signal.SIGINT, 10), (signal.SIGTERM, 5), (signal.SIGKILL, 5))   #
 
 def _command(cli: str, context_dir: Path, tag_ref: str, buildargs: dict, iid_file: Path,
              secret_file: Path | None, nocache: bool) -> list[str]:
-    cmd = [cli, "build", "--progress=plain", "--iidfile", str(iid_file), "-t", tag_ref]
+    # --network host: dlenv's package repository is on the host's loopback.
+    cmd = [cli, "build", "--progress=plain", "--network", "host", "--iidfile", str(iid_file), "-t", tag_ref]
     if nocache:
         cmd.append("--no-cache")
     # Values travel in the environment (`--build-arg NAME`), so proxy credentials stay out of `ps`.

@@ -39,7 +39,8 @@ def build(client, context_dir: Path, tag_ref: str, buildargs: dict, log_path: Pa
                 on_progress(progress, line)
         try:
             stream = client.api.build(path=str(context_dir), tag=tag_ref, buildargs=buildargs, rm=True,
-                                      forcerm=True, decode=True, nocache=nocache, pull=False)
+                                      forcerm=True, decode=True, nocache=nocache, pull=False,
+                                      network_mode="host")   # dlenv's package repository is on the host's loopback
             for chunk in stream:
                 if "stream" in chunk:
                     for line in chunk["stream"].splitlines():

@@ -23,14 +23,15 @@ from builder.engine.images import promoted_image
 from builder.errors import BuildError, EngineError, LockError, VerifyError, shown
 from builder.fileio import write_text_atomic
 from builder.names import HASH_LABEL, TAG_CHARS
+from builder.engine.debrepo import proxy_args
+from builder.engine.store import PackageSources
 from builder.pipeline import buildah_build, locker
+from builder.pipeline.packages import Provision, package_sources, provision, served, uses_store
 from builder.plan import buildkit_variant
 from builder.plan.lockfile import dump
 from builder.plan.lockfile import load as load_lock
 from builder.pipeline.layered_lock import make_layered_lock
-from builder.plan.layered import render_layered
-from builder.plan.plan import Plan, parent_of, stale_error
-from builder.plan.render import content_hash, render_context
+from builder.plan.plan import Plan, replan, stale_error
 from builder.settings.host import CABundle, find_ca_bundle, pip_build_args
 from builder.statelock import stack_lock
 from builder.verify.checks import Report, plan_checks
@@ -73,17 +74,13 @@ def write_lock(p: Plan, client, *, upgrade=(), upgrade_all: bool = False, ca_bun
         except Exception as exc:  # noqa: BLE001 - a read-only catalog: say where the lock should go
             raise LockError(f"cannot write {p.lock_file}: {getattr(exc, 'message', exc)}",
                             hint="copy the stack into your own folder (a dlenv.yaml extending it) and lock that") from None
-    lock = load_lock(p.lock_file)
-    if p.parent is not None:
-        ctx = render_layered(p.resolved, parent_of(p.parent), lock)
-    else:
-        ctx = render_context(p.resolved, lock)
-    return Plan(p.resolved, ctx, content_hash(ctx), lock, "locked", "", parent=p.parent), report
+    return replan(p, load_lock(p.lock_file)), report
 
 
 def ensure_parent(p: Plan, client, *, registry: str | None = None, ca_bundle: CABundle | None = None,
                   mirror: str | None = None, log=lambda msg: None, on_check=None, on_progress=None,
-                  engine_name: str = "sdk") -> str:
+                  engine_name: str = "sdk", packages: PackageSources | None = None, locked: bool = False,
+                  on_refresh=None) -> str:
     """Make sure the verified image `p` builds on exists: "found" (promoted here), "pulled" (from the
     registry, by the parent's content hash) or "built" (its own verified build, parents first)."""
     parent = p.parent
@@ -96,9 +93,10 @@ def ensure_parent(p: Plan, client, *, registry: str | None = None, ca_bundle: CA
     log(f"building the parent {parent.hash_tag} first")
     if parent.parent is not None:
         ensure_parent(parent, client, registry=registry, ca_bundle=ca_bundle, mirror=mirror, log=log,
-                      on_check=on_check, on_progress=on_progress, engine_name=engine_name)
+                      on_check=on_check, on_progress=on_progress, engine_name=engine_name, packages=packages,
+                      locked=locked, on_refresh=on_refresh)
     build(parent, client, ca_bundle=ca_bundle, mirror=mirror, log=log, on_check=on_check,
-          on_progress=on_progress, engine_name=engine_name)
+          on_progress=on_progress, engine_name=engine_name, packages=packages, locked=locked, on_refresh=on_refresh)
     return "built"
 
 
@@ -112,12 +110,15 @@ class BuildResult:
     log_path: str | None = None
     report: Report | None = None
     pulled: bool = False
+    packages: Provision | None = None     # where the Debian files came from, and the pins a refresh moved
 
 
-def _prepare_base(client, p: Plan, mirror: str | None, log) -> None:
-    """The base both stages start from, bootstrapped when missing (one process at a time)."""
+def _prepare_base(client, p: Plan, mirror: str | None, log, repo: str | None = None) -> None:
+    """The base both stages start from, bootstrapped when missing (one process at a time); with
+    `repo`, from dlenv's package repository (exactly the lock's files)."""
     with stack_lock("_base", log):  # builds of different stacks must not bootstrap the same base twice
-        base_mod.ensure_base(client, p.resolved.base, log, pins=p.context.base_pins or None, mirror=mirror)
+        base_mod.ensure_base(client, p.resolved.base, log, pins=p.context.base_pins or None, mirror=mirror,
+                             repo=repo)
         if p.lock is not None and p.lock_state == "locked" and "image" not in p.resolved.base:
             want = p.lock.base.get("rootfs_sha256", "")
             got = base_mod.rootfs_sha256(client, p.context.base_ref)
@@ -127,14 +128,16 @@ def _prepare_base(client, p: Plan, mirror: str | None, log) -> None:
 
 
 def _build_candidate(client, p: Plan, bundle: CABundle, engine_name: str, cli, log_path: Path, *,
-                     nocache: bool, on_progress, mirror: str | None = None, log=lambda msg: None) -> str:
-    """Build the candidate image with the chosen engine from a temporary context; returns its id."""
+                     nocache: bool, on_progress, mirror: str | None = None, log=lambda msg: None,
+                     repo: str | None = None) -> str:
+    """Build the candidate image with the chosen engine from a temporary context; returns its id.
+    `repo`: the proxy URL of dlenv's package repository, which every apt step of the build uses."""
     if engine_name == "buildah":   # its own storage, base and context (pipeline/buildah_build.py)
         return buildah_build.build_candidate(cli, client, p, bundle, log_path, nocache=nocache, mirror=mirror,
-                                             log=log, on_progress=on_progress)
+                                             log=log, on_progress=on_progress, repo=repo)
     workdir = Path(tempfile.mkdtemp(prefix="context-", dir=paths.state_dir()))
     try:
-        buildargs = {**pip_build_args(), "DLENV_CONTENT_HASH": p.content_hash}
+        buildargs = {**pip_build_args(), **proxy_args(repo), "DLENV_CONTENT_HASH": p.content_hash}
         if engine_name == "buildkit":
             # The bundle is no file of the context: the CLI hands it over as a secret.
             dockerfile = buildkit_variant.variant(p.context.dockerfile, base=p.resolved.base, ca_secret=bundle.path is not None)
@@ -186,7 +189,8 @@ def _promote(client, p: Plan, image_id: str) -> None:
 
 def build(p: Plan, client, *, ca_bundle: CABundle | None = None, mirror: str | None = None, verify: bool = True,
           nocache: bool = False, log=lambda msg: None, on_progress=None, on_check=None, registry: str | None = None,
-          on_pull=None, engine_name: str = "sdk") -> BuildResult:
+          on_pull=None, engine_name: str = "sdk", packages: PackageSources | None = None, locked: bool = False,
+          on_refresh=None) -> BuildResult:
     """Build `p` (unless its hash is already promoted, whichever engine built it), verify, promote.
 
     engine_name "sdk" builds through docker-py (classic builder); "buildkit" through a Docker CLI with
@@ -206,23 +210,46 @@ def build(p: Plan, client, *, ca_bundle: CABundle | None = None, mirror: str | N
                                time.monotonic() - started, pulled=True)
         bundle = ca_bundle or find_ca_bundle()
         cli = _find_cli(engine_name)   # before the base: fails in a second
-        if p.parent is None:
-            if engine_name != "buildah":   # buildah bootstraps its own base in its own storage
-                _prepare_base(client, p, mirror, log)
-        elif promoted_image(client, p.parent) is None:
-            raise EngineError(f"{p.parent.hash_tag}, the image {p.resolved.name} builds on, does not exist",
-                              hint=f"build or pull {p.parent.resolved.name} first (`dlenv build` does it)")
-        elif engine_name != "buildah" and "apt-get " in p.context.dockerfile \
-                and not engine.has_apt_sources(client, p.parent.hash_tag):
-            raise EngineError(f"{p.parent.hash_tag} has no apt sources (built with buildah, whose builds mount them), "
-                              f"and {p.resolved.name} installs Debian packages",
-                              hint=f"build {p.resolved.name} with --engine buildah too")
-        log_path = paths.state_dir() / "logs" / f"{p.resolved.name}-{p.content_hash[:TAG_CHARS]}.log"
-        image_id = _build_candidate(client, p, bundle, engine_name, cli, log_path, nocache=nocache,
-                                    on_progress=on_progress, mirror=mirror, log=log)
-        report = _verify_candidate(client, p, on_check) if verify else None
+        prov = None
+        if uses_store(p):
+            prov = provision(p, client, packages or package_sources(p, mirror=mirror), locked=locked, ca_bundle=bundle,
+                             mirror=mirror, log=log)
+            log(f"Debian files: {prov.report.summary()}")
+            if prov.refreshed_to and on_refresh:
+                on_refresh(prov)
+            p = prov.plan
+            attrs = promoted_image(client, p) if prov.refreshed_to else None
+            if attrs and not nocache:
+                engine.tag(client, attrs["Id"], p.latest_tag)
+                return BuildResult(p, attrs["Id"], True, [p.hash_tag, p.latest_tag], time.monotonic() - started,
+                                   packages=prov)
+        with served(p, prov.files if prov else []) as repo:
+            image_id, log_path, report = _build_verified(client, p, bundle, engine_name, cli, mirror=mirror,
+                                                         nocache=nocache, log=log, on_progress=on_progress,
+                                                         on_check=on_check, verify=verify, repo=repo)
         _promote(client, p, image_id)
         if engine_name == "buildah":
             buildah_build.record_image(cli, client, p, image_id, log)
         return BuildResult(p, image_id, False, [p.hash_tag, p.latest_tag], time.monotonic() - started,
-                           str(log_path), report)
+                           str(log_path), report, packages=prov)
+
+
+def _build_verified(client, p: Plan, bundle: CABundle, engine_name: str, cli, *, mirror, nocache, log, on_progress,
+                    on_check, verify, repo):
+    """The base, the candidate and its checks: (image id, log path, report)."""
+    if p.parent is None:
+        if engine_name != "buildah":   # buildah bootstraps its own base in its own storage
+            _prepare_base(client, p, mirror, log, repo)
+    elif promoted_image(client, p.parent) is None:
+        raise EngineError(f"{p.parent.hash_tag}, the image {p.resolved.name} builds on, does not exist",
+                          hint=f"build or pull {p.parent.resolved.name} first (`dlenv build` does it)")
+    elif engine_name != "buildah" and "apt-get " in p.context.dockerfile \
+            and not engine.has_apt_sources(client, p.parent.hash_tag):
+        raise EngineError(f"{p.parent.hash_tag} has no apt sources (built with buildah, whose builds mount them), "
+                          f"and {p.resolved.name} installs Debian packages",
+                          hint=f"build {p.resolved.name} with --engine buildah too")
+    log_path = paths.state_dir() / "logs" / f"{p.resolved.name}-{p.content_hash[:TAG_CHARS]}.log"
+    image_id = _build_candidate(client, p, bundle, engine_name, cli, log_path, nocache=nocache,
+                                on_progress=on_progress, mirror=mirror, log=log, repo=repo)
+    report = _verify_candidate(client, p, on_check) if verify else None
+    return image_id, log_path, report

@@ -28,7 +28,10 @@ from builder.plan.lockfile import load as load_lock
 from builder.plan.lockimages import check_recorded, image_key
 from builder.plan.pins import base_recipe
 from builder.plan.plan import Plan
-from builder.settings.host import CABundle, debian_sources, pip_build_args
+from builder.engine.debrepo import proxy_args
+from builder.pipeline.packages import package_sources, provision, served, uses_store
+from builder.plan.debs import repository_sources
+from builder.settings.host import CABundle, pip_build_args
 from builder.statelock import stack_lock
 
 BUILDAH_MUTEX = "_buildah"
@@ -66,9 +69,16 @@ def _ensure_parent(bh: Buildah, client, p: Plan, log) -> None:
 
 
 def _build(bh: Buildah, client, p: Plan, bundle: CABundle, name: str, log_path: Path, *, nocache: bool,
-           mirror: str | None, log, on_progress) -> str:
+           mirror: str | None, log, on_progress, repo: str | None = None) -> str:
     """The base (or the parent image), then `buildah build` of the variant as `name` in dlenv's
-    buildah storage; the id."""
+    buildah storage; the id. Without `repo` (a check, a build without Docker) the lock's Debian files
+    are obtained and served here; none is refreshed (that needs the lock container, and a refreshed
+    lock is another image)."""
+    if repo is None and uses_store(p):
+        prov = provision(p, None, package_sources(p, mirror=mirror), locked=True, mirror=mirror, log=log)
+        with served(p, prov.files) as url:
+            return _build(bh, client, p, bundle, name, log_path, nocache=nocache, mirror=mirror, log=log,
+                          on_progress=on_progress, repo=url)
     if "image" in p.resolved.base:
         raise EngineError(f"the buildah engine builds only on dlenv's bootstrapped Debian base for now ({p.resolved.name} "
                           "has a registry base)", hint="build this stack with --engine sdk or buildkit")
@@ -76,7 +86,7 @@ def _build(bh: Buildah, client, p: Plan, bundle: CABundle, name: str, log_path: 
         _ensure_parent(bh, client, p, log)
     else:
         buildah_store.ensure_base(bh.cli, p.resolved.base, p.context.base_ref, arch(p), log,
-                                  pins=p.context.base_pins or None, mirror=mirror)
+                                  pins=p.context.base_pins or None, mirror=mirror, repo=repo)
     workdir = Path(tempfile.mkdtemp(prefix="context-", dir=paths.state_dir()))
     try:
         epoch = buildah_variant.stack_epoch(p.resolved.base)
@@ -84,8 +94,8 @@ def _build(bh: Buildah, client, p: Plan, bundle: CABundle, name: str, log_path: 
         write_context(p.context, workdir, None, dockerfile=dockerfile)
         sources = workdir / APT_SOURCES_CONTEXT      # RUN steps mount it; no layer keeps it
         sources.parent.mkdir(parents=True, exist_ok=True)
-        sources.write_text(debian_sources(base_recipe(p.resolved.base)["suite"], mirror=mirror))
-        buildargs = {**pip_build_args(), "DLENV_CONTENT_HASH": p.content_hash}
+        sources.write_text(repository_sources())     # dlenv's package repository, through the proxy below
+        buildargs = {**pip_build_args(), **proxy_args(repo), "DLENV_CONTENT_HASH": p.content_hash}
         return buildah.build(bh.cli, workdir, name, buildargs, log_path, epoch=epoch, secret_file=bundle.path,
                              on_progress=on_progress, nocache=nocache)
     finally:
@@ -93,12 +103,12 @@ def _build(bh: Buildah, client, p: Plan, bundle: CABundle, name: str, log_path: 
 
 
 def build_candidate(bh: Buildah, client, p: Plan, bundle: CABundle, log_path: Path, *, nocache: bool,
-                    mirror: str | None, log, on_progress) -> str:
+                    mirror: str | None, log, on_progress, repo: str | None = None) -> str:
     """Build with buildah (named by the hash tag in dlenv's storage) and hand the image to Docker as
     the candidate tag; returns the id, the same in both."""
     with stack_lock(BUILDAH_MUTEX, log):
         image_id = _build(bh, client, p, bundle, p.hash_tag, log_path, nocache=nocache, mirror=mirror, log=log,
-                          on_progress=on_progress)
+                          on_progress=on_progress, repo=repo)
         buildah_store.to_docker(bh.cli, client, p.hash_tag, p.candidate_tag, image_id)
     return image_id
 
@@ -144,11 +154,11 @@ def record_image(bh: Buildah, client, p: Plan, image_id: str, log) -> str:
         return status
     new = dataclasses.replace(p.lock, images={**p.lock.images, key: image_id})
     try:
-        write_text_atomic(p.lock_file, dump(new))
+        write_text_atomic(p.lock.path or p.lock_file, dump(new))
     except OSError as exc:
-        raise LockError(f"cannot record the image id in {p.lock_file}: {exc}",
+        raise LockError(f"cannot record the image id in {p.lock.path or p.lock_file}: {exc}",
                         hint="copy the stack into your own folder (a dlenv.yaml extending it) and build that") from None
-    log(f"recorded {image_id[:19]} as the reproducible image of {p.lock_file.name} ({key})")
+    log(f"recorded {image_id[:19]} as the reproducible image of {(p.lock.path or p.lock_file).name} ({key})")
     return "recorded"
 
 

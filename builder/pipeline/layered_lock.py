@@ -5,15 +5,17 @@ was written on (stack, content hash, lock digest); a parent that moves makes it 
 
 from __future__ import annotations
 
+import time
+
 from builder import __version__
-from builder.engine.dockerapi import HAS_APT_SOURCES
-from builder.names import APT_SOURCES_MOUNT, CA_BUNDLE_TARGET
-from builder.pipeline.locker import (_Box, CA_FALLBACK, LockReport, _dry_run, _resolve_apt, lock_environment)
+from builder.names import CA_BUNDLE_TARGET
+from builder.pipeline.locker import (_Box, CA_FALLBACK, LockReport, _dry_run, _resolve_apt, deb_records, lock_environment,
+                                     use_archive)
 from builder.plan.layered import layered_inputs, own_apt
 from builder.plan.lockfile import Lock, canonical
 from builder.plan.pins import LEAF_STEP, base_recipe, constraint_lines, pip_steps
 from builder.plan.plan import Plan, parent_of
-from builder.settings.host import CABundle, debian_sources, find_ca_bundle
+from builder.settings.host import CABundle, find_ca_bundle
 
 
 
@@ -54,13 +56,14 @@ def make_layered_lock(client, p: Plan, *, previous: Lock | None = None, upgrade=
         box.put(CA_BUNDLE_TARGET, (ca_bundle or find_ca_bundle()).read())
         box.sh(CA_FALLBACK, "CA bundle")
         apt = own_apt(p.resolved, parent)
-        apt_runtime = {}
+        apt_runtime, debs = {}, {}
         if apt:
-            if "image" not in p.resolved.base and not box.sh(HAS_APT_SOURCES, "looking for apt sources").strip():
-                # a buildah-built parent has none: the build mounts the host's there, the lock puts them
-                box.put(APT_SOURCES_MOUNT, debian_sources(base_recipe(p.resolved.base)["suite"], mirror=mirror).encode())
+            if "image" not in p.resolved.base:   # the image's sources name dlenv's package repository
+                use_archive(box, base_recipe(p.resolved.base)["suite"], mirror)
             box.sh("apt-get update -qq", "apt-get update in the lock container")
             apt_runtime = _resolve_apt(box, apt, keep.apt_runtime if keep else {}, "runtime", report, upgrade)
+            if "image" not in p.resolved.base:
+                debs = deb_records(box, apt_runtime.items(), previous)
             log(f"Debian: {len(apt_runtime)} package(s) beyond the parent's")
         python = _resolve_leaf(box, p, keep, upgrade, report, log)
         version = box.sh("python3 -c 'import platform; print(platform.python_version())'", "python3 --version").strip()
@@ -70,7 +73,7 @@ def make_layered_lock(client, p: Plan, *, previous: Lock | None = None, upgrade=
     lock = Lock(stack=p.resolved.name, inputs=layered_inputs(p.resolved, parent),
                 platform={"python": version, "arch": arch, "suite": parent.lock.platform.get("suite", "")},
                 base={"packages": {}}, apt_build={}, apt_runtime=apt_runtime, sources={}, python=python,
-                dlenv_version=__version__,
+                dlenv_version=__version__, debs=debs, resolved_at=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
                 parent={"stack": parent.stack, "content_hash": parent.content_hash, "lock": parent.lock.digest})
     return lock, report
 

@@ -21,6 +21,7 @@ import io
 import json
 import shlex
 import tarfile
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -30,11 +31,14 @@ from builder import __version__
 from builder.engine import base as base_mod
 from builder.engine import dockerapi as engine
 from builder.settings.host import CABundle, find_ca_bundle, pip_build_args
+from builder.settings.host import debian_sources as debian_sources_text
 from builder.errors import BaseImageError, EngineError, LockError
 from builder.plan.lockfile import (Lock, canonical, digest, parse_apt_simulation, parse_dpkg_list, parse_pip_report,
                                     parse_source_uris)
 from builder.plan.pins import LEAF_STEP, base_recipe, constraint_lines, debian_sources, lock_inputs, pip_steps
-from builder.names import CA_BUNDLE_TARGET, ROLE_LABEL, SYSTEM_CA, VENV
+from builder.names import (APT_SOURCES_DIR, APT_SOURCES_LIST, CA_BUNDLE_TARGET, PACKAGE_REPO_HOST, ROLE_LABEL, SYSTEM_CA,
+                           VENV)
+from builder.plan.debs import deb_files, pin_key, repository_sources
 
 WORK = "/tmp/dlenv-lock"
 
@@ -44,18 +48,21 @@ class LockReport:
     """What a lock run changed, for the CLI to print."""
     kept: int = 0
     notes: list = field(default_factory=list)       # kept pins that had to be resolved again, and why
+    pockets: dict = field(default_factory=dict)     # PACKAGE=VERSION -> archive pocket, of pins that moved
 
 
 class _Box:
     """The lock container: a base image with the build's pip settings, run as root."""
 
-    def __init__(self, client, image: str, env: dict):
+    def __init__(self, client, image: str, env: dict, repo: str | None = None):
         self.client = client
+        # With dlenv's package repository (a refresh), the container reaches it on the host's loopback.
+        network = {"network_mode": "host"} if repo else {}
         try:
             # As root also where the image's default user is not (a parent image runs as its user).
             self.container = client.containers.run(
                 image, ["sleep", "infinity"], detach=True, labels={ROLE_LABEL: "lock"}, user="0:0",
-                name=f"dlenv-lock-{uuid.uuid4().hex[:10]}", environment=env, init=True)
+                name=f"dlenv-lock-{uuid.uuid4().hex[:10]}", environment=env, init=True, **network)
         except docker.errors.DockerException as exc:
             raise EngineError(f"could not start the lock container from {image}: {' '.join(str(exc).split())[:200]}") from None
 
@@ -88,6 +95,54 @@ class _Box:
             pass
 
 
+def use_archive(box: _Box, suite: str, mirror: str | None, repo: str | None = None) -> None:
+    """Point the lock container's apt at the Debian archive (the image's own sources name dlenv's
+    package repository, which serves only a lock's files), and, for a refresh, at that repository too:
+    pins the archive dropped but the store keeps are then still installable."""
+    text = debian_sources_text(suite, mirror=mirror) + ("\n" + repository_sources() if repo else "")
+    box.sh(f"rm -f {APT_SOURCES_LIST} {APT_SOURCES_DIR}/*", "clearing the image's apt sources")
+    box.put(f"{APT_SOURCES_DIR}/dlenv-lock.sources", text.encode())
+    if repo:   # only dlenv's host goes through the repository; the archive is reached as usual
+        box.put("/etc/apt/apt.conf.d/99dlenv-lock-proxy",
+                f'Acquire::http::Proxy::{PACKAGE_REPO_HOST} "{repo}";\n'.encode())
+
+
+def deb_records(box: _Box, pins, previous: Lock | None) -> dict:
+    """{PACKAGE=VERSION: {arch, size, sha256, file}} of `pins` ((name, version) pairs), as the archive's
+    index says (the previous lock's record where it has one: the bytes of a pin never change)."""
+    known = dict(previous.debs) if previous is not None else {}
+    keys = {pin_key(n, v) for n, v in pins}
+    out = {k: known[k] for k in keys if k in known}
+    wanted = sorted(k for k in keys if k not in out)
+    if wanted:
+        text = box.sh(f"apt-cache show {' '.join(shlex.quote(w) for w in wanted)} 2>/dev/null || true",
+                      "reading the Debian index")
+        for key, deb in deb_files(text).items():
+            if key in wanted and deb.filename.startswith("pool/"):
+                out[key] = deb.lock_entry()
+    missing = [k for k in wanted if k not in out]
+    if missing:
+        raise LockError(f"the Debian index has no file for {', '.join(missing[:6])}"
+                        f"{f' and {len(missing) - 6} more' if len(missing) > 6 else ''}",
+                        hint="run `apt-get update` on the mirror's side, or lock again later")
+    return dict(sorted(out.items()))
+
+
+def _pockets(box: _Box, now: dict, before: dict) -> dict:
+    """{PACKAGE=VERSION: pocket} of the pins in `now` that differ from `before` (apt-cache madison)."""
+    moved = sorted(n for n, v in now.items() if before.get(n) != v)
+    if not moved:
+        return {}
+    out = {}
+    text = box.sh(f"apt-cache madison {' '.join(shlex.quote(n) for n in moved)} || true", "apt-cache madison")
+    for line in text.splitlines():
+        parts = [x.strip() for x in line.split("|")]
+        if len(parts) >= 3 and now.get(parts[0]) == parts[1]:
+            words = parts[2].split()
+            out.setdefault(pin_key(parts[0], parts[1]), words[1].split("/")[0] if len(words) > 1 else "")
+    return out
+
+
 def _apt_words(names, keep: dict) -> list[str]:
     return [f"{n}={keep[n]}" if n in keep else n for n in names]
 
@@ -103,6 +158,12 @@ def _resolve_apt(box: _Box, names: list, previous: dict, stage: str, report: Loc
     if not keep:
         report.kept += sum(1 for n, v in fresh.items() if previous.get(n) == v)
         return fresh
+    # A pin no index has any more moves alone (to what apt picks); the others are kept.
+    unavailable = _unavailable(box, keep)
+    if unavailable:
+        report.notes.append(f"{stage}: {len(unavailable)} pin(s) no source has any more moved: "
+                            f"{', '.join(sorted(unavailable)[:6])}")
+        keep = {n: v for n, v in keep.items() if n not in unavailable}
     words = _apt_words(sorted(set(names) | set(keep)), keep)
     try:
         pinned = parse_apt_simulation(box.sh(
@@ -114,7 +175,19 @@ def _resolve_apt(box: _Box, names: list, previous: dict, stage: str, report: Loc
     return pinned
 
 
-def _lock_base(client, base: dict, keep: Lock | None, report: LockReport, mirror: str | None, log) -> str:
+def _unavailable(box: _Box, pins: dict) -> set:
+    """The names of `pins` whose version no index of the container has."""
+    if not pins:
+        return set()
+    text = box.sh(f"apt-cache show {' '.join(shlex.quote(pin_key(n, v)) for n, v in sorted(pins.items()))} "
+                  "2>/dev/null || true", "apt-cache show")
+    found = {key.split("=", 1)[0] for key in deb_files(text) if key.split("=", 1)[0] in pins
+             and pins[key.split("=", 1)[0]] == key.split("=", 1)[1]}
+    return set(pins) - found
+
+
+def _lock_base(client, base: dict, keep: Lock | None, report: LockReport, mirror: str | None, log,
+               repo: str | None = None) -> str:
     """The base the lock resolves in: the previous lock's pinned base when it still bootstraps."""
     bootstrapped = "image" not in base
     pins = None
@@ -122,7 +195,7 @@ def _lock_base(client, base: dict, keep: Lock | None, report: LockReport, mirror
             and keep.base.get("epoch") == base_recipe(base)["epoch"] and keep.base_packages:
         pins = keep.base_packages
     try:
-        ref = base_mod.ensure_base(client, base, log, pins=pins, mirror=mirror)
+        ref = base_mod.ensure_base(client, base, log, pins=pins, mirror=mirror, repo=repo if pins else None)
     except BaseImageError as exc:  # a pinned base that no longer bootstraps is resolved again
         if pins is None:
             raise
@@ -169,27 +242,41 @@ def lock_environment() -> dict:
 
 
 def make_lock(client, resolved, *, previous: Lock | None = None, upgrade=(), upgrade_all: bool = False,
-              ca_bundle: CABundle | None = None, mirror: str | None = None,
-              log=lambda msg: None) -> tuple[Lock, LockReport]:
-    """Resolve every pin of `resolved` in a container of its base, keeping `previous` pins that still apply."""
+              ca_bundle: CABundle | None = None, mirror: str | None = None, repo: str | None = None,
+              vanished=(), log=lambda msg: None) -> tuple[Lock, LockReport]:
+    """Resolve every pin of `resolved` in a container of its base, keeping `previous` pins that still apply.
+    `repo`: dlenv's package repository of the previous lock's obtainable files, and `vanished` the Debian
+    packages whose pins no source has (a refresh: only those move, and what apt must move with them)."""
     report = LockReport()
     upgrade = {canonical(u) for u in upgrade}
+    apt_upgrade = upgrade | set(vanished)
     keep = previous if (previous is not None and not upgrade_all) else None
     base = resolved.base
-    ref = _lock_base(client, base, keep, report, mirror, log)
+    ref = _lock_base(client, base, keep, report, mirror, log,
+                     repo=repo if not (set(vanished) & set(keep.base_packages if keep else {})) else None)
     bundle = (ca_bundle or find_ca_bundle()).read()
     env = lock_environment()
     log(f"resolving pins in a container of {ref}")
-    box = _Box(client, ref, env)
+    box = _Box(client, ref, env, repo=repo)
+    resolved_at = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     try:
         box.put(CA_BUNDLE_TARGET, bundle)
+        if "image" not in base:
+            use_archive(box, base_recipe(base)["suite"], mirror, repo)
         box.sh("apt-get update -qq", "apt-get update in the lock container")
         base_packages = parse_dpkg_list(box.sh(f"dpkg-query -W -f={shlex.quote(base_mod.DPKG_FORMAT)}", "dpkg-query"))
-        apt_build = _resolve_apt(box, list(resolved.apt_build), keep.apt_build if keep else {}, "build", report, upgrade)
+        apt_build = _resolve_apt(box, list(resolved.apt_build), keep.apt_build if keep else {}, "build", report,
+                                 apt_upgrade)
         apt_runtime = _resolve_apt(box, list(resolved.apt_runtime), keep.apt_runtime if keep else {}, "runtime",
-                                   report, upgrade)
+                                   report, apt_upgrade)
         log(f"Debian: {len(base_packages)} base packages, {len(apt_build)} for the build stage, "
             f"{len(apt_runtime)} for the runtime stage")
+        # a stage may install another version of a base package: every (name, version) is a file
+        debs = deb_records(box, {*base_packages.items(), *apt_build.items(), *apt_runtime.items()}, previous) \
+            if "image" not in base else {}
+        if previous is not None:
+            report.pockets = _pockets(box, {**base_packages, **apt_build, **apt_runtime},
+                                      {**previous.base_packages, **previous.apt_build, **previous.apt_runtime})
         sources = _resolve_sources(box, resolved)
         arch = box.sh("dpkg --print-architecture", "dpkg --print-architecture").strip()
         python, platform = _resolve_python(client, box, ref, env, bundle, resolved, apt_build, keep, upgrade,
@@ -201,7 +288,7 @@ def make_lock(client, resolved, *, previous: Lock | None = None, upgrade=(), upg
     lock = Lock(stack=resolved.name, inputs=lock_inputs(resolved), platform=platform,
                 base=_base_document(client, base, ref, base_packages),
                 apt_build=apt_build, apt_runtime=apt_runtime, sources=sources, python=python,
-                dlenv_version=__version__)
+                dlenv_version=__version__, debs=debs, resolved_at=resolved_at)
     return lock, report
 
 

@@ -13,6 +13,11 @@ stack, and the texts the renderer installs from:
 - `apt`: every Debian package the build and runtime stages install or upgrade, with its version.
 - `sources`: the Debian source packages compiled from, with the checksum of the upstream tarball.
 - `python`: for every pip install step, each distribution with its version, file and sha256.
+- `debs`: the bytes of every Debian pin (plan/debs.py): architecture, size, sha256 and pool file, as
+  the archive's Packages index gave them; `resolved_at`, when the pins were resolved (a snapshot
+  service serves the archive as it was then). Locks written before they existed still load.
+- `refreshed`, only in a lock a build refreshed: the lock it was made from and the pins that moved
+  because no source had their bytes any more.
 - `images`, outside the pins and digests: the reproducible image id per engine/arch (plan/lockimages).
 
 The file is YAML with sorted keys and one package per line, so a relock reads as a small diff.
@@ -29,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from builder.errors import LockError, SpecError, printable, shown
+from builder.plan.debs import entry_problem
 from builder.plan.lockimages import parse_images
 from builder.spec.yamlload import decode_yaml_bytes, is_blank, parse_yaml_text, read_limited
 
@@ -41,6 +47,7 @@ _DEB_VERSION = re.compile(r"^[A-Za-z0-9.+~:-]+$")
 _PY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PY_VERSION = re.compile(r"^[A-Za-z0-9.!+_-]+$")
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]*$")
+_STAMP = re.compile(r"^\d{8}T\d{6}Z$")
 
 
 def lock_path(stack_path: Path) -> Path:
@@ -127,6 +134,9 @@ class Lock:
     path: Path | None = field(default=None, compare=False)
     parent: dict = field(default_factory=dict)  # layered: {"stack", "content_hash", "lock"} of the parent image
     images: dict = field(default_factory=dict, compare=False)  # engine/arch -> image id: not in pins_document
+    debs: dict = field(default_factory=dict)   # PACKAGE=VERSION -> {arch, size, sha256, file} (plan/debs.py)
+    resolved_at: str = ""                      # UTC time of the resolution, YYYYMMDDTHHMMSSZ
+    refreshed: dict = field(default_factory=dict, compare=False)  # {"from": lock digest, "moved": [...]}
 
     @property
     def inputs_digest(self) -> str:
@@ -139,6 +149,7 @@ class Lock:
             "apt": {"build": self.apt_build, "runtime": self.apt_runtime}, "sources": self.sources,
             "python": {step: [p.__dict__ for p in pins] for step, pins in self.python.items()},
             **({"parent": self.parent} if self.parent else {}),
+            **({"debs": self.debs} if self.debs else {}),
         }
 
     @property
@@ -169,6 +180,18 @@ class Lock:
                 "python": sum(len(p) for p in self.python.values()), "sources": len(self.sources)}
 
 
+class _OneLine(dict):
+    """A mapping written on one line (each file of `debs`): a relock reads as one changed line per pin."""
+
+
+class _LockDumper(yaml.SafeDumper):
+    pass
+
+
+_LockDumper.add_representer(
+    _OneLine, lambda dumper, data: dumper.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=True))
+
+
 def dump(lock: Lock) -> str:
     doc = {
         "lock": LOCK_FORMAT,
@@ -183,11 +206,15 @@ def dump(lock: Lock) -> str:
         "sources": lock.sources,
         "python": {step: [{"name": p.name, "version": p.version, "file": p.file, "sha256": p.sha256} for p in pins]
                    for step, pins in lock.python.items()},
+        **({"debs": {key: _OneLine(lock.debs[key]) for key in sorted(lock.debs)}} if lock.debs else {}),
+        **({"resolved_at": lock.resolved_at} if lock.resolved_at else {}),
+        **({"refreshed": lock.refreshed} if lock.refreshed else {}),
         **({"images": dict(sorted(lock.images.items()))} if lock.images else {}),
     }
     header = (f"# Written by `dlenv lock {lock.stack}`. Do not edit: change the stack file and lock again.\n"
               "# Commit it next to the stack: `dlenv build` installs exactly these versions and files.\n")
-    return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=200, allow_unicode=False)
+    return header + yaml.dump(doc, Dumper=_LockDumper, sort_keys=False, default_flow_style=False, width=200,
+                              allow_unicode=False)
 
 
 def _need(cond: bool, path: Path, fieldname: str, message: str):
@@ -310,12 +337,24 @@ def load(path: Path) -> Lock:
         python[str(step)] = tuple(out)
     platform = data["platform"]
     _need(isinstance(platform, dict), path, "platform", "must be a mapping")
+    debs = data.get("debs") or {}
+    _need(isinstance(debs, dict), path, "debs", "must be a mapping of PACKAGE=VERSION to its file")
+    for key, entry in debs.items():
+        problem = entry_problem(key, entry)
+        _need(problem is None, path, f"debs.{key}", problem or "")
+    resolved_at = data.get("resolved_at") or ""
+    _need(isinstance(resolved_at, str) and (not resolved_at or bool(_STAMP.match(resolved_at))), path, "resolved_at",
+          "not a YYYYMMDDTHHMMSSZ time")
+    refreshed = data.get("refreshed") or {}
+    _need(isinstance(refreshed, dict) and (not refreshed or bool(_SHA256.match(str(refreshed.get("from", ""))))),
+          path, "refreshed", "must name the lock it was refreshed from (from: sha256) and the pins that moved")
     return Lock(stack=str(data["stack"]), inputs=data["inputs"], platform=dict(platform), base=base,
                 apt_build=_pins(apt.get("build", {}), path, "apt.build"),
                 apt_runtime=_pins(apt.get("runtime", {}), path, "apt.runtime"),
                 sources={k: dict(v) for k, v in sources.items()}, python=python,
                 dlenv_version=str(data.get("dlenv_version", "")), path=path, parent=_parent(data.get("parent"), path),
-                images=parse_images(data.get("images"), path))
+                images=parse_images(data.get("images"), path), debs={k: dict(v) for k, v in debs.items()},
+                resolved_at=resolved_at, refreshed=dict(refreshed))
 
 
 # --- parsing what the lock container reports (pure, so it is unit-tested) -------------------

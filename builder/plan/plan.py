@@ -67,13 +67,44 @@ def _shared_catalog(components_dir: str) -> Catalog:
     return Catalog(Path(components_dir))
 
 
+def is_catalog_stack(resolved: ResolvedStack) -> bool:
+    """A stack of the catalog, whose lock ships with dlenv (a refresh is recorded in the state folder)."""
+    try:
+        return Path(resolved.merged.path).resolve().parent == Path(paths.stacks_dir()).resolve()
+    except OSError:
+        return False
+
+
+def refreshed_lock_path(p: Plan) -> Path:
+    """Where a build records the lock it refreshed: beside a project's stack file; for a catalog stack,
+    whose lock ships in the package, in the state folder."""
+    if is_catalog_stack(p.resolved):
+        return paths.state_dir() / "locks" / f"{p.resolved.name}.lock"
+    return p.lock_file
+
+
+def _refreshed(resolved: ResolvedStack, shipped: Lock) -> Lock:
+    """The lock a build refreshed from the catalog's shipped lock, when there is one for exactly it."""
+    if not is_catalog_stack(resolved):
+        return shipped
+    path = paths.state_dir() / "locks" / f"{resolved.name}.lock"
+    if not path.is_file():
+        return shipped
+    try:
+        refreshed = load_lock(path)
+    except LockError:
+        return shipped          # a damaged copy in the state folder: the shipped lock still holds
+    return refreshed if refreshed.refreshed.get("from") == shipped.digest else shipped
+
+
 def lock_status(resolved: ResolvedStack, parent: Parent | None = None) -> tuple[Lock | None, str, str]:
-    """(lock, state, why stale) of a resolved stack: its lock file is read when it exists. A stack built
-    on its parent's image is stale as soon as the parent's content hash moved."""
+    """(lock, state, why stale) of a resolved stack: its lock file is read when it exists (for a catalog
+    stack, the refresh of it a build recorded). A stack built on its parent's image is stale as soon as
+    the parent's content hash moved."""
     path = lock_path(resolved.merged.path)
     if not os.path.lexists(path):
         return None, "missing", ""
-    lock = load_lock(path)
+    lock = _refreshed(resolved, load_lock(path))
     inputs = lock_inputs(resolved) if parent is None else layered_inputs(resolved, parent)
     if lock.stack != resolved.name:
         return lock, "stale", f"it locks stack {shown(lock.stack, 80)}, not {resolved.name!r}"
@@ -100,6 +131,15 @@ def plan(ref: str, stacks_dir: Path | None = None, catalog: Catalog | None = Non
     lock, state, why = lock_status(resolved, parent)
     ctx = render_layered(resolved, parent, lock if state == "locked" else None)
     return Plan(resolved, ctx, content_hash(ctx), lock, state, why, parent=parent_plan)
+
+
+def replan(p: Plan, lock: Lock) -> Plan:
+    """`p` rendered from another lock of the same inputs (a refreshed one)."""
+    if p.parent is not None:
+        ctx = render_layered(p.resolved, parent_of(p.parent), lock)
+    else:
+        ctx = render_context(p.resolved, lock)
+    return Plan(p.resolved, ctx, content_hash(ctx), lock, "locked", "", parent=p.parent)
 
 
 def _parent_plan(merged, stacks_dir: Path, catalog: Catalog) -> Plan | None:

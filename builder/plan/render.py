@@ -25,9 +25,9 @@ from builder.plan.pins import (DEFAULT_EPOCH, LEAF_STEP, base_identity, base_rec
                                 debian_sources, pip_requirements)
 from builder.plan.resolve import ResolvedStack
 from builder.names import (APT_BUILD_FILE, APT_RUNTIME_FILE, BASE_LABEL, BUILD_FILES, COMPONENT_LABEL, COMPONENTS_LABEL,
-                           COPIED_FILES, LABEL_PREFIX, LEAF, LOCK_LABEL, PYLOCK_DIR, RUNTIME_FILES, RUNTIME_HOME,
+                           COPIED_FILES, LABEL_PREFIX, LEAF, LOCK_LABEL, REFRESHED_LABEL, PYLOCK_DIR, RUNTIME_FILES, RUNTIME_HOME,
                            PATH_REFERENCES, RUNTIME_UID, RUNTIME_USER, SOURCE_LABEL, STACK_LABEL, VENV, VERSION_LABEL,
-                           WORKDIR, image_repo)
+                           WORKDIR, PACKAGE_REPO_URL, SOURCE_TARBALLS, image_repo)
 
 
 def dockerfile_string(value: str) -> str:
@@ -116,7 +116,7 @@ def _component_block(env: jinja2.Environment, resolved: ResolvedStack, rc, lock:
         "name": comp.name, "version": version.text, "vars": dict(sorted(version.vars.items())),
         "pip_requirements": requirements, "pip_options": options,
         "prefix": comp.prefix or "", "venv": VENV, "versions": resolved.versions(),
-        "source": {"sha256": "", **src} if src else {},
+        "source": {"sha256": "", **src, "url": f"{PACKAGE_REPO_URL}{SOURCE_TARBALLS}/{src['file']}"} if src else {},
     }
     try:
         build = env.get_template(f"components/{comp.name}/build.j2").render(**fragment_vars)
@@ -198,11 +198,19 @@ def image_labels(resolved: ResolvedStack, from_ref: str, lock: Lock | None, sour
         COMPONENTS_LABEL: ",".join(f"{k}={v}" for k, v in versions.items()),
         LOCK_LABEL: lock.digest if lock is not None else "unlocked",
     }
+    if lock is not None and lock.refreshed:
+        labels[REFRESHED_LABEL] = refreshed_label(lock.refreshed)
     labels.update({f"{COMPONENT_LABEL}{k}": v for k, v in versions.items()})
     # What a compiled component was built from, checksum included, so an SBOM can name it.
     labels.update({f"{SOURCE_LABEL}{comp}": f"{src['package']}={src['version']} {src['file']} sha256:{src['sha256']}"
                    for comp, src in sources.items() if src.get("sha256")})
     return dict(sorted(labels.items()))
+
+
+def refreshed_label(refreshed: dict) -> str:
+    """The lock-refreshed label: the shipped lock's digest, then each moved pin as name=old->new."""
+    moved = " ".join(f"{m['package']}={m['locked']}->{m['used']}" for m in refreshed.get("moved", []))
+    return f"{refreshed['from']} {moved}".strip()
 
 
 def run_commands(run: tuple) -> list:

@@ -83,6 +83,19 @@ def debian_sources(suite: str, environ=os.environ, mirror: str | None = None) ->
     return _deb822(entries, keyring)
 
 
+def mirror_uris(suite: str, environ=os.environ, mirror: str | None = None) -> tuple:
+    """The archive roots a lock's pool files are fetched from: the mirror setting, else every host
+    apt source that serves `suite` (the main archive and the security archive are separate roots)."""
+    mirror = mirror or environ.get("DLENV_DEBIAN_MIRROR")
+    if mirror:
+        return (mirror,)
+    out = []
+    for uri, suites, _components in _host_entries():
+        if any(s == suite or s.startswith(f"{suite}-") for s in suites) and uri not in out:
+            out.append(uri)
+    return tuple(out)
+
+
 def _deb822(entries, keyring: str) -> str:
     blocks = []
     for uri, suites, components in entries:

@@ -26,6 +26,9 @@ KEYS = {
                  "registry HOST[:PORT][/PREFIX] for push, pull and pull-before-build"),
     "debian_mirror": ("DLENV_DEBIAN_MIRROR", None, r"^https?://\S+$",
                       "Debian mirror URL for the bootstrapped base (default: the host's apt sources)"),
+    "debian_snapshot": ("DLENV_DEBIAN_SNAPSHOT", None, r"^https?://\S*\{timestamp\}\S*( https?://\S*\{timestamp\}\S*)*$",
+                        "Debian snapshot service URL(s) with {timestamp}, e.g. .../archive/debian/{timestamp}: "
+                        "where a build finds pins the mirror dropped, at the lock's resolution time"),
     "ca_bundle": ("DLENV_CA_BUNDLE", None, r"^[^\n\x00]+$", "extra CA bundle for pip in the build stage"),
     "shm_size": ("DLENV_SHM_SIZE", "8g", r"^[0-9]+[bkmg]?$", "/dev/shm size for shell, run and verify"),
     "engine": ("DLENV_ENGINE", "sdk", r"^(sdk|buildkit|buildah)$",

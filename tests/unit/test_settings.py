@@ -75,6 +75,7 @@ def test_layers_mix_key_by_key(env, project, tmp_path):
     assert {k: (s.get(k), s.source(k)) for k in KEYS} == {
         "registry": ("project.example/team", str(proj)),
         "debian_mirror": ("http://mirror.example/debian", "$DLENV_DEBIAN_MIRROR"),
+        "debian_snapshot": (None, "default"),
         "ca_bundle": (str(tmp_path / "ca.pem"), "--ca-bundle"),
         "shm_size": ("2g", str(user)),
         "engine": ("sdk", "default"),

@@ -1,0 +1,112 @@
+"""dlenv's package repository: a lock's Debian files, from the store, served to one build.
+
+A flat apt repository (Debian's own `dpkg-scanpackages` writes its Packages index) holding exactly
+the files the lock pins, plus the source tarballs the build compiles from under `sources/`. It is
+served on 127.0.0.1 for the duration of a build and answers as an HTTP proxy for the fixed host
+name `dlenv.packages`: the base image's apt sources and the templates name only that host, the build
+reaches it through the predefined `http_proxy` build argument (never recorded in an image's history
+or cache keys), so the image is the same whichever source the bytes came from and whichever port
+served them. mmdebstrap bootstraps the base from it the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import urllib.parse
+from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from builder import paths
+from builder.engine.store import PackageStore
+from builder.errors import BuildError
+from builder.names import PACKAGE_REPO_HOST, SOURCE_TARBALLS
+from builder.plan.debs import release_text
+
+
+def write_repository(target: Path, files: list, suite: str, store: PackageStore | None = None) -> None:
+    """Lay out `files` (all in the store) as a flat repository in `target`, with its index and Release."""
+    store = store or PackageStore()
+    (target / SOURCE_TARBALLS).mkdir(parents=True, exist_ok=True)
+    for file in files:
+        dest = target / (f"{SOURCE_TARBALLS}/{file.basename}" if file.kind == "source" else file.basename)
+        if dest.exists():
+            continue
+        try:
+            os.link(store.path(file.sha256), dest)
+        except OSError:
+            shutil.copyfile(store.path(file.sha256), dest)
+    scan = shutil.which("dpkg-scanpackages")
+    if scan is None:
+        raise BuildError("dpkg-scanpackages is not installed; it indexes dlenv's package repository",
+                         hint="apt-get install dpkg-dev")
+    proc = subprocess.run([scan, "--multiversion", "."], cwd=target, capture_output=True)
+    if proc.returncode != 0:
+        raise BuildError(f"dpkg-scanpackages failed: {proc.stderr.decode(errors='replace').strip()[-300:]}")
+    (target / "Packages").write_bytes(proc.stdout)
+    (target / "Release").write_text(release_text(suite, {"Packages": proc.stdout}))
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    """Serves the repository folder for proxy requests to dlenv.packages (and plain requests); refuses others."""
+
+    def translate_path(self, path):
+        return super().translate_path(urllib.parse.urlsplit(path).path or "/")
+
+    def _allowed(self) -> bool:
+        parts = urllib.parse.urlsplit(self.path)
+        if parts.scheme and parts.hostname != PACKAGE_REPO_HOST:
+            self.send_error(403, f"dlenv's package repository serves only {PACKAGE_REPO_HOST}")
+            return False
+        return True
+
+    def do_GET(self):
+        if self._allowed():
+            super().do_GET()
+
+    def do_HEAD(self):
+        if self._allowed():
+            super().do_HEAD()
+
+    def list_directory(self, path):
+        self.send_error(404, "no listing")
+
+    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+        pass
+
+
+@contextmanager
+def serve(directory: Path):
+    """Serve `directory` on 127.0.0.1 (a free port) in a thread; yields the proxy URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(directory)))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="dlenv-packages", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def repository(files: list, suite: str, store: PackageStore | None = None):
+    """Write and serve a repository of `files` for the duration of the block; yields the proxy URL.
+    The folder (hard links into the store) is removed afterwards, also on an interrupt."""
+    workdir = Path(tempfile.mkdtemp(prefix="packages-", dir=paths.state_dir()))
+    try:
+        write_repository(workdir, files, suite, store)
+        with serve(workdir) as url:
+            yield url
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def proxy_args(url: str | None) -> dict:
+    """The build arguments that route apt to the repository (both spellings: tools read either)."""
+    return {"http_proxy": url, "HTTP_PROXY": url} if url else {}
