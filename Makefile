@@ -4,7 +4,7 @@ PYTHON ?= python3
 DLENV  := $(VENV)/bin/dlenv
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: help venv host chainermn test unit integration e2e e2e-all golden lint lint-imports clean-images
+.PHONY: help venv host chainermn test unit integration e2e e2e-all golden relock lint lint-imports clean-images
 
 help:
 	@echo "make chainermn   build the chainermn image (installs Docker and the venv first)"
@@ -12,6 +12,7 @@ help:
 	@echo "make unit        engine-free tests: unit, golden Dockerfiles and component goldens, import contracts"
 	@echo "make e2e-all     build and verify the all-in-one CPU stack (heavy: ~5 GB of wheels; not in make test)"
 	@echo "make golden      regenerate tests/golden/*.Dockerfile and tests/golden/exports/* on purpose"
+	@echo "make relock      refresh every catalog lock, the goldens and the recorded buildah ids (maintainers)"
 	@echo "make lint        hadolint on every rendered Dockerfile"
 
 $(DLENV): pyproject.toml
@@ -52,6 +53,10 @@ e2e-all: venv host
 golden: venv
 	$(VENV)/bin/python scripts/regen-golden.py
 	$(VENV)/bin/python scripts/regen-export-golden.py
+
+# Refresh the shipped locks (pins the archive dropped move; the rest stay), then the goldens and buildah ids.
+relock: venv host
+	$(VENV)/bin/python scripts/relock.py $(RELOCK_ARGS)
 
 lint: venv
 	$(VENV)/bin/python scripts/lint-dockerfiles.py

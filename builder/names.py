@@ -139,5 +139,6 @@ PACKAGE_REPO_HOST = "dlenv.packages"
 PACKAGE_REPO_URL = f"http://{PACKAGE_REPO_HOST}/"
 PACKAGE_REPO_SOURCES = f"{APT_SOURCES_DIR}/0000dlenv.sources"     # in the base rootfs (mmdebstrap names it so)
 SOURCE_TARBALLS = "sources"          # the repository's folder of Debian source tarballs
+PYTHON_FILES = "python"              # the repository's folder of Python files (pip's index is simple/)
 BUILDAH_LOCAL = "localhost/"        # how buildah names an image it holds under a short name
 BUILDAH_BASE_FORMAT_LABEL = f"{LABEL_PREFIX}.buildah-base-format"   # what the buildah base's bootstrap removed

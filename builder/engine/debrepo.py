@@ -1,7 +1,8 @@
 """dlenv's package repository: a lock's Debian files, from the store, served to one build.
 
 A flat apt repository (Debian's own `dpkg-scanpackages` writes its Packages index) holding exactly
-the files the lock pins, plus the source tarballs the build compiles from under `sources/`. It is
+the files the lock pins, plus the source tarballs the build compiles from under `sources/` and the
+lock's Python files under `python/` with a PEP 503 index under `simple/` (pip's index in the build). It is
 served on 127.0.0.1 for the duration of a build and answers as an HTTP proxy for the fixed host
 name `dlenv.packages`: the base image's apt sources and the templates name only that host, the build
 reaches it through the predefined `http_proxy` build argument (never recorded in an image's history
@@ -12,7 +13,9 @@ served them. mmdebstrap bootstraps the base from it the same way.
 from __future__ import annotations
 
 import functools
+import html
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -25,7 +28,7 @@ from pathlib import Path
 from builder import paths
 from builder.engine.store import PackageStore
 from builder.errors import BuildError
-from builder.names import PACKAGE_REPO_HOST, SOURCE_TARBALLS
+from builder.names import PACKAGE_REPO_HOST, PACKAGE_REPO_URL, PYTHON_FILES, SOURCE_TARBALLS
 from builder.plan.debs import release_text
 
 
@@ -33,14 +36,20 @@ def write_repository(target: Path, files: list, suite: str, store: PackageStore 
     """Lay out `files` (all in the store) as a flat repository in `target`, with its index and Release."""
     store = store or PackageStore()
     (target / SOURCE_TARBALLS).mkdir(parents=True, exist_ok=True)
+    projects: dict = {}
     for file in files:
-        dest = target / (f"{SOURCE_TARBALLS}/{file.basename}" if file.kind == "source" else file.basename)
+        if file.kind == "python":
+            projects.setdefault(re.sub(r"[-_.]+", "-", file.name).lower(), []).append(file)
+        folder = {"source": f"{SOURCE_TARBALLS}/", "python": f"{PYTHON_FILES}/"}.get(file.kind, "")
+        dest = target / f"{folder}{file.basename}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.exists():
             continue
         try:
             os.link(store.path(file.sha256), dest)
         except OSError:
             shutil.copyfile(store.path(file.sha256), dest)
+    _write_simple_index(target, projects)
     scan = shutil.which("dpkg-scanpackages")
     if scan is None:
         raise BuildError("dpkg-scanpackages is not installed; it indexes dlenv's package repository",
@@ -50,6 +59,16 @@ def write_repository(target: Path, files: list, suite: str, store: PackageStore 
         raise BuildError(f"dpkg-scanpackages failed: {proc.stderr.decode(errors='replace').strip()[-300:]}")
     (target / "Packages").write_bytes(proc.stdout)
     (target / "Release").write_text(release_text(suite, {"Packages": proc.stdout}))
+
+
+def _write_simple_index(target: Path, projects: dict) -> None:
+    """A PEP 503 index of the lock's Python files: simple/<project>/ links each file with its sha256."""
+    for project, files in projects.items():
+        page = target / "simple" / project / "index.html"
+        page.parent.mkdir(parents=True, exist_ok=True)
+        links = "".join(f'<a href="../../{PYTHON_FILES}/{urllib.parse.quote(f.basename)}#sha256={f.sha256}">'
+                        f"{html.escape(f.basename)}</a><br>\n" for f in sorted(files, key=lambda f: f.basename))
+        page.write_text(f"<!DOCTYPE html>\n<html><body>\n{links}</body></html>\n")
 
 
 class _Handler(SimpleHTTPRequestHandler):
@@ -108,5 +127,14 @@ def repository(files: list, suite: str, store: PackageStore | None = None):
 
 
 def proxy_args(url: str | None) -> dict:
-    """The build arguments that route apt to the repository (both spellings: tools read either)."""
+    """The environment that routes apt to the repository (both spellings: tools read either)."""
     return {"http_proxy": url, "HTTP_PROXY": url} if url else {}
+
+
+def build_args(url: str | None) -> dict:
+    """A build's arguments with the repository served at `url`: apt through the proxy, pip from the
+    repository's index of the lock's files (fixed values: the same text on every machine)."""
+    if not url:
+        return {}
+    return {**proxy_args(url), "PIP_INDEX_URL": f"{PACKAGE_REPO_URL}simple/", "PIP_EXTRA_INDEX_URL": "",
+            "PIP_TRUSTED_HOST": PACKAGE_REPO_HOST}

@@ -1,9 +1,9 @@
-"""dlenv's package store: every Debian file a lock pins, kept by sha256, and the sources that fill it.
+"""dlenv's package store: every file a lock pins, kept by sha256, and the sources that fill it.
 
 A lock names bytes (plan/debs.py); this module makes sure the bytes are here. Each file is looked for
 in order: the store (`<state>/store/sha256/ab/<sha256>`), the vendored bundles a build was given
 (`dlenv vendor`), a Debian snapshot service at the lock's resolution time, then the configured
-mirrors. Whatever the source, a file enters the store only after its size and sha256 matched the lock;
+mirrors; a Python file in the bundles, then the package indexes pip is configured with. Whatever the source, a file enters the store only after its size and sha256 matched the lock;
 a file no source has is reported as gone (the build then refreshes that pin, or refuses with --locked).
 Downloads run in parallel; nothing here ever writes into an image.
 """
@@ -15,9 +15,13 @@ import json
 import os
 import tempfile
 import time
+import re
+import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from html.parser import HTMLParser
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +46,7 @@ class PackageSources:
     bundles: tuple = ()          # folders written by `dlenv vendor`
     snapshots: tuple = ()        # URL templates with {timestamp} (YYYYMMDDTHHMMSSZ), e.g. .../archive/debian/{timestamp}
     mirrors: tuple = ()          # archive roots (the host's apt sources, or the debian_mirror setting)
+    indexes: tuple = ()          # Python package indexes (PEP 503 simple API), for kind "python"
 
 
 @dataclass
@@ -162,11 +167,58 @@ def _download_once(url: str, store: PackageStore, file: DebFile) -> int:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _candidates(file: DebFile, sources: PackageSources, bundles: list, resolved_at: str):
+class _IndexPages:
+    """Project pages of the Python indexes, read once per `obtain`: file name -> download URL."""
+
+    def __init__(self):
+        self.pages: dict = {}
+        self.lock = threading.Lock()
+
+    def url(self, index: str, file: DebFile) -> str | None:
+        project = re.sub(r"[-_.]+", "-", file.name).lower()
+        page = f"{index.rstrip('/')}/{project}/"
+        with self.lock:
+            links = self.pages.get(page)
+        if links is None:
+            links = {}
+            try:
+                with urllib.request.urlopen(page, timeout=_TIMEOUT) as resp:  # noqa: S310 - http(s) only
+                    parser = _Links(resp.geturl())
+                    parser.feed(resp.read().decode("utf-8", errors="replace"))
+                links = parser.links
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            with self.lock:
+                self.pages[page] = links
+        return links.get(file.filename)
+
+
+class _Links(HTMLParser):
+    """The anchors of a PEP 503 project page: file name -> absolute URL (fragment dropped)."""
+
+    def __init__(self, base: str):
+        super().__init__()
+        self.base = base
+        self.links: dict = {}
+
+    def handle_starttag(self, tag, attrs):
+        href = dict(attrs).get("href") if tag == "a" else None
+        if href:
+            url = urllib.parse.urljoin(self.base, href).split("#", 1)[0]
+            self.links[urllib.parse.unquote(url.rsplit("/", 1)[-1])] = url
+
+
+def _candidates(file: DebFile, sources: PackageSources, bundles: list, resolved_at: str, pages: _IndexPages):
     """(kind, location) in the order the file is looked for after the store."""
     for index in bundles:
         if file.sha256 in index:
             yield "bundle", index[file.sha256]
+    if file.kind == "python":
+        for index in sources.indexes:
+            url = pages.url(index, file)
+            if url:
+                yield "index", url
+        return
     if resolved_at:
         for template in sources.snapshots:
             yield "snapshot", template.replace("{timestamp}", resolved_at).rstrip("/") + "/" + file.filename
@@ -188,10 +240,11 @@ def obtain(files: list, sources: PackageSources, *, store: PackageStore | None =
             missing.append(file)
     if not missing:
         return report
-    log(f"fetching {len(missing)} Debian file(s) the store lacks")
+    log(f"fetching {len(missing)} file(s) the store lacks")
+    pages = _IndexPages()
 
     def fetch(file: DebFile):
-        for kind, where in _candidates(file, sources, bundles, resolved_at):
+        for kind, where in _candidates(file, sources, bundles, resolved_at, pages):
             if kind == "bundle":
                 if store.add(Path(where), file):
                     return kind, file.size

@@ -15,7 +15,7 @@ import jinja2
 
 from builder import paths
 from builder.errors import SlurmError
-from builder.names import (APT_SOURCES_DIR, MUNGE_DIR, RUNTIME_UID, SLURM_APT_SOURCES, SLURM_CONTROLLER_HOST,
+from builder.names import (APT_SOURCES_DIR, MUNGE_DIR, PACKAGE_REPO_SOURCES, RUNTIME_UID, SLURM_APT_SOURCES, SLURM_CONTROLLER_HOST,
                            SLURM_NODE_HOST, SLURM_NODE_LABEL, SLURM_SPOOL, SLURM_START)
 
 NODE_PACKAGES = ("slurmd", "slurmctld", "slurm-client", "munge", "libpmix2")
@@ -78,7 +78,7 @@ def node_image(stack: str, base_image: str, content_hash: str, user: str, apt_so
     start = start_script()
     values = dict(stack=stack, image=base_image, packages=" ".join(NODE_PACKAGES), munge_dir=MUNGE_DIR,
                   start=SLURM_START, node_label=SLURM_NODE_LABEL, user=user, sources_file=SLURM_APT_SOURCES,
-                  sources_target=f"{APT_SOURCES_DIR}/{SLURM_APT_SOURCES}")
+                  sources_target=f"{APT_SOURCES_DIR}/{SLURM_APT_SOURCES}", repo_sources=PACKAGE_REPO_SOURCES)
     unlabelled = _render("node.Dockerfile.j2", node_hash="", **values)
     digest = hashlib.sha256()
     for part in (content_hash.encode(), unlabelled.encode(), start):

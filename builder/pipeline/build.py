@@ -23,7 +23,7 @@ from builder.engine.images import promoted_image
 from builder.errors import BuildError, EngineError, LockError, VerifyError, shown
 from builder.fileio import write_text_atomic
 from builder.names import HASH_LABEL, TAG_CHARS
-from builder.engine.debrepo import proxy_args
+from builder.engine.debrepo import build_args
 from builder.engine.store import PackageSources
 from builder.pipeline import buildah_build, locker
 from builder.pipeline.packages import Provision, package_sources, provision, served, uses_store
@@ -137,7 +137,7 @@ def _build_candidate(client, p: Plan, bundle: CABundle, engine_name: str, cli, l
                                              log=log, on_progress=on_progress, repo=repo)
     workdir = Path(tempfile.mkdtemp(prefix="context-", dir=paths.state_dir()))
     try:
-        buildargs = {**pip_build_args(), **proxy_args(repo), "DLENV_CONTENT_HASH": p.content_hash}
+        buildargs = {**pip_build_args(), **build_args(repo), "DLENV_CONTENT_HASH": p.content_hash}
         if engine_name == "buildkit":
             # The bundle is no file of the context: the CLI hands it over as a secret.
             dockerfile = buildkit_variant.variant(p.context.dockerfile, base=p.resolved.base, ca_secret=bundle.path is not None)

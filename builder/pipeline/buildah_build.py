@@ -28,7 +28,7 @@ from builder.plan.lockfile import load as load_lock
 from builder.plan.lockimages import check_recorded, image_key
 from builder.plan.pins import base_recipe
 from builder.plan.plan import Plan
-from builder.engine.debrepo import proxy_args
+from builder.engine.debrepo import build_args
 from builder.pipeline.packages import package_sources, provision, served, uses_store
 from builder.plan.debs import repository_sources
 from builder.settings.host import CABundle, pip_build_args
@@ -95,7 +95,7 @@ def _build(bh: Buildah, client, p: Plan, bundle: CABundle, name: str, log_path: 
         sources = workdir / APT_SOURCES_CONTEXT      # RUN steps mount it; no layer keeps it
         sources.parent.mkdir(parents=True, exist_ok=True)
         sources.write_text(repository_sources())     # dlenv's package repository, through the proxy below
-        buildargs = {**pip_build_args(), **proxy_args(repo), "DLENV_CONTENT_HASH": p.content_hash}
+        buildargs = {**pip_build_args(), **build_args(repo), "DLENV_CONTENT_HASH": p.content_hash}
         return buildah.build(bh.cli, workdir, name, buildargs, log_path, epoch=epoch, secret_file=bundle.path,
                              on_progress=on_progress, nocache=nocache)
     finally:

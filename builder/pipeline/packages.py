@@ -19,12 +19,12 @@ from builder.engine.store import ObtainReport, PackageSources, PackageStore, obt
 from builder.errors import LockError
 from builder.fileio import write_text_atomic
 from builder.pipeline import locker
-from builder.plan.debs import moved_pins, needed_files
+from builder.plan.debs import moved_pins, needed_files, python_files
 from builder.plan.lockfile import dump
 from builder.plan.lockfile import load as load_lock
 from builder.plan.pins import base_recipe
 from builder.plan.plan import Plan, refreshed_lock_path, replan
-from builder.settings.host import mirror_uris
+from builder.settings.host import mirror_uris, pip_index_urls
 
 
 @dataclass
@@ -45,7 +45,23 @@ def uses_store(p: Plan) -> bool:
 
 def package_sources(p: Plan, *, mirror: str | None = None, snapshots: tuple = (), bundles: tuple = ()) -> PackageSources:
     suite = base_recipe(p.resolved.base)["suite"]
-    return PackageSources(bundles=tuple(bundles), snapshots=tuple(snapshots), mirrors=mirror_uris(suite, mirror=mirror))
+    return PackageSources(bundles=tuple(bundles), snapshots=tuple(snapshots), mirrors=mirror_uris(suite, mirror=mirror),
+                          indexes=pip_index_urls())
+
+
+def lock_files(lock) -> tuple[list, list]:
+    """(every file of the lock: .debs, source tarballs, Python files; PACKAGE=VERSION pins without bytes)."""
+    files, unknown = needed_files(lock)
+    return files + python_files(lock), unknown
+
+
+def _refuse_unrefreshable(report: ObtainReport) -> None:
+    """Source tarballs and Python files are not refreshed (another version is another build): say so."""
+    missing = [f.basename for f in report.gone if f.kind != "deb"]
+    if missing:
+        raise LockError(f"no source has {', '.join(missing[:6])}{' and more' if len(missing) > 6 else ''}, "
+                        "which the lock pins", hint="build with --vendor DIR (a bundle that holds them), check the "
+                        "package index and the debian_snapshot setting, or lock again")
 
 
 def vanished_line(keys: list) -> str:
@@ -57,13 +73,10 @@ def provision(p: Plan, client, sources: PackageSources, *, locked: bool = False,
               mirror: str | None = None, store: PackageStore | None = None, log=lambda msg: None) -> Provision:
     """The plan to build (refreshed when pins vanished) with every file of its lock in the store."""
     store = store or PackageStore()
-    files, unknown = needed_files(p.lock)
+    files, unknown = lock_files(p.lock)
     report = obtain(files, sources, store=store, resolved_at=p.lock.resolved_at, log=log)
     gone = sorted({f.key for f in report.gone if f.kind == "deb"} | set(unknown))
-    gone_sources = [f.basename for f in report.gone if f.kind == "source"]
-    if gone_sources:
-        raise LockError(f"no source has the Debian source tarball(s) {', '.join(gone_sources)} the lock pins",
-                        hint="build with --vendor DIR (a bundle that holds them) or set debian_snapshot")
+    _refuse_unrefreshable(report)
     if not gone:
         return Provision(p, files, report)
     if locked or client is None:
@@ -87,7 +100,7 @@ def provision(p: Plan, client, sources: PackageSources, *, locked: bool = False,
     except OSError as exc:
         raise LockError(f"cannot record the refreshed lock in {target}: {exc}") from None
     new_plan = replan(p, load_lock(target))
-    files, unknown = needed_files(new_plan.lock)
+    files, unknown = lock_files(new_plan.lock)
     again = obtain(files, sources, store=store, resolved_at=new_plan.lock.resolved_at, log=log)
     still = sorted({f.key for f in again.gone} | set(unknown))
     if still:

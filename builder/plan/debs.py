@@ -7,7 +7,7 @@ archive dropped the version. This module owns:
 
 - `DebFile`, one pinned file, and its lock form;
 - reading Packages stanzas (an index, `apt-cache show`) into `DebFile`s;
-- which files a lock needs (`needed_files`) and which pins have no known bytes yet;
+- which files a lock needs (`needed_files`, `python_files`) and which pins have no known bytes yet;
 - the texts of dlenv's package repository: its deb822 sources entry and its Release file;
 - the refresh record: which pins moved when the bytes of some could no longer be had.
 """
@@ -26,7 +26,8 @@ _FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~%/-]*$")
 
 @dataclass(frozen=True)
 class DebFile:
-    """One file a lock pins: a binary package (`kind` "deb") or a Debian source tarball ("source")."""
+    """One file a lock pins: a binary package (`kind` "deb"), a Debian source tarball ("source") or a
+    Python distribution ("python": `filename` is its file name on the index, `size` unknown: 0)."""
     name: str
     version: str
     arch: str
@@ -133,6 +134,15 @@ def needed_files(lock) -> tuple[list, list]:
     for src in sorted(lock.sources.values(), key=lambda s: s["file"]):
         known.append(source_file(src))
     return known, unknown
+
+
+def python_files(lock) -> list:
+    """Every Python file the lock pins (all pip steps), once each, as store files (kind "python")."""
+    seen = {}
+    for pins in lock.python.values():
+        for pin in pins:
+            seen.setdefault(pin.sha256, DebFile(pin.name, pin.version, "", 0, pin.sha256, pin.file, "python"))
+    return [seen[k] for k in sorted(seen, key=lambda k: seen[k].filename)]
 
 
 def source_file(src: dict) -> DebFile:

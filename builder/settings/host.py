@@ -7,10 +7,17 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import ConfigError
+
+try:
+    from pip._internal.models.index import PyPI as _PIP_DEFAULT
+except ImportError:  # pragma: no cover - dlenv's venv always has pip
+    _PIP_DEFAULT = None
 
 CA_ENV_VARS = ("DLENV_CA_BUNDLE", "PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 PIP_ENV_VARS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST")
@@ -61,6 +68,43 @@ def pip_build_args(environ=os.environ) -> dict:
         if environ.get(var):
             out[var] = environ[var]
     return out
+
+
+def pip_index_urls(environ=os.environ) -> tuple:
+    """The package indexes the host's pip uses (http(s) only: PIP_INDEX_URL and PIP_EXTRA_INDEX_URL,
+    else pip's configuration, else pip's own default): where the store fetches a lock's Python files."""
+    index = environ.get("PIP_INDEX_URL", "").split()
+    extra = environ.get("PIP_EXTRA_INDEX_URL", "").split()
+    if not index or not extra:
+        config = _pip_config()
+        index = index or config.get("index-url", "").split()
+        extra = extra or config.get("extra-index-url", "").split()
+    if not index:
+        index = [_pip_default_index()]
+    return tuple(u for u in [*index, *extra] if u.startswith(("http://", "https://")))
+
+
+def _pip_config() -> dict:
+    try:
+        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    values = {}
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        name = key.rsplit(".", 1)[-1]
+        if name in ("index-url", "extra-index-url") and value:
+            values[name] = value.strip().strip("'\"")
+    return values
+
+
+def _pip_default_index() -> str:
+    """pip's built-in index (not written here: pip knows it)."""
+    if _PIP_DEFAULT is None:
+        raise ConfigError("no package index is configured and pip is not importable to name its default",
+                          hint="set PIP_INDEX_URL")
+    return _PIP_DEFAULT.simple_url
 
 
 def debian_sources(suite: str, environ=os.environ, mirror: str | None = None) -> str:
