@@ -6,11 +6,12 @@
 set -euo pipefail
 
 # command -> Debian package. tmux drives the interactive shell test, docker-registry and
-# htpasswd (apache2-utils) the push/pull tests, openssl makes the CA-bundle test's certificate.
+# htpasswd (apache2-utils) the push/pull tests, openssl makes the CA-bundle test's certificate;
+# dpkg-scanpackages (dpkg-dev) indexes dlenv's package repository for every build.
 need=()
 [ -x /usr/bin/docker ] || need+=(docker.io)
 for pair in dockerd:docker.io mmdebstrap:mmdebstrap buildah:buildah tmux:tmux docker-registry:docker-registry \
-            htpasswd:apache2-utils openssl:openssl; do
+            htpasswd:apache2-utils openssl:openssl dpkg-scanpackages:dpkg-dev; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u | sed '/^$/d')

@@ -68,7 +68,7 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
     if check and engine_name != "buildah":
         raise UsageError("--check needs the buildah engine (--engine buildah)")
     bundle, mirror = bundle_and_mirror(ca_bundle)
-    packages = package_sources_of(p, mirror, vendor)
+    packages = package_sources_of(p, mirror, vendor, bundle)
     client = _connect(ctx, engine_name)
     if client is None:
         _build_without_docker(ctx, p, bundle, mirror, nocache, check)

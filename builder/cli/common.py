@@ -86,11 +86,12 @@ def bundle_and_mirror(ca_bundle_option: str | None) -> tuple[CABundle, str | Non
     return bundle, settings.get("debian_mirror")
 
 
-def package_sources_of(p: Plan, mirror: str | None, vendor=()):
-    """Where a build's Debian files may come from after the store: --vendor bundles, the debian_snapshot
-    setting, the mirror (setting or the host's apt sources)."""
+def package_sources_of(p: Plan, mirror: str | None, vendor=(), bundle: CABundle | None = None):
+    """Where a build's files may come from after the store: --vendor bundles, the debian_snapshot
+    setting, the mirror (setting or the host's apt sources), pip's indexes (with the CA bundle)."""
     snapshots = tuple((load_settings({}).get("debian_snapshot") or "").split())
-    return package_sources(p, mirror=mirror, snapshots=snapshots, bundles=tuple(vendor))
+    return package_sources(p, mirror=mirror, snapshots=snapshots, bundles=tuple(vendor),
+                           cafile=str(bundle.path) if bundle is not None and bundle.path else None)
 
 
 def print_refresh(ctx: Ctx, prov) -> None:

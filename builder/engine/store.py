@@ -16,6 +16,7 @@ import os
 import tempfile
 import time
 import re
+import ssl
 import threading
 import urllib.error
 import urllib.parse
@@ -47,6 +48,15 @@ class PackageSources:
     snapshots: tuple = ()        # URL templates with {timestamp} (YYYYMMDDTHHMMSSZ), e.g. .../archive/debian/{timestamp}
     mirrors: tuple = ()          # archive roots (the host's apt sources, or the debian_mirror setting)
     indexes: tuple = ()          # Python package indexes (PEP 503 simple API), for kind "python"
+    cafile: str | None = None    # an extra CA bundle for https sources (a corporate proxy's), with the system's
+
+    def open(self, url: str):
+        """urlopen with the CA bundle (https), honouring the host's proxy variables."""
+        context = None
+        if self.cafile and url.startswith("https://"):
+            context = ssl.create_default_context()
+            context.load_verify_locations(cafile=self.cafile)
+        return urllib.request.urlopen(url, timeout=_TIMEOUT, context=context)  # noqa: S310 - http(s) only
 
 
 @dataclass
@@ -138,12 +148,12 @@ def _bundle_index(bundle: Path) -> dict:
                           hint="pass a folder written by `dlenv vendor STACK -o DIR`") from None
 
 
-def _download(url: str, store: PackageStore, file: DebFile) -> int:
+def _download(url: str, store: PackageStore, file: DebFile, sources: PackageSources) -> int:
     """Fetch `url` into the store if its bytes are the locked ones: the byte count, or 0. A file the
     source does not have (HTTP 4xx) is not asked for again; a broken transfer is tried again."""
     for attempt in range(_ATTEMPTS):
         try:
-            return _download_once(url, store, file)
+            return _download_once(url, store, file, sources)
         except urllib.error.HTTPError as exc:
             if exc.code < 500:
                 return 0
@@ -153,12 +163,12 @@ def _download(url: str, store: PackageStore, file: DebFile) -> int:
     return 0
 
 
-def _download_once(url: str, store: PackageStore, file: DebFile) -> int:
+def _download_once(url: str, store: PackageStore, file: DebFile, sources: PackageSources) -> int:
     tmp_dir = store.root / "incoming"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=tmp_dir)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_TIMEOUT) as resp:  # noqa: S310 - http(s) only
+        with os.fdopen(fd, "wb") as out, sources.open(url) as resp:
             for chunk in iter(lambda: resp.read(_CHUNK), b""):
                 out.write(chunk)
         size = os.path.getsize(tmp)
@@ -170,7 +180,8 @@ def _download_once(url: str, store: PackageStore, file: DebFile) -> int:
 class _IndexPages:
     """Project pages of the Python indexes, read once per `obtain`: file name -> download URL."""
 
-    def __init__(self):
+    def __init__(self, sources: PackageSources):
+        self.sources = sources
         self.pages: dict = {}
         self.lock = threading.Lock()
 
@@ -182,7 +193,7 @@ class _IndexPages:
         if links is None:
             links = {}
             try:
-                with urllib.request.urlopen(page, timeout=_TIMEOUT) as resp:  # noqa: S310 - http(s) only
+                with self.sources.open(page) as resp:
                     parser = _Links(resp.geturl())
                     parser.feed(resp.read().decode("utf-8", errors="replace"))
                 links = parser.links
@@ -241,7 +252,7 @@ def obtain(files: list, sources: PackageSources, *, store: PackageStore | None =
     if not missing:
         return report
     log(f"fetching {len(missing)} file(s) the store lacks")
-    pages = _IndexPages()
+    pages = _IndexPages(sources)
 
     def fetch(file: DebFile):
         for kind, where in _candidates(file, sources, bundles, resolved_at, pages):
@@ -249,7 +260,7 @@ def obtain(files: list, sources: PackageSources, *, store: PackageStore | None =
                 if store.add(Path(where), file):
                     return kind, file.size
                 continue
-            got = _download(where, store, file)
+            got = _download(where, store, file, sources)
             if got:
                 return kind, got
         return None, 0

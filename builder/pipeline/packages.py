@@ -43,10 +43,11 @@ def uses_store(p: Plan) -> bool:
     return p.lock is not None and "image" not in p.resolved.base
 
 
-def package_sources(p: Plan, *, mirror: str | None = None, snapshots: tuple = (), bundles: tuple = ()) -> PackageSources:
+def package_sources(p: Plan, *, mirror: str | None = None, snapshots: tuple = (), bundles: tuple = (),
+                    cafile: str | None = None) -> PackageSources:
     suite = base_recipe(p.resolved.base)["suite"]
     return PackageSources(bundles=tuple(bundles), snapshots=tuple(snapshots), mirrors=mirror_uris(suite, mirror=mirror),
-                          indexes=pip_index_urls())
+                          indexes=pip_index_urls(), cafile=cafile)
 
 
 def lock_files(lock) -> tuple[list, list]:
