@@ -1,7 +1,7 @@
 # Rendered by dlenv 0.1.0 for stack "chainer" (python -> chainer). Do not edit: change the stack file.
 # Two stages: "build" holds compilers, headers, sources and the CA bundle; "runtime" receives only
 # install prefixes and the venv, one COPY per layer group, heaviest and most stable first.
-# Locked by chainer.lock (pins c56ce61731a4b8fa).
+# Locked by chainer.lock (pins 522d812d34841073).
 
 FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -73,7 +73,7 @@ LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
       org.dlenv.component.setuptools="69.5.1" \
       org.dlenv.components="python=3.11,numpy=1.26.4,setuptools=69.5.1,chainer=7.8.1,cython=3.0.12" \
       org.dlenv.dlenv-version="0.1.0" \
-      org.dlenv.lock="c56ce61731a4b8fa63807a2e1161fc8fddb8d5be79205ffc1462125e113de7d2" \
+      org.dlenv.lock="522d812d348410734ce73b1de7c473e56463ac34210c2cf8906e9b80e6167676" \
       org.dlenv.stack="chainer" \
       org.opencontainers.image.description="Chainer 7.8.1 (CPU) with NumPy and Cython." \
       org.opencontainers.image.title="dlenv/chainer"

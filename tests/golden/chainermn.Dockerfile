@@ -1,7 +1,7 @@
 # Rendered by dlenv 0.1.0 for stack "chainermn" (python -> chainer -> chainer-gpu -> chainermn). Do not edit: change the stack file.
 # Two stages: "build" holds compilers, headers, sources and the CA bundle; "runtime" receives only
 # install prefixes and the venv, one COPY per layer group, heaviest and most stable first.
-# Locked by chainermn.lock (pins f191b4c83e39bd66).
+# Locked by chainermn.lock (pins 67d05adf22dda997).
 
 FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -30,7 +30,7 @@ RUN /opt/venv/bin/pip install --no-deps --no-compile --only-binary=:all: --targe
 
 # --- ucx 1.13.1 [compile]
 COPY dlenv-build/pylock/ucx.txt /etc/dlenv-build/pylock/ucx.txt
-# UCX from Debian's source package: the upstream tarball (apt checks its signature and checksum, the lock its sha256),
+# UCX from Debian's source package: the upstream tarball (from dlenv's package repository, which serves it only after checking it against the lock's sha256; checked here again),
 # Debian's patches not applied. The tarball is a git snapshot without ./configure (autogen.sh needs
 # autotools), and Debian renamed upstream's debian/ to debian.upstream, which configure.ac still names.
 # CUDA: UCX's configure (config/m4/cuda.m4) needs cuda.h, cuda_runtime.h (which includes the
@@ -41,9 +41,7 @@ COPY dlenv-build/pylock/ucx.txt /etc/dlenv-build/pylock/ucx.txt
 # name in the headers becomes a function that fails. Stubs, wheels and the tree under /usr/src/ucx
 # stay in this step; the image's libuct_cuda.so needs the real libcuda.so.1 and libnvidia-ml.so.1.
 RUN mkdir -p /usr/src/ucx/cuda/include /usr/src/ucx/cuda/lib/stubs && cd /usr/src/ucx \
- && apt-get update \
- && apt-get source --download-only --only-source ucx=1.13.1-1 \
- && rm -rf /var/lib/apt/lists/* \
+ && /usr/lib/apt/apt-helper download-file http://dlenv.packages/sources/ucx_1.13.1.orig.tar.xz ucx_1.13.1.orig.tar.xz \
  && echo '1a88e09ca1b406c046a469c2ae271d2c330050b5664c0bcd9890e26c6ef09f3c  ucx_1.13.1.orig.tar.xz' | sha256sum --check --strict - \
  && /opt/venv/bin/pip install --no-deps --only-binary=:all: --target /usr/src/ucx/wheels \
         --require-hashes -r /etc/dlenv-build/pylock/ucx.txt \
@@ -71,7 +69,7 @@ RUN mkdir -p /usr/src/ucx/cuda/include /usr/src/ucx/cuda/lib/stubs && cd /usr/sr
  && rm -rf /usr/src/ucx /tmp/ucx-*.log
 
 # --- openmpi 4.1.4 [compile]
-# Upstream tarball from Debian's source package (apt checks its signature and checksum, the lock its sha256); Debian's
+# Upstream tarball from Debian's source package (from dlenv's package repository, which serves it only after checking it against the lock's sha256; checked here again); Debian's
 # patches need autotools regeneration and are not applied. Open MPI records the configure and build host
 # (`hostname`, the build container's random name) in ompi_info and libmpi: a fixed `hostname` comes first
 # on PATH, so two builds of one lock give the same files (the dates already come from SOURCE_DATE_EPOCH).
@@ -79,9 +77,7 @@ RUN mkdir -p /usr/src/ucx/cuda/include /usr/src/ucx/cuda/lib/stubs && cd /usr/sr
 # transports); an external PMIx for srun --mpi=pmix, which requires Open MPI to use the libevent
 # and hwloc PMIx was built with; --with-slurm fails configure instead of dropping Slurm support.
 RUN mkdir -p /usr/src/openmpi && cd /usr/src/openmpi \
- && apt-get update \
- && apt-get source --download-only --only-source openmpi=4.1.4-3 \
- && rm -rf /var/lib/apt/lists/* \
+ && /usr/lib/apt/apt-helper download-file http://dlenv.packages/sources/openmpi_4.1.4.orig.tar.xz openmpi_4.1.4.orig.tar.xz \
  && echo 'ddaee7dbdb01eb4fab1fda5b5e03e8bbff026711806c095c1f39bb410f99f263  openmpi_4.1.4.orig.tar.xz' | sha256sum --check --strict - \
  && tar -xJf openmpi_4.1.4.orig.tar.xz && cd openmpi-4.1.4 \
  && mkdir /usr/src/openmpi/fixed-host && printf '#!/bin/sh\necho dlenv-build\n' > /usr/src/openmpi/fixed-host/hostname \
@@ -193,7 +189,7 @@ LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
       org.dlenv.component.ucx="1.13.1" \
       org.dlenv.components="openssh=9.2,pmix=4.2.2,python=3.11,rdma-core=44.0,cuda-headers=12.6,ucx=1.13.1,openmpi=4.1.4,cuda=12.6,cudnn=8.9.7.29,nccl=2.21.5,numpy=1.26.4,setuptools=69.5.1,chainer=7.8.1,cupy=13.6.0,cython=3.0.12,mpi4py=3.1.6" \
       org.dlenv.dlenv-version="0.1.0" \
-      org.dlenv.lock="f191b4c83e39bd66f6c381ec7e8192194d6516ad08a7cd3c2abbfa62803ad8b5" \
+      org.dlenv.lock="67d05adf22dda997a30f681454b9ae392028890d892c99d9fa379259bb79a008" \
       org.dlenv.source.openmpi="openmpi=4.1.4-3 openmpi_4.1.4.orig.tar.xz sha256:ddaee7dbdb01eb4fab1fda5b5e03e8bbff026711806c095c1f39bb410f99f263" \
       org.dlenv.source.ucx="ucx=1.13.1-1 ucx_1.13.1.orig.tar.xz sha256:1a88e09ca1b406c046a469c2ae271d2c330050b5664c0bcd9890e26c6ef09f3c" \
       org.dlenv.stack="chainermn" \
