@@ -214,7 +214,7 @@ def build(p: Plan, client, *, ca_bundle: CABundle | None = None, mirror: str | N
         if uses_store(p):
             prov = provision(p, client, packages or package_sources(p, mirror=mirror), locked=locked, ca_bundle=bundle,
                              mirror=mirror, log=log)
-            log(f"Debian files: {prov.report.summary()}")
+            log(f"lock files: {prov.report.summary()}")
             if prov.refreshed_to and on_refresh:
                 on_refresh(prov)
             p = prov.plan

@@ -1,11 +1,12 @@
 """Locks against the real engine, archive and index: a project stack is locked on its first build,
 built from the lock (pip --require-hashes, apt pkg=version), verified against it; a changed stack
-is refused until --relock (which keeps the pins that still apply); a pin that no longer exists and
-a hash that does not match fail the build in one line that names them, and move no tag."""
+is refused until --relock (which keeps the pins that still apply); a pin that no longer exists is
+refreshed alone and recorded (or refused in one line with --locked); a hash that does not match fails
+the build in one line that names it; a second build fetches nothing (the package store)."""
 
 from __future__ import annotations
 
-import re
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -87,28 +88,57 @@ def _edit_lock(folder: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
-def test_a_vanished_pin_and_a_wrong_hash_fail_in_one_line_and_move_no_tag(project, run_dlenv, docker_client):
+def _with_pin_the_archive_lacks(lock: L.Lock, name: str, version: str) -> L.Lock:
+    """The lock with the runtime stage's `name` at a version no source has, its file named like a real
+    pool file: exactly what a pin looks like once the archive dropped it."""
+    fake = f"{name}={version}"
+    entry = {"arch": "amd64", "size": 4242, "sha256": "0" * 64,
+             "file": f"pool/main/{name[0]}/{name}/{name}_{version}_amd64.deb"}
+    return dataclasses.replace(lock, apt_runtime={**lock.apt_runtime, name: version}, debs={**lock.debs, fake: entry})
+
+
+def test_a_vanished_pin_is_refreshed_alone_shown_and_recorded_and_locked_refuses(project, run_dlenv, docker_client):
     run_dlenv("build", "--no-verify", cwd=project, check=True)
     lock = L.load(project / "dlenv.lock")
+    (project / "dlenv.lock").write_text(L.dump(_with_pin_the_archive_lacks(lock, "python3", "0.0.0-gone")))
     good = tags(docker_client)
-    # The runtime stage's python3 pin, as if the archive had dropped that version.
-    text = (project / "dlenv.lock").read_text()
-    runtime_part = text.split("\n  runtime:\n", 1)
-    runtime_part[1] = re.sub(r"(\n    python3: )\S+", r"\g<1>0.0.0-gone", "\n" + runtime_part[1], count=1)[1:]
-    (project / "dlenv.lock").write_text("\n  runtime:\n".join(runtime_part))
-    res = run_dlenv("build", "--no-verify", cwd=project)
+    # --locked: one line naming the pin, nothing built, no tag moved, the lock untouched.
+    res = run_dlenv("build", "--locked", "--no-verify", cwd=project)
     assert res.returncode == 1
-    first = next(ln for ln in res.stderr.splitlines() if ln.startswith("dlenv: error:"))
-    assert "pinned versions no longer available: python3=0.0.0-gone" in first and "dlenv lock" in first
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("dlenv: error:")]
+    assert len(lines) == 1 and "python3=0.0.0-gone" in lines[0] and "--locked" in lines[0], res.stderr
     assert tags(docker_client) == good
-    # Back to the good pin, but the wheel's sha256 is not the one the index serves.
-    (project / "dlenv.lock").write_text(L.dump(lock))
+    assert "0.0.0-gone" in (project / "dlenv.lock").read_text()
+    # Without it: the pin is refreshed (only it), shown in a table, recorded beside the stack, and the build goes on.
+    res = run_dlenv("build", "--no-verify", cwd=project)
+    assert res.returncode == 0, res.stderr[-3000:]
+    row = next(ln for ln in res.stderr.splitlines() if ln.startswith("python3 "))
+    assert "runtime" in row and f"0.0.0-gone -> {lock.apt_runtime['python3']}" in row, res.stderr
+    assert "refreshed the lock: 1 Debian pin(s) moved" in res.stderr and str(project / "dlenv.lock") in res.stderr
+    after = L.load(project / "dlenv.lock")
+    assert after.apt_runtime == lock.apt_runtime and after.apt_build == lock.apt_build
+    assert after.base_packages == lock.base_packages and after.python == lock.python
+    assert [m["package"] for m in after.refreshed["moved"]] == ["python3"]
+    image = docker_client.images.get("dlenv/dlenv-itest-lock:latest")
+    assert image.labels["org.dlenv.lock"] == after.digest
+    assert "python3=0.0.0-gone->" in image.labels["org.dlenv.lock-refreshed"]
+    # The refreshed lock is the stack's lock now: the next build is a no-op.
+    assert "up to date" in run_dlenv("build", cwd=project, check=True).stdout
+
+
+def test_a_second_build_fetches_nothing_and_a_wrong_hash_fails_in_one_line(project, run_dlenv, docker_client):
+    run_dlenv("build", "--no-verify", cwd=project, check=True)
+    again = run_dlenv("build", "--no-verify", "--no-cache", cwd=project, check=True)
+    assert "in the store, nothing fetched" in again.stderr, again.stderr[-2000:]
+    lock = L.load(project / "dlenv.lock")
+    good = tags(docker_client)
+    # The wheel's sha256 is not the one the index serves: no source has those bytes.
     pin = lock.python["python_packages"][0]
     _edit_lock(project, pin.sha256, "e" * 64)
     res = run_dlenv("build", "--no-verify", cwd=project)
     assert res.returncode == 1
-    first = next(ln for ln in res.stderr.splitlines() if ln.startswith("dlenv: error:"))
-    assert "does not match the sha256 in the lock" in first
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("dlenv: error:")]
+    assert len(lines) == 1 and f"no source has {pin.file}" in lines[0], res.stderr
     assert tags(docker_client) == good
 
 
