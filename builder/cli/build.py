@@ -12,12 +12,14 @@ from builder.cli.common import (ENGINES, Ctx, bundle_and_mirror, check_driver, p
 from builder.cli.registry import LayerProgress
 from builder.engine import base as base_mod
 from builder.engine import dockerapi as engine
+from builder.engine.availability import check_pins, debian_sources
 from builder.engine.images import promoted_image
 from builder.errors import EngineError, LockError, UsageError
 from builder.pipeline import build as build_mod
 from builder.pipeline import buildah_build
+from builder.pipeline.packages import lock_files, uses_store
 from builder.plan.lockfile import lock_changes
-from builder.plan.plan import stale_error
+from builder.plan.plan import is_catalog_stack, stale_error
 from builder.run.cluster import gpu_runtime
 from builder.settings.settings import load_settings
 
@@ -162,22 +164,24 @@ def _print_lock_written(ctx: Ctx, old_plan, new_plan, report) -> None:
 @click.option("--upgrade", "upgrade", multiple=True, metavar="PKG",
               help="Resolve this Python or Debian package again (repeatable); other pins are kept.")
 @click.option("--upgrade-all", is_flag=True, help="Resolve every pin again, as if there were no lock.")
-@click.option("--check", is_flag=True, help="Only say whether the lock matches the stack (exit 1 if not).")
+@click.option("--check", is_flag=True,
+              help="Write nothing: say whether the lock matches the stack and whether every Debian file it pins can "
+                   "still be had from the store, a bundle, a snapshot service or a mirror (exit 1 if not).")
+@click.option("--vendor", "vendor", multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="With --check: a bundle written by `dlenv vendor` whose files count as obtainable.")
 @click.option("--ca-bundle", type=click.Path(dir_okay=False), help="Extra CA bundle for pip in the lock container.")
 @click.pass_obj
-def lock(ctx: Ctx, stack, upgrade, upgrade_all, check, ca_bundle):
+def lock(ctx: Ctx, stack, upgrade, upgrade_all, check, vendor, ca_bundle):
     """Pin every package STACK installs: Debian packages, Python files with sha256, sources, the base.
 
     The lock is written next to the stack file (stacks/NAME.lock, ./dlenv.lock). Pins of an
     existing lock are kept where they still apply, unless --upgrade PKG or --upgrade-all."""
     p = plan_of(stack)
     if check:
-        if p.lock_state == "locked":
-            click.echo(f"{p.lock_file} matches {p.resolved.merged.path}")
-            return
-        if p.lock_state == "missing":
-            raise LockError(f"{p.lock_file} is missing", hint=f"run `dlenv lock {stack}`")
-        raise stale_error(p)
+        _check_lock(ctx, p, stack, vendor)
+        return
+    if vendor:
+        raise UsageError("--vendor goes with --check (a build takes it: `dlenv build --vendor DIR`)")
     bundle, mirror = bundle_and_mirror(ca_bundle)
     client = engine.connect()
     start = time.monotonic()
@@ -191,3 +195,39 @@ def lock(ctx: Ctx, stack, upgrade, upgrade_all, check, ca_bundle):
     _print_lock_written(ctx, p, new_plan, report)
     click.echo(f"locked {new_plan.resolved.name} in {time.monotonic() - start:.0f}s: {new_plan.lock_file} "
                f"(image {new_plan.hash_tag})")
+
+
+def _check_lock(ctx: Ctx, p, stack: str, vendor) -> None:
+    """`lock --check`: the lock matches the stack (else exit 1, as ever), then every Debian file it pins
+    is in the store or a bundle, or a snapshot service or mirror answers for it (HEAD, no download)."""
+    if p.lock_state == "missing":
+        raise LockError(f"{p.lock_file} is missing", hint=f"run `dlenv lock {stack}`")
+    if p.lock_state != "locked":
+        raise stale_error(p)
+    click.echo(f"{p.lock_file} matches {p.resolved.merged.path}")
+    if not uses_store(p):
+        click.echo("its Debian packages come from the base image's apt sources: no pinned files to check")
+        return
+    settings = load_settings({})
+    snapshots = tuple((settings.get("debian_snapshot") or "").split())
+    sources = debian_sources(p.resolved.base, mirror=settings.get("debian_mirror"), snapshots=snapshots,
+                             bundles=vendor)
+    files, unknown = lock_files(p.lock)
+    result = check_pins(files, sources, unknown=unknown, resolved_at=p.lock.resolved_at)
+    relock = "; `make relock` for the catalog's maintainers" if is_catalog_stack(p.resolved) else ""
+    if result.gone:
+        keys = result.gone_keys
+        shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+        tarballs = ("; a source tarball is not refreshed: build with --vendor DIR or set debian_snapshot"
+                    if any(f.kind != "deb" for f in result.gone) else "")
+        raise LockError(f"{p.lock_file}: {len(keys)} pinned Debian file(s) in no source (store, bundle, snapshot, "
+                        f"mirror): {shown}", hint=f"`dlenv build {stack}` refreshes them{relock}{tarballs}")
+    if result.unchecked:
+        raise LockError(f"{p.lock_file}: {len(result.unchecked)} pinned Debian file(s) the store lacks could not "
+                        f"be checked: {'; '.join(result.reasons)}",
+                        hint="check the Debian mirror (`dlenv doctor`) and run it again, or pass --vendor DIR")
+    if result.no_bytes:
+        click.echo(f"{result.files} pinned file(s) obtainable; {len(result.no_bytes)} pin(s) have no bytes recorded "
+                   f"(a lock written before locks named their files): `dlenv build {stack}` records them{relock}")
+        return
+    click.echo(f"all {result.files} pinned files obtainable")
