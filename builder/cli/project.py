@@ -1,4 +1,5 @@
-"""`dlenv init` (a starter dlenv.yaml for a repository) and `dlenv gc` (old tags and build cache)."""
+"""`dlenv init` (a starter dlenv.yaml for a repository) and `dlenv gc` (old tags, build cache, and the
+package store's files no lock names)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,20 @@ from pathlib import Path
 import tempfile
 
 import click
+from rich.text import Text
 
 from builder import paths
 from builder.cli.common import Ctx
 from builder.engine import dockerapi as engine
 from builder.engine import buildah, buildah_store
-from builder.engine.gc import apply_gc, list_images, plan_buildah_gc, plan_gc
+from builder.engine.gc import (apply_gc, apply_store_gc, list_images, plan_buildah_gc, plan_gc, plan_store_gc,
+                               store_keep)
+from builder.engine.store import PackageStore
 from builder.errors import EngineError, SpecError, shown
 from builder.pipeline.buildah_build import BUILDAH_MUTEX
+from builder.plan.lockfile import lock_path
 from builder.plan.plan import plan
-from builder.spec.stack import catalog_stack_names, find_stack, load_chain
+from builder.spec.stack import PROJECT_FILE, catalog_stack_names, find_stack, load_chain
 from builder.spec.starter import NAME, detect, init_text, target_path
 from builder.statelock import stack_lock
 
@@ -30,12 +35,24 @@ REPORT_LINES = 10      # "not taken" lines init prints; the rest are counted
 @click.option("--keep", type=click.IntRange(0, 100), default=1, show_default=True,
               help="Hash tags to keep per stack besides latest (newest first).")
 @click.option("--build-cache", is_flag=True, help="Also remove dangling build-stage layers built on a dlenv base.")
+@click.option("--store", "store", is_flag=True,
+              help="Also trim dlenv's package store: keep the files that the catalog's locks, the refreshed locks "
+                   "in the state folder and this folder's dlenv.lock name; remove the rest.")
 @click.option("--dry-run", "-n", is_flag=True, help="Only say what would be removed.")
 @click.pass_obj
-def gc(ctx: Ctx, keep, build_cache, dry_run):
+def gc(ctx: Ctx, keep, build_cache, store, dry_run):
     """Remove old candidate and hash tags of dlenv images (and, asked, their build cache), in the
-    Docker engine and in dlenv's buildah storage."""
-    client = engine.connect()
+    Docker engine and in dlenv's buildah storage; with --store, the package store's files no lock names
+    (that needs no engine)."""
+    if store:
+        _gc_store(ctx, dry_run)
+    try:
+        client = engine.connect()
+    except EngineError as exc:
+        if not store:
+            raise
+        ctx.err.print(Text(f"dlenv: warning: images left as they are: {exc.message}", style="yellow"))
+        return
     # With a buildah storage, not beside a buildah build: it needs its intermediate images, and its
     # candidate's copy must not be taken for one whose Docker tag is gone.
     guard = stack_lock(BUILDAH_MUTEX, ctx.info) if buildah.storage_root().is_dir() else contextlib.nullcontext()
@@ -58,6 +75,30 @@ def _gc(ctx: Ctx, client, keep: int, build_cache: bool, dry_run: bool) -> None:
                f"kept {len(plan.keep)} tag(s)")
     # What Docker could not untag it still holds: keep buildah's copy too.
     _gc_buildah(ctx, plan.keep + [line.split(": ", 1)[0] for line in failed], build_cache, dry_run)
+
+
+def _gc_store(ctx: Ctx, dry_run: bool) -> None:
+    """The package store less every file no known lock names: the catalog's locks, the refreshed locks
+    in the state folder, and the lock of the project in this folder (run it there to keep its files).
+    A file only a project elsewhere pins goes: its next build fetches it again, if a source still has it."""
+    required = sorted(paths.stacks_dir().glob("*.lock"))
+    project = lock_path(Path.cwd() / PROJECT_FILE)
+    if project.is_file():
+        required.append(project)
+    optional = sorted((paths.state_dir() / "locks").glob("*.lock"))
+    keep, read, skipped = store_keep(required, optional)
+    for line in skipped:
+        ctx.info(f"not a lock, its files are not kept: {line}")
+    store = PackageStore()
+    plan = plan_store_gc(store, keep)
+    count, freed = (len(plan.remove), plan.remove_bytes) if dry_run else apply_store_gc(plan)
+    done = "would remove" if dry_run else "removed"
+    click.echo(f"package store {store.root}: {done} {count} file(s), {_size(freed)}"
+               f"{' freed' if not dry_run else ''}; kept {plan.kept_files} file(s) named by {len(read)} lock(s)")
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e9:.2f} GB" if count >= 1e9 else f"{count / 1e6:.1f} MB"
 
 
 def _gc_buildah(ctx: Ctx, kept_refs: list, build_cache: bool, dry_run: bool) -> None:

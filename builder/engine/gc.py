@@ -1,18 +1,26 @@
 """Garbage collection of what dlenv leaves in the engine: candidate tags, hash tags that are no
 longer `latest`, and the build cache (dangling build-stage layers) that descends from a dlenv base;
-and in dlenv's own buildah storage, the images whose Docker tags are gone or removed.
+in dlenv's own buildah storage, the images whose Docker tags are gone or removed; and in the package
+store (engine/store.py), the files no lock it knows of names.
 
-`plan_gc` and `plan_buildah_gc` decide (pure over the listings they are given); `apply_gc` removes
-(buildah_store.remove_images for buildah). Nothing outside the `dlenv/` repositories and the layers
-built on dlenv's bases is ever touched.
+`plan_gc`, `plan_buildah_gc` and `plan_store_gc` decide (pure over the listings they are given, or a
+walk of the store); `apply_gc` removes (buildah_store.remove_images for buildah, `apply_store_gc` for
+the store). Nothing outside the `dlenv/` repositories and the layers built on dlenv's bases is ever
+touched.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import docker.errors
+from builder.engine.store import PackageStore
+from builder.errors import LockError
 from builder.names import BASE_REPO, BUILDAH_LOCAL, CHECK_REPO_PREFIX, REPO_PREFIX
+from builder.plan.debs import needed_files, python_files
+from builder.plan.lockfile import load as load_lock
 
 
 
@@ -111,3 +119,73 @@ def apply_gc(client, plan: GcPlan) -> list:
         except docker.errors.APIError as exc:
             failed.append(f"{image_id[:19]}: {exc.explanation}")
     return failed
+
+
+# --- the package store ------------------------------------------------------------------------------
+
+PARTIAL_AGE_S = 3600    # a partial download (.incoming-*) younger than this may be a running build's
+
+
+@dataclass
+class StoreGcPlan:
+    remove: list = field(default_factory=list)      # store paths no lock names
+    remove_bytes: int = 0
+    kept_files: int = 0
+
+
+def store_keep(required: list, optional: list) -> tuple[set, list, list]:
+    """(sha256 of every file the locks name: .debs, source tarballs, Python files; the locks read;
+    "path: why" of the optional files that are no lock). A lock in `required` (the catalog's, this
+    folder's project) that cannot be read stops everything: its files would otherwise go. `optional`
+    are the state folder's lock files, where the build mutexes (empty files) share the folder."""
+    keep, read, skipped = set(), [], []
+    for path, needed in [(p, True) for p in required] + [(p, False) for p in optional]:
+        path = Path(path)
+        if not needed and (not path.is_file() or path.stat().st_size == 0):
+            continue
+        try:
+            lock = load_lock(path)
+        except LockError as exc:
+            if needed:
+                raise LockError(f"cannot tell which stored files {path} pins: {exc.message}",
+                                hint="fix or relock it before trimming the package store") from None
+            skipped.append(f"{path}: {exc.message}")
+            continue
+        files, _unknown = needed_files(lock)
+        keep.update(f.sha256 for f in files + python_files(lock))
+        read.append(path)
+    return keep, read, skipped
+
+
+def plan_store_gc(store: PackageStore, keep: set, now: float | None = None) -> StoreGcPlan:
+    """The store's files no lock names (`keep`: sha256), and partial downloads an hour old: a younger
+    one may be a running build's file on its way in. Nothing is removed here."""
+    now = time.time() if now is None else now
+    plan = StoreGcPlan()
+    for path in sorted((store.root / "sha256").glob("*/*")):
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        if not path.is_file():
+            continue
+        if path.name in keep:
+            plan.kept_files += 1
+        elif not path.name.startswith(".") or now - info.st_mtime > PARTIAL_AGE_S:
+            plan.remove.append(path)
+            plan.remove_bytes += info.st_size
+    return plan
+
+
+def apply_store_gc(plan: StoreGcPlan) -> tuple[int, int]:
+    """Remove what the plan says: (files, bytes) removed."""
+    count = total = 0
+    for path in plan.remove:
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        count += 1
+        total += size
+    return count, total
