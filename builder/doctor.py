@@ -18,6 +18,7 @@ from typing import Callable
 from builder.engine import buildah, dockerapi as engine
 from builder.errors import DlenvError
 from builder.engine.base import base_present
+from builder.engine.store import PackageStore
 from builder.plan.pins import base_ref
 from builder.run.cluster import gpu_runtime
 from builder.settings.host import CA_ENV_VARS, debian_sources, find_ca_bundle
@@ -79,6 +80,25 @@ def run_checks(settings=None, client_factory: Callable = engine.connect, environ
     checks.append(_registry_check(settings, environ, info))
     checks.append(DoctorCheck("buildah", *buildah.doctor_status(settings.get("engine") == "buildah", environ)))
     return checks
+
+
+def package_store() -> dict:
+    """Where dlenv's package store is and what it holds (not a check: a store of any size is fine;
+    `dlenv gc --store` trims it)."""
+    store = PackageStore()
+    try:
+        files, size = store.usage()
+    except OSError as exc:
+        return {"path": str(store.root), "files": None, "bytes": None, "error": exc.strerror or str(exc)}
+    return {"path": str(store.root), "files": files, "bytes": size}
+
+
+def package_store_line(info: dict) -> str:
+    if info.get("files") is None:
+        return f"{info['path']}: cannot be read ({info.get('error', '')})"
+    size = info["bytes"]
+    shown = f"{size / GB:.2f} GB" if size >= GB else f"{size / 10**6:.1f} MB"
+    return f"{info['path']}: {info['files']} file(s), {shown} (`dlenv gc --store` trims it)"
 
 
 # --- configuration ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
+STORE = "package store"
 
 
 def _settings(ctx):
@@ -35,11 +36,12 @@ def doctor(ctx, as_json):
 
     checks = host_checks.run_checks(getattr(ctx, "settings", None))
     counts = host_checks.summary(checks)
+    store = host_checks.package_store()
     if as_json:
         click.echo(json.dumps({"checks": [c.to_json() for c in checks], "summary": counts,
-                               "passed": counts["fail"] == 0}, indent=2))
+                               "passed": counts["fail"] == 0, "package_store": store}, indent=2))
     else:
-        width = max(len(c.name) for c in checks)
+        width = max([len(c.name) for c in checks] + [len(STORE)])
         for c in checks:
             if ctx.quiet and c.status in ("ok", "skip"):
                 continue
@@ -47,6 +49,9 @@ def doctor(ctx, as_json):
             ctx.console.print(line)
             if c.fix and c.status in ("warn", "fail"):
                 ctx.console.print(Text(f"{'':<5} {'':<{width}}  fix: {c.fix}", style="dim" if c.status == "warn" else ""))
+        if not ctx.quiet:   # what is there, not a check: no status of its own, not counted
+            ctx.console.print(Text(f"{'info':<5} ", style="dim") +
+                              Text(f"{STORE:<{width}}  {host_checks.package_store_line(store)}"))
         if not ctx.quiet or counts["fail"]:
             ctx.console.print(Text(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no checks",
                                    style="bold red" if counts["fail"] else "green" if not counts["warn"] else "yellow"))
