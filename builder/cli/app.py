@@ -22,6 +22,7 @@ from builder.cli.registry import pull, push
 from builder.cli.sbom import diff_cmd, sbom
 from builder.cli.slurm import slurm
 from builder.cli.use import run, shell
+from builder.cli.vendor import vendor
 from builder.cli.verify import verify
 from builder.errors import DlenvError
 
@@ -63,7 +64,7 @@ def main(click_ctx, debug, quiet):
 COMMANDS = {"list": list_cmd, "show": show, "render": render, "base": base, "build": build, "lock": lock,
             "verify": verify, "shell": shell, "run": run, "gc": gc, "init": init_cmd, "doctor": doctor,
             "config": config_cmd, "push": push, "pull": pull, "export": export, "save": save, "load": load,
-            "sbom": sbom, "diff": diff_cmd, "slurm": slurm}
+            "sbom": sbom, "diff": diff_cmd, "slurm": slurm, "vendor": vendor}
 for _name, _command in COMMANDS.items():
     main.add_command(_command, _name)
 

@@ -44,7 +44,8 @@ def test_subcommand_help(cli, command):
 def test_unknown_command_is_a_usage_error(cli):
     result = cli("rendr")
     assert result.exit_code == 2
-    assert "No such command 'rendr'" in result.stderr and "Did you mean 'render'?" in result.stderr
+    assert "No such command 'rendr'" in result.stderr
+    assert "Did you mean" in result.stderr and "'render'" in result.stderr.split("Did you mean", 1)[1]
     assert result.stdout == "" and "Traceback" not in result.output
 
 
