@@ -138,6 +138,7 @@ APT_SOURCES_MOUNT = f"{APT_SOURCES_DIR}/dlenv-build.sources"
 PACKAGE_REPO_HOST = "dlenv.packages"
 PACKAGE_REPO_URL = f"http://{PACKAGE_REPO_HOST}/"
 PACKAGE_REPO_SOURCES = f"{APT_SOURCES_DIR}/0000dlenv.sources"     # in the base rootfs (mmdebstrap names it so)
+DEB_FILES = "pool"                   # the repository's folder of .deb files (its Packages index names them)
 SOURCE_TARBALLS = "sources"          # the repository's folder of Debian source tarballs
 PYTHON_FILES = "python"              # the repository's folder of Python files (pip's index is simple/)
 BUILDAH_LOCAL = "localhost/"        # how buildah names an image it holds under a short name

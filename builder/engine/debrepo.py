@@ -1,7 +1,7 @@
 """dlenv's package repository: a lock's Debian files, from the store, served to one build.
 
 A flat apt repository (Debian's own `dpkg-scanpackages` writes its Packages index) holding exactly
-the files the lock pins, plus the source tarballs the build compiles from under `sources/` and the
+the files the lock pins (under `pool/`), plus the source tarballs the build compiles from under `sources/` and the
 lock's Python files under `python/` with a PEP 503 index under `simple/` (pip's index in the build). It is
 served on 127.0.0.1 for the duration of a build and answers as an HTTP proxy for the fixed host
 name `dlenv.packages`: the base image's apt sources and the templates name only that host, the build
@@ -28,7 +28,7 @@ from pathlib import Path
 from builder import paths
 from builder.engine.store import PackageStore
 from builder.errors import BuildError
-from builder.names import PACKAGE_REPO_HOST, PACKAGE_REPO_URL, PYTHON_FILES, SOURCE_TARBALLS
+from builder.names import DEB_FILES, PACKAGE_REPO_HOST, PACKAGE_REPO_URL, PYTHON_FILES, SOURCE_TARBALLS
 from builder.plan.debs import release_text
 
 
@@ -40,7 +40,8 @@ def write_repository(target: Path, files: list, suite: str, store: PackageStore 
     for file in files:
         if file.kind == "python":
             projects.setdefault(re.sub(r"[-_.]+", "-", file.name).lower(), []).append(file)
-        folder = {"source": f"{SOURCE_TARBALLS}/", "python": f"{PYTHON_FILES}/"}.get(file.kind, "")
+        # Each kind in its own folder: no file name of a lock can replace the index or Release.
+        folder = {"source": f"{SOURCE_TARBALLS}/", "python": f"{PYTHON_FILES}/"}.get(file.kind, f"{DEB_FILES}/")
         dest = target / f"{folder}{file.basename}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.exists():
@@ -54,7 +55,7 @@ def write_repository(target: Path, files: list, suite: str, store: PackageStore 
     if scan is None:
         raise BuildError("dpkg-scanpackages is not installed; it indexes dlenv's package repository",
                          hint="apt-get install dpkg-dev")
-    proc = subprocess.run([scan, "--multiversion", "."], cwd=target, capture_output=True)
+    proc = subprocess.run([scan, "--multiversion", DEB_FILES], cwd=target, capture_output=True)
     if proc.returncode != 0:
         raise BuildError(f"dpkg-scanpackages failed: {proc.stderr.decode(errors='replace').strip()[-300:]}")
     (target / "Packages").write_bytes(proc.stdout)

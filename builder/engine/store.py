@@ -129,7 +129,7 @@ class PackageStore:
     def trim(self, keep: set) -> tuple[int, int]:
         """Remove every file whose sha256 is not in `keep` (and stale partial downloads): (files, bytes)."""
         count = total = 0
-        for path in (self.root / "sha256").glob("*/*"):
+        for path in [*(self.root / "sha256").glob("*/*"), *(self.root / "incoming").glob("*")]:
             if path.is_file() and path.name not in keep:
                 size = path.stat().st_size
                 path.unlink(missing_ok=True)
@@ -258,7 +258,7 @@ def obtain(files: list, sources: PackageSources, *, store: PackageStore | None =
         for kind, where in _candidates(file, sources, bundles, resolved_at, pages):
             if kind == "bundle":
                 if store.add(Path(where), file):
-                    return kind, file.size
+                    return kind, store.path(file.sha256).stat().st_size
                 continue
             got = _download(where, store, file, sources)
             if got:

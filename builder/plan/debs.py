@@ -22,6 +22,8 @@ from builder.names import PACKAGE_REPO_URL
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~%/-]*$")
+_DEB_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+_DEB_VERSION = re.compile(r"^[A-Za-z0-9.+~:-]+$")
 
 
 @dataclass(frozen=True)
@@ -60,19 +62,19 @@ def from_lock_entry(key: str, entry: dict) -> DebFile:
 def entry_problem(key: str, entry) -> str | None:
     """Why a lock's `debs` entry is malformed, or None."""
     name, sep, version = str(key).partition("=")
-    if not (sep and name and version):
-        return "the key must be PACKAGE=VERSION"
+    if not (sep and _DEB_NAME.match(name) and _DEB_VERSION.match(version)):
+        return "the key must be PACKAGE=VERSION (a Debian package name and version)"
     if not isinstance(entry, dict):
         return "must be a mapping with arch, size, sha256 and file"
     if not all(k in entry for k in ("arch", "size", "sha256", "file")):
         return "needs arch, size, sha256 and file"
     if not _SHA256.match(str(entry["sha256"])):
         return "sha256 is not a sha256"
-    if not isinstance(entry["size"], int) or entry["size"] < 0:
+    if isinstance(entry["size"], bool) or not isinstance(entry["size"], int) or entry["size"] < 0:
         return "size is not a byte count"
     file = str(entry["file"])
-    if not _FILENAME.match(file) or ".." in file.split("/"):
-        return "file is not an archive path"
+    if not _FILENAME.match(file) or ".." in file.split("/") or not file.endswith(".deb"):
+        return "file is not an archive path of a .deb"
     return None
 
 

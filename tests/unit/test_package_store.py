@@ -453,9 +453,10 @@ def test_the_repository_serves_the_store_as_dlenv_packages_only(tmp_path, debs, 
         assert "Suite: bookworm" in release
         assert f" {hashlib.sha256(packages).hexdigest()} {len(packages)} Packages" in release
 
-        # apt fetches URI + the index's Filename (./hello_1.0_all.deb in a flat repository)
+        # apt fetches URI + the index's Filename (pool/hello_1.0_all.deb: .debs live in their own folder,
+        # so no file name of a lock can replace the index)
         stanza = next(f for f in D.stanzas(packages.decode()) if f["Package"] == "hello")
-        assert stanza["Filename"].startswith("./")
+        assert stanza["Filename"] == "pool/hello_1.0_all.deb"
         with opener.open(PACKAGE_REPO_URL + stanza["Filename"], timeout=10) as resp:
             assert resp.read() == hello.data
 
@@ -487,7 +488,7 @@ def test_the_repository_serves_the_store_as_dlenv_packages_only(tmp_path, debs, 
             assert resp.read() == packages
 
     assert (repo / WHEEL_NAME).exists() is False and (repo / "python" / WHEEL_NAME).read_bytes() == WHEEL
-    assert (repo / hello.file.basename).read_bytes() == hello.data
+    assert (repo / "pool" / hello.file.basename).read_bytes() == hello.data
     assert (repo / "sources").is_dir()
 
 
@@ -718,3 +719,32 @@ def test_the_digest_covers_the_bytes_but_not_the_time(tmp_path):
     assert dataclasses.replace(lock, refreshed={}).digest == lock.digest
     assert lock.digest != plain.digest                           # naming the bytes is a change of pins
     assert dataclasses.replace(lock, debs={}).digest == plain.digest    # an old lock keeps its digest
+
+
+# --- regressions found by these tests -------------------------------------------------------------
+
+def test_a_deb_named_like_the_index_cannot_replace_it_or_truncate_the_store(tmp_path, debs):
+    """A .deb lives under pool/ in the repository: a lock's file name can never be Packages or Release."""
+    hello = debs["hello"]
+    store = PackageStore(tmp_path / "store")
+    named = dataclasses.replace(hello.file, filename="pool/main/h/hello/Packages")
+    assert D.entry_problem("hello=1.0", named.lock_entry()) is not None     # the lock refuses such a file
+    assert store.add(hello.path, named)
+    debrepo.write_repository(tmp_path / "repo", [named], "bookworm", store)
+    assert store.path(named.sha256).read_bytes() == hello.data
+    assert (tmp_path / "repo" / "pool" / "Packages").read_bytes() == hello.data
+    assert (tmp_path / "repo" / "Packages").read_bytes() != hello.data
+
+
+def test_trim_removes_interrupted_downloads(tmp_path):
+    store = PackageStore(tmp_path / "store")
+    partial = store.root / "incoming" / "tmpabc"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"12345")
+    assert store.trim(set()) == (1, 5) and not partial.exists()
+
+
+def test_a_file_from_a_bundle_counts_its_bytes(tmp_path, wheel):
+    bundle = _bundle(tmp_path / "b", [(wheel.sha256, f"python/{WHEEL_NAME}", WHEEL)])
+    report = obtain([wheel], _sources(bundles=(bundle,)), store=PackageStore(tmp_path / "store"))
+    assert report.fetched == {"bundle": 1} and report.fetched_bytes == len(WHEEL)
