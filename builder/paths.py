@@ -38,3 +38,9 @@ def state_dir() -> Path:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def refreshed_locks_dir() -> Path:
+    """The locks builds refreshed for catalog stacks (their shipped locks are read-only data): one
+    `<stack>.lock` each. Not `locks/`, which holds the per-stack mutexes (builder.statelock)."""
+    return state_dir() / "refreshed-locks"

@@ -85,7 +85,7 @@ def _gc_store(ctx: Ctx, dry_run: bool) -> None:
     project = lock_path(Path.cwd() / PROJECT_FILE)
     if project.is_file():
         required.append(project)
-    optional = sorted((paths.state_dir() / "locks").glob("*.lock"))
+    optional = sorted(paths.refreshed_locks_dir().glob("*.lock"))
     keep, read, skipped = store_keep(required, optional)
     for line in skipped:
         ctx.info(f"not a lock, its files are not kept: {line}")

@@ -79,7 +79,7 @@ def refreshed_lock_path(p: Plan) -> Path:
     """Where a build records the lock it refreshed: beside a project's stack file; for a catalog stack,
     whose lock ships in the package, in the state folder."""
     if is_catalog_stack(p.resolved):
-        return paths.state_dir() / "locks" / f"{p.resolved.name}.lock"
+        return paths.refreshed_locks_dir() / f"{p.resolved.name}.lock"
     return p.lock_file
 
 
@@ -87,7 +87,7 @@ def _refreshed(resolved: ResolvedStack, shipped: Lock) -> Lock:
     """The lock a build refreshed from the catalog's shipped lock, when there is one for exactly it."""
     if not is_catalog_stack(resolved):
         return shipped
-    path = paths.state_dir() / "locks" / f"{resolved.name}.lock"
+    path = paths.refreshed_locks_dir() / f"{resolved.name}.lock"
     if not path.is_file():
         return shipped
     try:

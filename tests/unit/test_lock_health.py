@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import doctor
+from builder import doctor, paths
+from builder.statelock import stack_lock
 from builder.engine.availability import LockPins, check_locks, check_pins
 from builder.engine.gc import apply_store_gc, plan_store_gc
 from builder.engine.store import MANIFEST, PackageSources, PackageStore
@@ -336,7 +337,7 @@ def test_lock_check_names_the_vanished_pins_and_writes_nothing(cli, catalog):
     assert "`dlenv build python` refreshes them" in errors[0] and "`make relock`" in errors[0]
     assert "Traceback" not in result.output
     assert catalog.lock_file.read_bytes() == before
-    assert not (catalog.state / "locks" / "python.lock").exists()
+    assert not (catalog.state / "refreshed-locks" / "python.lock").exists()
 
 
 def test_lock_check_says_all_files_obtainable(cli, catalog):
@@ -390,8 +391,8 @@ def test_gc_store_keeps_what_the_locks_name(cli, catalog):
         src = catalog.state / "x.deb"
         src.write_bytes(content(f.name))
         assert store.add(src, f)
-    # a refreshed lock in the state folder keeps its files; a build mutex there (empty) is no lock
-    locks = catalog.state / "locks"
+    # a refreshed lock in the state folder keeps its files
+    locks = catalog.state / "refreshed-locks"
     locks.mkdir(parents=True)
     shipped = L.load(catalog.lock_file)
     newer = L.Lock(**{**shipped.__dict__, "apt_runtime": {**shipped.apt_runtime, "newer": "2"},
@@ -473,3 +474,15 @@ def test_doctor_shows_the_package_store(cli, catalog, monkeypatch):
     data = json.loads(cli("doctor", "--json", env=catalog.env).stdout)
     assert data["package_store"]["files"] == len(catalog.files)
     assert data["package_store"]["path"] == str(catalog.state / "store")
+
+
+def test_a_build_mutex_leaves_a_refreshed_lock_alone(tmp_path, monkeypatch):
+    """The per-stack mutex files live in <state>/locks/ and are opened for writing: a refreshed catalog
+    lock must live elsewhere, or the next build of the stack would empty it."""
+    monkeypatch.setenv("DLENV_STATE_DIR", str(tmp_path))
+    refreshed = paths.refreshed_locks_dir() / "python.lock"
+    refreshed.parent.mkdir(parents=True)
+    refreshed.write_text("lock: 1\n")
+    with stack_lock("python"):
+        pass
+    assert refreshed.read_text() == "lock: 1\n"
