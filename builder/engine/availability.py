@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.engine.store import PackageSources, PackageStore, _bundle_index
+from builder.engine.store import PackageSources, PackageStore, bundle_index
 from builder.plan.pins import base_recipe
 from builder.settings.host import mirror_uris
 
@@ -97,7 +97,7 @@ def check_locks(jobs: dict, *, store: PackageStore | None = None, offline: bool 
         local = set()
         for bundle in job.sources.bundles:
             if bundle not in bundles:
-                bundles[bundle] = {sha for sha, path in _bundle_index(Path(bundle)).items() if Path(path).is_file()}
+                bundles[bundle] = {sha for sha, path in bundle_index(Path(bundle)).items() if Path(path).is_file()}
             local |= bundles[bundle]
         for file in job.files:
             if file.kind not in KINDS:

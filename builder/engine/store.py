@@ -138,7 +138,7 @@ class PackageStore:
         return count, total
 
 
-def _bundle_index(bundle: Path) -> dict:
+def bundle_index(bundle: Path) -> dict:
     """sha256 -> path of a vendored bundle's files (its manifest)."""
     try:
         manifest = json.loads((bundle / MANIFEST).read_text())
@@ -242,7 +242,7 @@ def obtain(files: list, sources: PackageSources, *, store: PackageStore | None =
     """Put every file of `files` into the store; the report says where each came from and which are gone."""
     store = store or PackageStore()
     report = ObtainReport()
-    bundles = [_bundle_index(Path(b)) for b in sources.bundles]
+    bundles = [bundle_index(Path(b)) for b in sources.bundles]
     missing = []
     for file in files:
         if store.has(file):

@@ -5,6 +5,7 @@ Nothing found here may reach the content hash, a runtime layer, a label or the i
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -84,7 +85,9 @@ def pip_index_urls(environ=os.environ) -> tuple:
     return tuple(u for u in [*index, *extra] if u.startswith(("http://", "https://")))
 
 
+@functools.lru_cache(maxsize=1)
 def _pip_config() -> dict:
+    """index-url and extra-index-url from pip's configuration (pip asked once per process)."""
     try:
         out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
                              timeout=30).stdout
