@@ -5,11 +5,12 @@ The bundle is a folder:
 
     DIR/manifest.json   {"format": 1, "stack", "lock" (its digest), "content_hash",
                          "files": [{"path", "sha256", "size", "kind", "name", "version"}, ...]}
-    DIR/debian/         a flat apt repository of the lock's files (engine/debrepo.write_repository):
-                        the .debs of the base, build and runtime stages, sources/ (source tarballs),
-                        python/ and simple/ (the Python files and their PEP 503 index), Packages, Release
+    DIR/debian/         a flat apt repository of the lock's files, laid out by engine/debrepo.write_repository
+                        (the .debs of the base, build and runtime stages, the source tarballs, the Python
+                        files and their PEP 503 index under simple/, Packages, Release)
 
-Paths in the manifest are relative to DIR; the store reads the manifest (engine/store._bundle_index).
+Paths in the manifest are relative to DIR and found by each file's bytes, whatever folders the repository
+uses; the store reads the manifest (engine/store.bundle_index).
 A stack built on its parent's image carries the files of the whole parent chain, since a machine
 without the parent image builds the parent first.
 
@@ -35,7 +36,6 @@ from pathlib import Path
 from builder.engine.debrepo import write_repository
 from builder.engine.store import MANIFEST, ObtainReport, PackageSources, PackageStore, obtain
 from builder.errors import ConfigError, DlenvError, ExportError, LockError, printable
-from builder.names import PYTHON_FILES, SOURCE_TARBALLS
 from builder.pipeline.packages import lock_files
 from builder.plan.pins import base_recipe
 from builder.plan.plan import Plan, stale_error
@@ -164,11 +164,6 @@ def _gone_error(gone: list, ref: str) -> LockError:
                      f"package index): {shown}", hint="; ".join(hints))
 
 
-def _bundle_path(file) -> str:
-    folder = {"source": f"{SOURCE_TARBALLS}/", "python": f"{PYTHON_FILES}/"}.get(file.kind, "")
-    return f"{REPOSITORY}/{folder}{file.basename}"
-
-
 def _sha256(path: Path) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
@@ -179,20 +174,32 @@ def _sha256(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def _written(folder: Path) -> dict:
+    """sha256 -> (path relative to the bundle, size) of every file under the bundle's repository, as
+    write_repository laid it out (its folders are its own business: the manifest names what is there)."""
+    found: dict = {}
+    for path in sorted((folder / REPOSITORY).rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            try:
+                sha, size = _sha256(path)
+            except OSError as exc:
+                raise DlenvError(f"cannot read {path.relative_to(folder)} in the bundle being written: "
+                                 f"{exc.strerror}") from None
+            found.setdefault(sha, (path.relative_to(folder).as_posix(), size))
+    return found
+
+
 def _entries(folder: Path, files: list, store: PackageStore) -> list:
-    """The manifest's entries of `files` as written in `folder`, each file's bytes checked again: a
-    store entry that changed since it was checked must not travel in a bundle."""
+    """The manifest's entries of `files` as written in `folder`, found by their bytes: a store entry
+    that changed since it was checked is not in the bundle under its sha256, and must not travel."""
+    written = _written(folder)
     entries = []
     for f in files:
-        rel = _bundle_path(f)
-        try:
-            sha, size = _sha256(folder / rel)
-        except OSError as exc:
-            raise DlenvError(f"cannot read {rel} in the bundle being written: {exc.strerror}") from None
-        if sha != f.sha256 or (f.size and size != f.size):
-            raise DlenvError(f"{f.basename} in the package store is not the file the lock pins (sha256 {sha[:16]}, "
-                             f"locked {f.sha256[:16]})",
+        if f.sha256 not in written:
+            raise DlenvError(f"{f.basename}: the package store's copy is not the file the lock pins (no file of "
+                             f"the bundle has sha256 {f.sha256[:16]}...)",
                              hint=f"delete {printable(store.path(f.sha256))} and vendor again: it is fetched anew")
+        rel, size = written[f.sha256]
         entries.append({"path": rel, "sha256": f.sha256, "size": size, "kind": f.kind, "name": f.name,
                         "version": f.version})
     return sorted(entries, key=lambda e: e["path"])
