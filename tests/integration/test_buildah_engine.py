@@ -207,31 +207,50 @@ def _first_differing_layers(cli: str, state: Path, ref: str, golden: dict) -> st
     return "; ".join(diffs[:4]) or "none (the image config differs)"
 
 
+def _lock_in_force(state: Path) -> tuple[Path, dict]:
+    """chainer's lock as builds use it: the committed one, or the refresh a build recorded in the state
+    folder when the archive dropped some of its pins (and no source had them)."""
+    refreshed = state / "refreshed-locks" / "chainer.lock"
+    path = refreshed if refreshed.is_file() else ROOT / "stacks" / "chainer.lock"
+    return path, yaml.safe_load(path.read_text())
+
+
 def test_chainer_gives_the_golden_image_id_its_lock_records(buildah_cli, state, dlenv_path, docker_client):
-    """Two no-cache buildah builds of the catalog's chainer stack from its lock, on this machine, must
-    give the image id committed in stacks/chainer.lock (recorded on another machine)."""
+    """Two no-cache buildah builds of the catalog's chainer stack from its lock, on this machine, give one
+    image id; while every pin of stacks/chainer.lock is obtainable (archive or store) it is the id committed
+    there (recorded on another machine). When the archive dropped pins since the last `make relock`, the
+    build refreshes them (another image): the two builds must still agree, and one loud line says so."""
     lock_file = ROOT / "stacks" / "chainer.lock"
     before = lock_file.read_text()
     golden = yaml.safe_load(before).get("images", {}).get(KEY)
     layers = json.loads((ROOT / "tests" / "golden" / "images" / "chainer.buildah.json").read_text())
     assert golden and layers["id"] == golden, f"stacks/chainer.lock records no {KEY} id matching the image golden"
-    show = json.loads(dlenv(dlenv_path, state, ROOT, "show", "chainer", "--json").stdout)
+    health = dlenv(dlenv_path, state, ROOT, "lock", "chainer", "--check")
+    obtainable = health.returncode == 0
+    if not obtainable:
+        print(f"\n!!! stacks/chainer.lock: {health.stderr.strip()[-400:]} -- the golden id cannot be compared; "
+              "the builds below use the refreshed pins. Run `make relock` to refresh the catalog. !!!\n")
     first = dlenv(dlenv_path, state, ROOT, "build", "chainer", "--engine", "buildah", "--no-cache", "--no-pull")
     assert first.returncode == 0, first.stderr[-3000:]
+    assert ("refreshed the lock" in first.stderr) == (not obtainable), first.stderr[-3000:]
+    show = json.loads(dlenv(dlenv_path, state, ROOT, "show", "chainer", "--json").stdout)
     got = docker_client.api.inspect_image(show["image"])["Id"]
-    assert got == golden, (f"chainer built as {got}, not the golden {golden}: differing "
-                           f"{_first_differing_layers(buildah_cli, state, show['image'], layers)}")
+    if obtainable:
+        assert got == golden, (f"chainer built as {got}, not the golden {golden}: differing "
+                               f"{_first_differing_layers(buildah_cli, state, show['image'], layers)}")
+    else:
+        assert _lock_in_force(state)[1]["images"][KEY] == got      # recorded in the refreshed lock
     # The second no-cache build: dlenv names the differing paths itself when the id is another.
     check = dlenv(dlenv_path, state, ROOT, "-q", "build", "chainer", "--engine", "buildah", "--check")
     assert check.returncode == 0, check.stderr[-3000:]
-    assert f"reproduced {golden[:19]} ({KEY})" in check.stdout
+    assert f"reproduced {got[:19]} ({KEY})" in check.stdout
     assert lock_file.read_text() == before                       # the committed lock is only read
 
 
 def test_without_docker_the_image_goes_to_the_hosts_containers_storage(buildah_cli, state, dlenv_path):
-    """No Docker engine answers: buildah alone builds chainer (its layers cached by the test above),
-    and podman's containers-storage gets the lock's image id, said to be unverified."""
-    golden = yaml.safe_load((ROOT / "stacks" / "chainer.lock").read_text())["images"][KEY]
+    """No Docker engine answers: buildah alone builds chainer (its layers and files cached by the test
+    above), and podman's containers-storage gets the image id of the lock in force, said to be unverified."""
+    golden = _lock_in_force(state)[1]["images"][KEY]
     local = "localhost/" + json.loads(dlenv(dlenv_path, state, ROOT, "show", "chainer", "--json").stdout)["image"]
     try:
         res = dlenv(dlenv_path, state, ROOT, "build", "chainer", "--engine", "buildah",
