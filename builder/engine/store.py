@@ -65,12 +65,13 @@ class ObtainReport:
     fetched: dict = field(default_factory=dict)      # source kind -> count
     fetched_bytes: int = 0
     gone: list = field(default_factory=list)         # DebFile no source has
+    seconds: float = 0.0                             # spent fetching
 
     def summary(self) -> str:
         got = ", ".join(f"{n} from the {kind}" for kind, n in sorted(self.fetched.items())) or "nothing fetched"
         text = f"{self.in_store} in the store, {got}"
         if self.fetched_bytes:
-            text += f" ({self.fetched_bytes / 1e6:.1f} MB)"
+            text += f" ({self.fetched_bytes / 1e6:.1f} MB in {self.seconds:.0f}s)"
         if self.gone:
             text += f", {len(self.gone)} in no source"
         return text
@@ -265,6 +266,7 @@ def obtain(files: list, sources: PackageSources, *, store: PackageStore | None =
                 return kind, got
         return None, 0
 
+    started = time.monotonic()
     with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
         for file, (kind, size) in zip(missing, pool.map(fetch, missing)):
             if kind is None:
@@ -272,4 +274,5 @@ def obtain(files: list, sources: PackageSources, *, store: PackageStore | None =
             else:
                 report.fetched[kind] = report.fetched.get(kind, 0) + 1
                 report.fetched_bytes += size
+    report.seconds = time.monotonic() - started
     return report

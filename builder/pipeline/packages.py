@@ -111,6 +111,7 @@ def provision(p: Plan, client, sources: PackageSources, *, locked: bool = False,
     for kind, n in report.fetched.items():
         again.fetched[kind] = again.fetched.get(kind, 0) + n
     again.fetched_bytes += report.fetched_bytes
+    again.seconds += report.seconds
     return Provision(new_plan, files, again, moved, str(target))
 
 
