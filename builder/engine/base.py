@@ -126,11 +126,9 @@ def bootstrap_rootfs(base: dict, workdir: Path, log=lambda msg: None, pins: dict
     sources_file.write_text(debian_sources(recipe["suite"], mirror=mirror))
     tarball = workdir / "rootfs.tar"
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(recipe["epoch"]))
-    extra = []
-    if repo:
+    if repo:   # the repository's index carries the archive's priorities: minbase selects as from the mirror
         env.update(proxy_args(repo))
         sources_file = repo_sources
-        extra = [f"--include={','.join(sorted(pins or {}))}"] if pins else []
     packages_file = workdir / "packages.txt"
     target_sources = f'"$1{PACKAGE_REPO_SOURCES}"'
     hooks = [f"--customize-hook=chroot \"$1\" dpkg-query -W -f='{DPKG_FORMAT}' > {packages_file}",
@@ -145,7 +143,7 @@ def bootstrap_rootfs(base: dict, workdir: Path, log=lambda msg: None, pins: dict
     log(f"bootstrapping Debian {recipe['suite']} ({recipe['variant']}{', pinned by the lock' if pins else ''}) "
         "with mmdebstrap")
     proc = subprocess.run(
-        [tool, f"--variant={recipe['variant']}", "--mode=auto", *extra, *hooks, *hooks_after, recipe["suite"], str(tarball),
+        [tool, f"--variant={recipe['variant']}", "--mode=auto", *hooks, *hooks_after, recipe["suite"], str(tarball),
          str(sources_file)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:

@@ -29,7 +29,7 @@ from builder import paths
 from builder.engine.store import PackageStore
 from builder.errors import BuildError
 from builder.names import DEB_FILES, PACKAGE_REPO_HOST, PACKAGE_REPO_URL, PYTHON_FILES, SOURCE_TARBALLS
-from builder.plan.debs import release_text
+from builder.plan.debs import release_text, with_priorities
 
 
 def write_repository(target: Path, files: list, suite: str, store: PackageStore | None = None) -> None:
@@ -58,8 +58,9 @@ def write_repository(target: Path, files: list, suite: str, store: PackageStore 
     proc = subprocess.run([scan, "--multiversion", DEB_FILES], cwd=target, capture_output=True)
     if proc.returncode != 0:
         raise BuildError(f"dpkg-scanpackages failed: {proc.stderr.decode(errors='replace').strip()[-300:]}")
-    (target / "Packages").write_bytes(proc.stdout)
-    (target / "Release").write_text(release_text(suite, {"Packages": proc.stdout}))
+    index = with_priorities(proc.stdout.decode(), files).encode()
+    (target / "Packages").write_bytes(index)
+    (target / "Release").write_text(release_text(suite, {"Packages": index}))
 
 
 def _write_simple_index(target: Path, projects: dict) -> None:

@@ -112,7 +112,7 @@ def deb_records(box: _Box, pins, previous: Lock | None) -> dict:
     index says (the previous lock's record where it has one: the bytes of a pin never change)."""
     known = dict(previous.debs) if previous is not None else {}
     keys = {pin_key(n, v) for n, v in pins}
-    out = {k: known[k] for k in keys if k in known}
+    out = {k: known[k] for k in keys if k in known and "priority" in known[k]}
     wanted = sorted(k for k in keys if k not in out)
     if wanted:
         text = box.sh(f"apt-cache show {' '.join(shlex.quote(w) for w in wanted)} 2>/dev/null || true",
@@ -120,6 +120,7 @@ def deb_records(box: _Box, pins, previous: Lock | None) -> dict:
         for key, deb in deb_files(text).items():
             if key in wanted and deb.filename.startswith("pool/"):
                 out[key] = deb.lock_entry()
+    out.update({k: known[k] for k in wanted if k not in out and k in known})   # only the store has it now
     missing = [k for k in wanted if k not in out]
     if missing:
         raise LockError(f"the Debian index has no file for {', '.join(missing[:6])}"

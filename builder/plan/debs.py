@@ -23,6 +23,7 @@ from builder.names import PACKAGE_REPO_URL
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~%/-]*$")
 _DEB_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+_PRIORITY = re.compile(r"^[a-z]{1,20}$")
 _DEB_VERSION = re.compile(r"^[A-Za-z0-9.+~:-]+$")
 
 
@@ -37,6 +38,9 @@ class DebFile:
     sha256: str
     filename: str          # the archive's pool path, e.g. pool/main/a/acl/libacl1_2.3.1-3_amd64.deb
     kind: str = "deb"
+    # The archive's Priority (its override, not always the control file's): mmdebstrap's minbase picks
+    # Priority:required packages by it, so dlenv's repository must say the same to give the same rootfs.
+    priority: str = ""
 
     @property
     def key(self) -> str:
@@ -47,7 +51,8 @@ class DebFile:
         return self.filename.rsplit("/", 1)[-1]
 
     def lock_entry(self) -> dict:
-        return {"arch": self.arch, "size": self.size, "sha256": self.sha256, "file": self.filename}
+        entry = {"arch": self.arch, "size": self.size, "sha256": self.sha256, "file": self.filename}
+        return {**entry, "priority": self.priority} if self.priority else entry
 
 
 def pin_key(name: str, version: str) -> str:
@@ -56,7 +61,8 @@ def pin_key(name: str, version: str) -> str:
 
 def from_lock_entry(key: str, entry: dict) -> DebFile:
     name, _, version = key.partition("=")
-    return DebFile(name, version, str(entry["arch"]), int(entry["size"]), str(entry["sha256"]), str(entry["file"]))
+    return DebFile(name, version, str(entry["arch"]), int(entry["size"]), str(entry["sha256"]), str(entry["file"]),
+                   priority=str(entry.get("priority", "")))
 
 
 def entry_problem(key: str, entry) -> str | None:
@@ -72,6 +78,8 @@ def entry_problem(key: str, entry) -> str | None:
         return "sha256 is not a sha256"
     if isinstance(entry["size"], bool) or not isinstance(entry["size"], int) or entry["size"] < 0:
         return "size is not a byte count"
+    if "priority" in entry and not (isinstance(entry["priority"], str) and _PRIORITY.match(entry["priority"])):
+        return "priority is not a Debian priority"
     file = str(entry["file"])
     if not _FILENAME.match(file) or ".." in file.split("/") or not file.endswith(".deb"):
         return "file is not an archive path of a .deb"
@@ -104,7 +112,7 @@ def deb_files(text: str) -> dict:
     for f in stanzas(text):
         try:
             deb = DebFile(f["Package"], f["Version"], f.get("Architecture", ""), int(f["Size"]), f["SHA256"],
-                          f["Filename"].removeprefix("./"))
+                          f["Filename"].removeprefix("./"), priority=f.get("Priority", ""))
         except (KeyError, ValueError):
             continue
         if deb.key not in out or (deb.filename.startswith("pool/") and not out[deb.key].filename.startswith("pool/")):
@@ -165,6 +173,23 @@ def repository_sources() -> str:
     """The deb822 entry of dlenv's package repository: a flat repository, trusted because every file in
     it was checked against the lock's sha256 before it was served."""
     return (f"Types: deb deb-src\nURIs: {PACKAGE_REPO_URL}\nSuites: ./\nTrusted: yes\n")
+
+
+def with_priorities(packages: str, files: list) -> str:
+    """A Packages index with each stanza's Priority set to the one the lock records for that file (the
+    archive's), where it records one."""
+    wanted = {f.key: f.priority for f in files if f.kind == "deb" and f.priority}
+    out = []
+    for block in packages.split("\n\n"):
+        fields = next(stanzas(block), None)
+        priority = wanted.get(pin_key(fields["Package"], fields["Version"])) if fields and "Package" in fields else None
+        if priority:
+            lines = [ln for ln in block.split("\n") if not ln.startswith("Priority:")]
+            at = next((i for i, ln in enumerate(lines) if ln.startswith("Filename:")), len(lines))
+            lines.insert(at, f"Priority: {priority}")
+            block = "\n".join(lines)
+        out.append(block)
+    return "\n\n".join(out)
 
 
 def release_text(suite: str, indexes: dict) -> str:

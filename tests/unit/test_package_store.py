@@ -748,3 +748,19 @@ def test_a_file_from_a_bundle_counts_its_bytes(tmp_path, wheel):
     bundle = _bundle(tmp_path / "b", [(wheel.sha256, f"python/{WHEEL_NAME}", WHEEL)])
     report = obtain([wheel], _sources(bundles=(bundle,)), store=PackageStore(tmp_path / "store"))
     assert report.fetched == {"bundle": 1} and report.fetched_bytes == len(WHEEL)
+
+
+def test_the_repository_says_the_archives_priority_not_the_control_files(tmp_path, debs):
+    """mmdebstrap's minbase installs Priority:required packages as asked-for and the rest as automatic:
+    the repository must carry the archive's priority (recorded in the lock) to give the archive's rootfs."""
+    hello = debs["hello"]
+    store = PackageStore(tmp_path / "store")
+    required = dataclasses.replace(hello.file, priority="required")
+    assert D.entry_problem("hello=1.0", required.lock_entry()) is None
+    assert D.from_lock_entry("hello=1.0", required.lock_entry()) == required
+    assert D.entry_problem("hello=1.0", {**required.lock_entry(), "priority": "not one"}) is not None
+    assert store.add(hello.path, required)
+    debrepo.write_repository(tmp_path / "repo", [required], "bookworm", store)
+    stanza = next(D.stanzas((tmp_path / "repo" / "Packages").read_text()))
+    assert stanza["Priority"] == "required" and stanza["Package"] == "hello"
+    assert D.deb_files((tmp_path / "repo" / "Packages").read_text())["hello=1.0"].priority == "required"
