@@ -45,14 +45,18 @@ def verify(ctx: Ctx, target, nodes, under_slurm, as_json, skip_driver_check):
                           on_result=None if as_json or not ctx.err.is_terminal else (lambda r: print_check(ctx, r)))
     images = p.lock.images if p.lock else {}
     repro = reproducible_summary(images, (engine.image_attrs(client, image) or {}).get("Id", "") if images else "")
+    refreshed = (p.lock.refreshed if p.lock else {}) or {}
     if as_json:
-        click.echo(json.dumps({**report.to_json(), "reproducible": repro}, indent=2))
+        click.echo(json.dumps({**report.to_json(), "reproducible": repro, "refreshed": refreshed}, indent=2))
         if not report.passed:
             sys.exit(1)
         return
     print_report(ctx, report)
     c = report.counts
     ctx.info(repro["line"])
+    if refreshed:
+        moved = ", ".join(f"{m['package']} {m['locked']} -> {m['used']}" for m in refreshed.get("moved", []))
+        ctx.info(f"built from a refreshed lock ({p.lock.path}): {moved or 'no pin moved, bytes recorded'}")
     if not report.passed:
         raise VerifyError(f"{c['failed']} of {len(report.results)} checks failed on {image}", report=report)
     click.echo(f"{image}: {c['passed']} passed, {c['failed']} failed, {c['skipped']} skipped in {report.seconds:.1f}s")

@@ -122,8 +122,10 @@ def test_a_vanished_pin_is_refreshed_alone_shown_and_recorded_and_locked_refuses
     image = docker_client.images.get("dlenv/dlenv-itest-lock:latest")
     assert image.labels["org.dlenv.lock"] == after.digest
     assert "python3=0.0.0-gone->" in image.labels["org.dlenv.lock-refreshed"]
-    # The refreshed lock is the stack's lock now: the next build is a no-op.
+    # The refreshed lock is the stack's lock now: the next build is a no-op, and verify says what moved.
     assert "up to date" in run_dlenv("build", cwd=project, check=True).stdout
+    verified = run_dlenv("verify", cwd=project, check=True)
+    assert f"built from a refreshed lock ({project / 'dlenv.lock'}): python3 0.0.0-gone -> " in verified.stderr
 
 
 def test_a_second_build_fetches_nothing_and_a_wrong_hash_fails_in_one_line(project, run_dlenv, docker_client):
