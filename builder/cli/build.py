@@ -7,6 +7,7 @@ import time
 
 import click
 
+from builder import paths
 from builder.cli.common import (ENGINES, Ctx, bundle_and_mirror, check_driver, package_sources_of, plan_of, print_check,
                                 print_refresh, step_printer)
 from builder.cli.registry import LayerProgress
@@ -18,6 +19,8 @@ from builder.errors import EngineError, LockError, UsageError
 from builder.pipeline import build as build_mod
 from builder.pipeline import buildah_build
 from builder.pipeline.packages import lock_files, uses_store
+from builder.pipeline.vendor import adopt_bundled_locks
+from builder.plan.lockfile import load as load_lock
 from builder.plan.lockfile import lock_changes
 from builder.plan.plan import is_catalog_stack, stale_error
 from builder.run.cluster import gpu_runtime
@@ -64,6 +67,8 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
     A stack without a lock is locked first (the lock file is written next to the stack: commit it)."""
     if relock and frozen:
         raise UsageError("--relock and --locked contradict each other")
+    for name in adopt_bundled_locks(vendor, shipped_lock_digest):
+        ctx.info(f"using the refreshed lock of {name} from the bundle")
     p = plan_of(stack)
     registry = None if no_pull else load_settings({"registry": registry}).get("registry")
     engine_name = load_settings({"engine": engine_name}).get("engine")
@@ -105,6 +110,12 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
         click.echo(f"built {p.hash_tag} and {p.latest_tag} in {result.seconds:.0f}s{verified}")
     if check:
         _check(ctx, result.plan, client, bundle, mirror, on_progress)
+
+
+def shipped_lock_digest(stack: str):
+    """The digest of the lock the catalog ships for `stack` (None when it has none)."""
+    path = paths.stacks_dir() / f"{stack}.lock"
+    return load_lock(path).digest if path.is_file() else None
 
 
 def _connect(ctx: Ctx, engine_name: str):

@@ -12,7 +12,9 @@ The bundle is a folder:
 Paths in the manifest are relative to DIR and found by each file's bytes, whatever folders the repository
 uses; the store reads the manifest (engine/store.bundle_index).
 A stack built on its parent's image carries the files of the whole parent chain, since a machine
-without the parent image builds the parent first.
+without the parent image builds the parent first. A catalog lock refreshed here (pins the archive
+dropped) travels as DIR/locks/<stack>.lock: `build --vendor` adopts it where the shipped lock is the
+one it refreshed, so the offline build needs no refresh (which would need the mirror).
 
 Every file is obtained into the package store first (the usual sources, each file checked by
 sha256), then the bundle is written into a temporary folder beside DIR, each file checked again,
@@ -33,15 +35,20 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from builder import paths
 from builder.engine.debrepo import write_repository
 from builder.engine.store import MANIFEST, ObtainReport, PackageSources, PackageStore, obtain
 from builder.errors import ConfigError, DlenvError, ExportError, LockError, printable
+from builder.fileio import write_text_atomic
 from builder.pipeline.packages import lock_files
 from builder.plan.pins import base_recipe
-from builder.plan.plan import Plan, stale_error
+from builder.plan.lockfile import dump
+from builder.plan.lockfile import load as load_lock
+from builder.plan.plan import Plan, is_catalog_stack, stale_error
 
 BUNDLE_FORMAT = 1
 REPOSITORY = "debian"        # the bundle's folder holding the flat repository
+BUNDLED_LOCKS = "locks"      # catalog locks refreshed where the bundle was made: <stack>.lock
 KINDS = ("deb", "source", "python")
 _CHUNK = 1 << 20
 
@@ -282,6 +289,12 @@ def vendor(p: Plan, out: Path, sources: PackageSources, *, ref: str | None = Non
         if p.parent is not None:
             manifest["parents"] = [{"stack": q.resolved.name, "lock": q.lock.digest, "content_hash": q.content_hash}
                                    for q in chain(p)[:-1]]
+        refreshed = [q for q in chain(p) if q.lock.refreshed and is_catalog_stack(q.resolved)]
+        if refreshed:   # a catalog lock refreshed here: a build from the bundle elsewhere needs it too
+            (tmp / BUNDLED_LOCKS).mkdir()
+            for q in refreshed:
+                (tmp / BUNDLED_LOCKS / f"{q.resolved.name}.lock").write_text(dump(q.lock))
+            manifest["refreshed_locks"] = [q.resolved.name for q in refreshed]
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         try:
             replaced = _install(tmp, out)
@@ -296,3 +309,24 @@ def vendor(p: Plan, out: Path, sources: PackageSources, *, ref: str | None = Non
         sizes[e["kind"]] += e["size"]
     return VendorResult(out, p.resolved.name, p.lock.digest, p.content_hash, counts, sizes, replaced, reports,
                         time.monotonic() - started)
+
+
+def adopt_bundled_locks(bundles, shipped_digest) -> list:
+    """The catalog locks refreshed where `bundles` were made, put where builds here read them (the state
+    folder's refreshed locks) when they refresh exactly the lock this dlenv ships (`shipped_digest(stack)`
+    gives its digest, or None) and none is there yet: a bundle made after a refresh builds offline.
+    Returns the stacks adopted."""
+    adopted = []
+    for bundle in bundles:
+        for path in sorted((Path(bundle) / BUNDLED_LOCKS).glob("*.lock")):
+            target = paths.refreshed_locks_dir() / path.name
+            try:
+                lock = load_lock(path)
+            except LockError:
+                continue
+            if target.exists() or lock.refreshed.get("from") != shipped_digest(lock.stack):
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(target, path.read_text())
+            adopted.append(lock.stack)
+    return adopted

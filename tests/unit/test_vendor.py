@@ -366,3 +366,22 @@ def test_a_registry_base_is_refused(chain, monkeypatch):
     image = dataclasses.replace(p, resolved=dataclasses.replace(p.resolved, base={"image": "debian:bookworm"}))
     with pytest.raises(DlenvError, match="registry image"):
         vendor(image, chain.folder / "b", PackageSources())
+
+
+def test_a_bundle_carries_a_catalog_lock_refreshed_where_it_was_made(tmp_path, monkeypatch):
+    """A catalog lock refreshed where the bundle was made is adopted where the shipped lock is the one it
+    refreshed (and never over a refresh already there, nor for another shipped lock)."""
+    monkeypatch.setenv("DLENV_STATE_DIR", str(tmp_path / "state"))
+    shipped = L.load(Path(__file__).resolve().parents[2] / "stacks" / "python.lock")
+    refreshed = dataclasses.replace(shipped, refreshed={"from": shipped.digest, "moved": []}, path=None)
+    bundle = tmp_path / "bundle"
+    (bundle / vendor_mod.BUNDLED_LOCKS).mkdir(parents=True)
+    (bundle / vendor_mod.BUNDLED_LOCKS / "python.lock").write_text(L.dump(refreshed))
+    target = tmp_path / "state" / "refreshed-locks" / "python.lock"
+
+    assert vendor_mod.adopt_bundled_locks([bundle], lambda stack: "f" * 64) == []      # another shipped lock
+    assert not target.exists()
+    assert vendor_mod.adopt_bundled_locks([bundle], lambda stack: shipped.digest) == ["python"]
+    assert L.load(target).refreshed["from"] == shipped.digest
+    target.write_text(L.dump(dataclasses.replace(refreshed, refreshed={"from": shipped.digest, "moved": [{"x": 1}]})))
+    assert vendor_mod.adopt_bundled_locks([bundle], lambda stack: shipped.digest) == []  # one is there already
