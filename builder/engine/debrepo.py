@@ -35,7 +35,8 @@ from builder.plan.debs import release_text, with_priorities
 def write_repository(target: Path, files: list, suite: str, store: PackageStore | None = None) -> None:
     """Lay out `files` (all in the store) as a flat repository in `target`, with its index and Release."""
     store = store or PackageStore()
-    (target / SOURCE_TARBALLS).mkdir(parents=True, exist_ok=True)
+    for folder in (DEB_FILES, SOURCE_TARBALLS):     # also for a lock without any (an empty index)
+        (target / folder).mkdir(parents=True, exist_ok=True)
     projects: dict = {}
     for file in files:
         if file.kind == "python":

@@ -764,3 +764,10 @@ def test_the_repository_says_the_archives_priority_not_the_control_files(tmp_pat
     stanza = next(D.stanzas((tmp_path / "repo" / "Packages").read_text()))
     assert stanza["Priority"] == "required" and stanza["Package"] == "hello"
     assert D.deb_files((tmp_path / "repo" / "Packages").read_text())["hello=1.0"].priority == "required"
+
+
+def test_a_lock_without_debian_files_gets_an_empty_index(tmp_path):
+    """A project on its parent's image may add no Debian package: its repository is empty, not an error."""
+    debrepo.write_repository(tmp_path / "repo", [], "bookworm", PackageStore(tmp_path / "store"))
+    assert (tmp_path / "repo" / "Packages").read_text() == ""
+    assert "Suite: bookworm" in (tmp_path / "repo" / "Release").read_text()
