@@ -44,3 +44,9 @@ def refreshed_locks_dir() -> Path:
     """The locks builds refreshed for catalog stacks (their shipped locks are read-only data): one
     `<stack>.lock` each. Not `locks/`, which holds the per-stack mutexes (builder.statelock)."""
     return state_dir() / "refreshed-locks"
+
+
+def store_dir() -> Path:
+    """The package store (engine/store.py): DLENV_STORE_DIR, else `store` in the state folder. Files in it
+    are named by their sha256 and checked on the way in, so machines' users or test runs may share one."""
+    return Path(os.environ.get("DLENV_STORE_DIR") or state_dir() / "store")

@@ -38,7 +38,7 @@ _ATTEMPTS = 3
 
 
 def store_dir() -> Path:
-    return paths.state_dir() / "store"
+    return paths.store_dir()
 
 
 @dataclass(frozen=True)

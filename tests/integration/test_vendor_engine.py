@@ -104,7 +104,8 @@ def test_a_bundle_alone_builds_the_stack_with_every_source_dead(docker_client, r
     restore_images.hide(base_ref)
 
     built = run_dlenv("build", "python", "--vendor", str(bundle), "--no-cache", "--no-pull",
-                      env={**DEAD, "DLENV_STATE_DIR": str(tmp_path / "empty-state")})
+                      env={**DEAD, "DLENV_STATE_DIR": str(tmp_path / "empty-state"),
+                           "DLENV_STORE_DIR": str(tmp_path / "empty-state" / "store")})
     assert built.returncode == 0, built.stdout + built.stderr
     assert f"0 in the store, {len(manifest['files'])} from the bundle" in built.stderr
     assert "bootstrapping Debian bookworm" in built.stderr
