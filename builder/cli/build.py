@@ -215,8 +215,9 @@ def _check_lock(ctx: Ctx, p, stack: str, vendor) -> None:
         raise LockError(f"{p.lock_file} is missing", hint=f"run `dlenv lock {stack}`")
     if p.lock_state != "locked":
         raise stale_error(p)
-    click.echo(f"{p.lock_file} matches {p.resolved.merged.path}")
+    matches = f"{p.lock_file} matches {p.resolved.merged.path}"   # said only on success: an error is one line
     if not uses_store(p):
+        click.echo(matches)
         click.echo("its Debian packages come from the base image's apt sources: no pinned files to check")
         return
     settings = load_settings({})
@@ -237,6 +238,7 @@ def _check_lock(ctx: Ctx, p, stack: str, vendor) -> None:
         raise LockError(f"{p.lock_file}: {len(result.unchecked)} pinned Debian file(s) the store lacks could not "
                         f"be checked: {'; '.join(result.reasons)}",
                         hint="check the Debian mirror (`dlenv doctor`) and run it again, or pass --vendor DIR")
+    click.echo(matches)
     if result.no_bytes:
         click.echo(f"{result.files} pinned file(s) obtainable; {len(result.no_bytes)} pin(s) have no bytes recorded "
                    f"(a lock written before locks named their files): `dlenv build {stack}` records them{relock}")
