@@ -40,7 +40,7 @@ from builder.plan.pins import base_recipe, packages_digest
 # a bind mount, builder.plan.buildah_variant). A change here is a new BASE_FORMAT.
 HOST_FILES_HOOK = (f'--customize-hook=rm -f "$1/etc/hostname" "$1/etc/resolv.conf" "$1{APT_SOURCES_LIST}" '
                    f'"$1"{APT_SOURCES_DIR}/*')
-BASE_FORMAT = "2"
+BASE_FORMAT = "3"   # 3: bootstrapped from dlenv's repository, with the archive's priorities
 _DEFAULT_SOCKETS = ("", "unix:///var/run/docker.sock", "unix:///run/docker.sock")
 
 
