@@ -1,7 +1,7 @@
 # Rendered by dlenv 0.1.0 for stack "all-in-one-gpu" (python -> chainer -> all-in-one -> all-in-one-gpu). Do not edit: change the stack file.
 # Two stages: "build" holds compilers, headers, sources and the CA bundle; "runtime" receives only
 # install prefixes and the venv, one COPY per layer group, heaviest and most stable first.
-# Locked by all-in-one-gpu.lock (pins f4c2836f252ed801).
+# Locked by all-in-one-gpu.lock (pins d19a883d580b64b9).
 
 FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -118,7 +118,7 @@ LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
       org.dlenv.component.torch="2.5.1" \
       org.dlenv.components="python=3.11,cuda=12.6,cudnn=8.9.7.29,nccl=2.21.5,numpy=1.26.4,setuptools=69.5.1,chainer=7.8.1,cupy=13.6.0,cython=3.0.12,protobuf=4.25.9,tensorflow=2.17.1,torch=2.5.1" \
       org.dlenv.dlenv-version="0.1.0" \
-      org.dlenv.lock="f4c2836f252ed801da3c79984f36dbc16aa01ee4fc5a382322f3cd3858cc0402" \
+      org.dlenv.lock="d19a883d580b64b915d14960fd4900528e5194acaeb704dc35e541a1d84e5c87" \
       org.dlenv.stack="all-in-one-gpu" \
       org.opencontainers.image.description="all-in-one with CuPy 13 for CUDA 12, cuDNN 8 and NCCL (GPU; rendered and locked)." \
       org.opencontainers.image.title="dlenv/all-in-one-gpu"

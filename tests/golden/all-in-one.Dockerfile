@@ -1,7 +1,7 @@
 # Rendered by dlenv 0.1.0 for stack "all-in-one" (python -> chainer -> all-in-one). Do not edit: change the stack file.
 # Two stages: "build" holds compilers, headers, sources and the CA bundle; "runtime" receives only
 # install prefixes and the venv, one COPY per layer group, heaviest and most stable first.
-# Locked by all-in-one.lock (pins 8d1ccd6bbcd93aed).
+# Locked by all-in-one.lock (pins cf2d396ac612dcc9).
 
 FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -95,7 +95,7 @@ LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
       org.dlenv.component.torch="2.5.1" \
       org.dlenv.components="python=3.11,numpy=1.26.4,setuptools=69.5.1,chainer=7.8.1,cython=3.0.12,protobuf=5.29.6,tensorflow=2.18.0,torch=2.5.1" \
       org.dlenv.dlenv-version="0.1.0" \
-      org.dlenv.lock="8d1ccd6bbcd93aed0fcd0b025bef6878319b654ac50d45a2d9abe7eb94619450" \
+      org.dlenv.lock="cf2d396ac612dcc9575e4e9e166b2dcbd47c6c4c6563985f91436fc18caf8b77" \
       org.dlenv.stack="all-in-one" \
       org.opencontainers.image.description="Chainer 7.8.1, PyTorch, TensorFlow and Jupyter Server (CPU) sharing one NumPy." \
       org.opencontainers.image.title="dlenv/all-in-one"

@@ -1,7 +1,7 @@
 # Rendered by dlenv 0.1.0 for stack "chainer-gpu" (python -> chainer -> chainer-gpu). Do not edit: change the stack file.
 # Two stages: "build" holds compilers, headers, sources and the CA bundle; "runtime" receives only
 # install prefixes and the venv, one COPY per layer group, heaviest and most stable first.
-# Locked by chainer-gpu.lock (pins 1b5dadbff70bffb7).
+# Locked by chainer-gpu.lock (pins b5df8592d6e5b669).
 
 FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -96,7 +96,7 @@ LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
       org.dlenv.component.setuptools="69.5.1" \
       org.dlenv.components="python=3.11,cuda=12.6,cudnn=8.9.7.29,nccl=2.21.5,numpy=1.26.4,setuptools=69.5.1,chainer=7.8.1,cupy=13.6.0,cython=3.0.12" \
       org.dlenv.dlenv-version="0.1.0" \
-      org.dlenv.lock="1b5dadbff70bffb7206184e155ec5c85e09e11eea0a64508f54fb192468a1156" \
+      org.dlenv.lock="b5df8592d6e5b669efaf2537b825be51368dadf472f3a2e9301a2a0e849ed27f" \
       org.dlenv.stack="chainer-gpu" \
       org.opencontainers.image.description="Chainer 7.8.1 with CuPy 13 for CUDA 12, cuDNN 8 and NCCL." \
       org.opencontainers.image.title="dlenv/chainer-gpu"

@@ -1,7 +1,7 @@
 # Rendered by dlenv 0.1.0 for stack "chainer" (python -> chainer). Do not edit: change the stack file.
 # Two stages: "build" holds compilers, headers, sources and the CA bundle; "runtime" receives only
 # install prefixes and the venv, one COPY per layer group, heaviest and most stable first.
-# Locked by chainer.lock (pins 522d812d34841073).
+# Locked by chainer.lock (pins fdfdd3330a4b811d).
 
 FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -73,7 +73,7 @@ LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
       org.dlenv.component.setuptools="69.5.1" \
       org.dlenv.components="python=3.11,numpy=1.26.4,setuptools=69.5.1,chainer=7.8.1,cython=3.0.12" \
       org.dlenv.dlenv-version="0.1.0" \
-      org.dlenv.lock="522d812d348410734ce73b1de7c473e56463ac34210c2cf8906e9b80e6167676" \
+      org.dlenv.lock="fdfdd3330a4b811d05012cb9ffa0b7807e90476cf4102b0fa6cbfbb1c6661c53" \
       org.dlenv.stack="chainer" \
       org.opencontainers.image.description="Chainer 7.8.1 (CPU) with NumPy and Cython." \
       org.opencontainers.image.title="dlenv/chainer"

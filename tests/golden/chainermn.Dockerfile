@@ -1,7 +1,7 @@
 # Rendered by dlenv 0.1.0 for stack "chainermn" (python -> chainer -> chainer-gpu -> chainermn). Do not edit: change the stack file.
 # Two stages: "build" holds compilers, headers, sources and the CA bundle; "runtime" receives only
 # install prefixes and the venv, one COPY per layer group, heaviest and most stable first.
-# Locked by chainermn.lock (pins 67d05adf22dda997).
+# Locked by chainermn.lock (pins 40b49dbb2dddaf2f).
 
 FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -189,7 +189,7 @@ LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
       org.dlenv.component.ucx="1.13.1" \
       org.dlenv.components="openssh=9.2,pmix=4.2.2,python=3.11,rdma-core=44.0,cuda-headers=12.6,ucx=1.13.1,openmpi=4.1.4,cuda=12.6,cudnn=8.9.7.29,nccl=2.21.5,numpy=1.26.4,setuptools=69.5.1,chainer=7.8.1,cupy=13.6.0,cython=3.0.12,mpi4py=3.1.6" \
       org.dlenv.dlenv-version="0.1.0" \
-      org.dlenv.lock="67d05adf22dda997a30f681454b9ae392028890d892c99d9fa379259bb79a008" \
+      org.dlenv.lock="40b49dbb2dddaf2f83cd4bde2dc3a39136ebd2644f128b6ffea0c07933813232" \
       org.dlenv.source.openmpi="openmpi=4.1.4-3 openmpi_4.1.4.orig.tar.xz sha256:ddaee7dbdb01eb4fab1fda5b5e03e8bbff026711806c095c1f39bb410f99f263" \
       org.dlenv.source.ucx="ucx=1.13.1-1 ucx_1.13.1.orig.tar.xz sha256:1a88e09ca1b406c046a469c2ae271d2c330050b5664c0bcd9890e26c6ef09f3c" \
       org.dlenv.stack="chainermn" \

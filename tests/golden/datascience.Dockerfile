@@ -1,7 +1,7 @@
 # Rendered by dlenv 0.1.0 for stack "datascience" (python -> datascience). Do not edit: change the stack file.
 # Two stages: "build" holds compilers, headers, sources and the CA bundle; "runtime" receives only
 # install prefixes and the venv, one COPY per layer group, heaviest and most stable first.
-# Locked by datascience.lock (pins a5289644e9244f02).
+# Locked by datascience.lock (pins 3af74382b2259581).
 
 FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -65,7 +65,7 @@ LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
       org.dlenv.component.python="3.11" \
       org.dlenv.components="python=3.11,numpy=1.26.4" \
       org.dlenv.dlenv-version="0.1.0" \
-      org.dlenv.lock="a5289644e9244f020d0dcecb3e94f378d93b8fdb66433167d666dea51fa26fc8" \
+      org.dlenv.lock="3af74382b2259581a535507f4f35e4f44c0994b466507f402c6d540be8890d39" \
       org.dlenv.stack="datascience" \
       org.opencontainers.image.description="Jupyter Server, scikit-learn, pandas, matplotlib and librosa on Python 3.11." \
       org.opencontainers.image.title="dlenv/datascience"

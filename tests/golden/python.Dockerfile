@@ -1,7 +1,7 @@
 # Rendered by dlenv 0.1.0 for stack "python" (python). Do not edit: change the stack file.
 # Two stages: "build" holds compilers, headers, sources and the CA bundle; "runtime" receives only
 # install prefixes and the venv, one COPY per layer group, heaviest and most stable first.
-# Locked by python.lock (pins be6abf33ebc3abf2).
+# Locked by python.lock (pins d5fdd0c2d991b001).
 
 FROM dlenv/base:bookworm-minbase-324ac74f0d4e AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -50,7 +50,7 @@ LABEL org.dlenv.content-hash="${DLENV_CONTENT_HASH}" \
       org.dlenv.component.python="3.11" \
       org.dlenv.components="python=3.11" \
       org.dlenv.dlenv-version="0.1.0" \
-      org.dlenv.lock="be6abf33ebc3abf238a91a9c90f6b5da68d22beb58d183687e2f64cf01e4b8c9" \
+      org.dlenv.lock="d5fdd0c2d991b001b0fae1af0fae8abdbba471e4ef00805cb3b9e0619bb90e57" \
       org.dlenv.stack="python" \
       org.opencontainers.image.description="Python 3.11 on Debian bookworm with a virtual environment at /opt/venv." \
       org.opencontainers.image.title="dlenv/python"
