@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from builder.engine import debrepo
 from builder.engine.store import ObtainReport, PackageSources, PackageStore, obtain
-from builder.errors import LockError
+from builder.errors import DlenvError, LockError
 from builder.fileio import write_text_atomic
 from builder.pipeline import locker
 from builder.plan.debs import moved_pins, needed_files, python_files
@@ -97,9 +97,11 @@ def provision(p: Plan, client, sources: PackageSources, *, locked: bool = False,
                        images={})   # the image ids recorded were those of the old pins
     target = refreshed_lock_path(p)
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(target, dump(new_lock))
-    except OSError as exc:
-        raise LockError(f"cannot record the refreshed lock in {target}: {exc}") from None
+    except (OSError, DlenvError) as exc:
+        raise LockError(f"cannot record the refreshed lock in {target}: {getattr(exc, 'message', None) or exc}",
+                        hint="check that the state folder is writable (DLENV_STATE_DIR)") from None
     new_plan = replan(p, load_lock(target))
     files, unknown = lock_files(new_plan.lock)
     again = obtain(files, sources, store=store, resolved_at=new_plan.lock.resolved_at, log=log)
