@@ -1,6 +1,8 @@
 """The command line's entry point: the `dlenv` group, its global options and the one place where a
 `DlenvError` becomes one red line and exit status 1 (tracebacks only with --debug; Ctrl-C exits
-130). Each command lives in the module of its group; this module only registers them.
+130). SIGTERM and SIGHUP (what `timeout`, CI runners, systemd and Slurm's `scancel` send) are turned
+into the same interrupt, so every command cleans up exactly as on Ctrl-C, and exit 143 and 129.
+Each command lives in the module of its group; this module only registers them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from builder import __version__
 from builder.cli.build import base, build, lock
 from builder.cli.catalog import list_cmd, render, show
 from builder.cli.common import Ctx, fail
+from builder.cli.signals import catch_termination, exit_code, stopped_by
 from builder.cli.doctor import config_cmd, doctor
 from builder.cli.export import export, load, save
 from builder.cli.project import gc, init_cmd
@@ -29,6 +32,7 @@ from builder.errors import DlenvError
 
 class DlenvGroup(click.Group):
     def invoke(self, click_ctx):
+        catch_termination()
         try:
             return super().invoke(click_ctx)
         except DlenvError as exc:
@@ -37,10 +41,10 @@ class DlenvGroup(click.Group):
                 raise
             fail(obj, exc)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             obj = click_ctx.obj or Ctx(False, False)
-            obj.err.print("[red]dlenv: interrupted; no tag was moved[/red]")
-            sys.exit(130)
+            obj.err.print(f"[red]dlenv: {stopped_by(exc)}; no tag was moved[/red]")
+            sys.exit(exit_code(exc))
         except Exception as exc:  # noqa: BLE001 - the engine's own errors, unexpected: still one line
             obj = click_ctx.obj or Ctx(False, False)
             if obj.debug or not isinstance(exc, (docker.errors.DockerException, requests.exceptions.RequestException)):

@@ -11,6 +11,7 @@ import click
 
 from builder import paths
 from builder.cli.common import Ctx, bundle_and_mirror, image_for_use, step_printer, warn_once
+from builder.cli.signals import exit_code, stopped_by
 from builder.engine import dockerapi as engine
 from builder.errors import SlurmError
 from builder.names import TAG_CHARS
@@ -67,9 +68,9 @@ def up(ctx: Ctx, stack, nodes, build):
     start = time.monotonic()
     try:
         state = cluster_mod.up(client, image, nodes, Path.cwd(), state_dir, on_warning=warn_once)
-    except KeyboardInterrupt:
-        ctx.err.print("[red]dlenv: interrupted; the cluster's containers, network and key were removed[/red]")
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        ctx.err.print(f"[red]dlenv: {stopped_by(exc)}; the cluster's containers, network and key were removed[/red]")
+        sys.exit(exit_code(exc))
     ctx.info(f"cluster {state.cluster_id}: controller and {nodes} node(s) of {image} idle in "
              f"{time.monotonic() - start:.1f}s; {state.workspace} is /workspace")
     click.echo(state.cluster_id)
@@ -109,12 +110,12 @@ def submit(ctx: Ctx, script, wait, timeout, env):
     deadline = time.monotonic() + timeout if timeout else None
     try:
         fields = jobs.wait(client, state, job_id, deadline)
-    except KeyboardInterrupt:
-        ctx.err.print(f"[red]dlenv: interrupted; cancelling job {job_id}[/red]")
+    except KeyboardInterrupt as exc:
+        ctx.err.print(f"[red]dlenv: {stopped_by(exc)}; cancelling job {job_id}[/red]")
         jobs.cancel(client, state, job_id)
         fields = jobs.wait(client, state, job_id, time.monotonic() + CANCEL_WAIT_SECONDS)
         _finish(ctx, client, state, job_id, fields)
-        sys.exit(130)
+        sys.exit(exit_code(exc))
     sys.exit(_finish(ctx, client, state, job_id, fields))
 
 

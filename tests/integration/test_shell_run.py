@@ -144,6 +144,29 @@ def test_ctrl_c_during_run_removes_every_container(docker_client, python_image, 
     assert not shell_containers(docker_client)
 
 
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_or_sighup_to_dlenv_removes_the_container(docker_client, python_image, dlenv_path, workspace,
+                                                            sig, code):
+    """What `timeout`, CI runners, systemd and `scancel` send, to dlenv alone (not its process group):
+    the same cleanup as Ctrl-C, exit 128+signal."""
+    env = dict(os.environ, NO_COLOR="1")
+    proc = subprocess.Popen([dlenv_path, "shell", "python", "--", "sleep", "300"], cwd=workspace, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not shell_containers(docker_client):
+        time.sleep(0.2)
+    assert shell_containers(docker_client)
+    time.sleep(1)
+    proc.send_signal(sig)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert f"stopped by {signal.Signals(sig).name}" in err.decode() and b"Traceback" not in err
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and shell_containers(docker_client):
+        time.sleep(0.3)
+    assert not shell_containers(docker_client)
+
+
 def test_shell_without_an_image_refuses_or_builds(docker_client, run_dlenv, tmp_path, workspace):
     import secrets
     stack = tmp_path / "stack.yaml"
