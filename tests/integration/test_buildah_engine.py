@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from processes import processes_with
 from registry_fixture import Registry, ensure_tools  # noqa: E402
 
 from builder.engine import buildah as buildah_mod
@@ -264,18 +265,6 @@ def test_without_docker_the_image_goes_to_the_hosts_containers_storage(buildah_c
         subprocess.run([buildah_cli, "rmi", local], capture_output=True)
 
 
-def _processes_with(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 def test_sigint_kills_buildah_and_leaves_no_container(buildah_cli, state, dlenv_path, docker_client, tmp_path):
     repo = "dlenv/dlenv-itest-bh-sigint"
     token = f"dlenv-bh-sleep-{secrets.token_hex(6)}"
@@ -293,9 +282,9 @@ def test_sigint_kills_buildah_and_leaves_no_container(buildah_cli, state, dlenv_
                                 stderr=err_file, text=True, env=env, cwd=project)
     try:
         deadline = time.monotonic() + 900
-        while not _processes_with(token) and proc.poll() is None and time.monotonic() < deadline:
+        while not processes_with(token) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert _processes_with(token), errors.read_text()[-3000:]
+        assert processes_with(token), errors.read_text()[-3000:]
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=180)
         err = errors.read_text()
@@ -303,7 +292,7 @@ def test_sigint_kills_buildah_and_leaves_no_container(buildah_cli, state, dlenv_
         assert "interrupted" in err and "Traceback" not in err
         left = subprocess.run(storage_cmd(buildah_cli, state, "containers", "--quiet"), capture_output=True, text=True)
         assert left.returncode == 0 and not left.stdout.strip(), left.stdout
-        assert not _processes_with(token), "the step still runs"
+        assert not processes_with(token), "the step still runs"
         assert not {t for i in docker_client.images.list(name=repo) for t in i.tags}
     finally:
         if proc.poll() is None:

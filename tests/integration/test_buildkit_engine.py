@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from processes import processes_with
+
 from builder.engine import buildkit as buildkit
 from builder.plan import buildkit_variant
 from builder.errors import EngineError
@@ -136,18 +138,6 @@ def test_buildkit_build_verifies_shares_the_hash_and_keeps_the_bundle_out(bk_cli
         remove_repo(docker_client, stage_tag.split(":")[0])
 
 
-def _processes_with(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 def test_sigint_stops_the_cli_and_the_step_and_moves_nothing(bk_cli, docker_client, dlenv_path, tmp_path):
     repo = "dlenv/dlenv-itest-bk-sigint"
     token = f"dlenv-bk-sleep-{secrets.token_hex(6)}"
@@ -166,10 +156,10 @@ def test_sigint_stops_the_cli_and_the_step_and_moves_nothing(bk_cli, docker_clie
                                 stderr=err_file, text=True, env=env, cwd=project)
     try:
         deadline = time.monotonic() + 900
-        while not _processes_with(token) and proc.poll() is None and time.monotonic() < deadline:
+        while not processes_with(token) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)   # until the daemon runs the step (the CLI shortens the step line)
-        assert _processes_with(token), errors.read_text()
-        cli_pids = [pid for pid in _processes_with("dlenv-itest-bk-sigint:") if pid != proc.pid]
+        assert processes_with(token), errors.read_text()
+        cli_pids = [pid for pid in processes_with("dlenv-itest-bk-sigint:") if pid != proc.pid]
         assert cli_pids, "the BuildKit CLI is not running"
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=120)
@@ -178,10 +168,10 @@ def test_sigint_stops_the_cli_and_the_step_and_moves_nothing(bk_cli, docker_clie
         assert "interrupted" in err and "Traceback" not in err
         assert not {t for i in docker_client.images.list(name=repo) for t in i.tags}
         for _ in range(60):   # the daemon cancels the step when the client goes away
-            if not _processes_with(token):
+            if not processes_with(token):
                 break
             time.sleep(0.5)
-        assert not _processes_with(token), "the step still runs in the daemon"
+        assert not processes_with(token), "the step still runs in the daemon"
         assert not [pid for pid in cli_pids if Path(f"/proc/{pid}").exists()], "the CLI still runs"
     finally:
         if proc.poll() is None:

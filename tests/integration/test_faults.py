@@ -13,17 +13,7 @@ from pathlib import Path
 
 import pytest
 
-
-def _processes_with(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+from processes import processes_with
 
 
 def write_stack(folder: Path, body: str) -> Path:
@@ -66,9 +56,9 @@ def test_a_signal_during_build_exits_and_moves_nothing(docker_client, dlenv_path
         deadline = time.monotonic() + 600
         # The build locks first, then reaches the stack's own (unique, so never cached) run step: its
         # `sleep` is a process of this machine (the CLI shortens the step line, so it is found in /proc).
-        while not _processes_with(token) and proc.poll() is None and time.monotonic() < deadline:
+        while not processes_with(token) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert _processes_with(token), proc.communicate()[1] if proc.poll() is not None else "no run step"
+        assert processes_with(token), proc.communicate()[1] if proc.poll() is not None else "no run step"
         time.sleep(1)
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
