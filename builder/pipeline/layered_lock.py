@@ -42,10 +42,10 @@ def _resolve_leaf(box: _Box, p: Plan, keep: Lock | None, upgrade: set, report: L
 
 
 def make_layered_lock(client, p: Plan, *, previous: Lock | None = None, upgrade=(), upgrade_all: bool = False,
-                      ca_bundle: CABundle | None = None, mirror: str | None = None,
+                      ca_bundle: CABundle | None = None, mirror: str | None = None, vanished=(),
                       log=lambda msg: None) -> tuple[Lock, LockReport]:
     """Resolve the pins of a stack built on its parent's image, in a container of that image (which the
-    caller has made sure exists)."""
+    caller has made sure exists). `vanished`: Debian packages whose pins no source has (a refresh)."""
     report = LockReport()
     upgrade = {canonical(u) for u in upgrade}
     parent = parent_of(p.parent)
@@ -61,7 +61,8 @@ def make_layered_lock(client, p: Plan, *, previous: Lock | None = None, upgrade=
             if "image" not in p.resolved.base:   # the image's sources name dlenv's package repository
                 use_archive(box, base_recipe(p.resolved.base)["suite"], mirror)
             box.sh("apt-get update -qq", "apt-get update in the lock container")
-            apt_runtime = _resolve_apt(box, apt, keep.apt_runtime if keep else {}, "runtime", report, upgrade)
+            apt_runtime = _resolve_apt(box, apt, keep.apt_runtime if keep else {}, "runtime", report,
+                                       upgrade | set(vanished))
             if "image" not in p.resolved.base:
                 debs = deb_records(box, apt_runtime.items(), previous)
             log(f"Debian: {len(apt_runtime)} package(s) beyond the parent's")

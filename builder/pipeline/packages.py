@@ -19,6 +19,7 @@ from builder.engine.store import ObtainReport, PackageSources, PackageStore, obt
 from builder.errors import DlenvError, LockError
 from builder.fileio import write_text_atomic
 from builder.pipeline import locker
+from builder.pipeline.layered_lock import make_layered_lock
 from builder.plan.debs import moved_pins, needed_files, python_files
 from builder.plan.lockfile import dump
 from builder.plan.lockfile import load as load_lock
@@ -65,9 +66,13 @@ def _refuse_unrefreshable(report: ObtainReport) -> None:
                         "package index and the debian_snapshot setting, or lock again")
 
 
-def vanished_line(keys: list) -> str:
+def vanished_line(keys: list, unknown=()) -> str:
+    """`N pinned Debian file(s) are in no source (...): a=1, b=2`, saying which pins have no bytes recorded."""
     shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
-    return f"{len(keys)} pinned Debian file(s) are in no source (store, bundle, snapshot, mirror): {shown}"
+    text = f"{len(keys)} pinned Debian file(s) are in no source (store, bundle, snapshot, mirror): {shown}"
+    if unknown:
+        text += f" ({len(unknown)} of them named without bytes: a lock older than its debs section)"
+    return text
 
 
 def provision(p: Plan, client, sources: PackageSources, *, locked: bool = False, ca_bundle=None,
@@ -80,16 +85,23 @@ def provision(p: Plan, client, sources: PackageSources, *, locked: bool = False,
     _refuse_unrefreshable(report)
     if not gone:
         return Provision(p, files, report)
-    if locked or client is None:
-        raise LockError(f"{p.lock.path}: {vanished_line(gone)}; --locked refuses to refresh them",
+    what = vanished_line(gone, unknown)
+    if locked:
+        raise LockError(f"{p.lock.path}: {what}; --locked refuses to refresh them",
                         hint="build without --locked (the pins are refreshed and shown), or with --vendor DIR")
-    log(f"{vanished_line(gone)}: refreshing just these pins")
+    if client is None:
+        raise LockError(f"{p.lock.path}: {what}; refreshing them needs the Docker engine (the lock container)",
+                        hint="build with the Docker engine running, or with --vendor DIR")
+    log(f"{what}: refreshing just these pins")
     kept = [f for f in files if f not in report.gone]
+    vanished = {f.name for f in report.gone if f.kind == "deb"}
     with debrepo.repository(kept, base_recipe(p.resolved.base)["suite"], store) as repo:
-        new_lock, lock_report = locker.make_lock(
-            client, p.resolved, previous=p.lock, vanished={f.name for f in report.gone if f.kind == "deb"},
-            ca_bundle=ca_bundle,
-            mirror=mirror, repo=repo, log=log)
+        if p.parent is not None:    # a stack on its parent's image: resolved in a container of that image
+            new_lock, lock_report = make_layered_lock(client, p, previous=p.lock, vanished=vanished,
+                                                      ca_bundle=ca_bundle, mirror=mirror, log=log)
+        else:
+            new_lock, lock_report = locker.make_lock(client, p.resolved, previous=p.lock, vanished=vanished,
+                                                     ca_bundle=ca_bundle, mirror=mirror, repo=repo, log=log)
     moved = [{**row, "pocket": lock_report.pockets.get(f"{row['package']}={row['used']}", "")}
              for row in moved_pins(p.lock, new_lock)]
     shipped = p.lock.refreshed.get("from") or p.lock.digest
