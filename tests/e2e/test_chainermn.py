@@ -128,6 +128,8 @@ def test_ca_bundle_of_the_build_is_in_no_runtime_layer(docker_client, run_dlenv,
     """The host CA bundle the build used (its certificates that no public bundle in the image has)
     is in the build stage (the scan's positive control) and nowhere in the runtime image."""
     from builder.engine.context import write_context
+    from builder.engine.debrepo import build_args, repository
+    from builder.pipeline.packages import lock_files
     from builder.plan.plan import plan
     from builder.settings.host import find_ca_bundle, pip_build_args
     from security import private_certificates, scan_image
@@ -149,9 +151,14 @@ def test_ca_bundle_of_the_build_is_in_no_runtime_layer(docker_client, run_dlenv,
     context = tmp_path / "context"
     context.mkdir()
     write_context(p.context, context, bundle.read())
-    for chunk in docker_client.api.build(path=str(context), tag=build_tag, target="build", decode=True, rm=True,
-                                         buildargs={"DLENV_CONTENT_HASH": p.content_hash, **pip_build_args()}):
-        assert "error" not in chunk, chunk
+    # As dlenv builds it: apt and pip read dlenv's package repository (the files are in the store since
+    # the build above), so every step is the cached one.
+    with repository(lock_files(p.lock)[0], "bookworm") as url:
+        for chunk in docker_client.api.build(path=str(context), tag=build_tag, target="build", decode=True, rm=True,
+                                             network_mode="host",
+                                             buildargs={"DLENV_CONTENT_HASH": p.content_hash, **pip_build_args(),
+                                                        **build_args(url)}):
+            assert "error" not in chunk, chunk
     try:
         control, _ = scan_image(docker_client, build_tag, needles)
         assert any("/etc/dlenv-build/ca.crt" in f.where for f in control), control
