@@ -46,6 +46,8 @@ def uses_store(p: Plan) -> bool:
 
 def package_sources(p: Plan, *, mirror: str | None = None, snapshots: tuple = (), bundles: tuple = (),
                     cafile: str | None = None) -> PackageSources:
+    if "image" in p.resolved.base:     # a registry base keeps its own apt sources: no store (uses_store)
+        return PackageSources(bundles=tuple(bundles), indexes=pip_index_urls(), cafile=cafile)
     suite = base_recipe(p.resolved.base)["suite"]
     return PackageSources(bundles=tuple(bundles), snapshots=tuple(snapshots), mirrors=mirror_uris(suite, mirror=mirror),
                           indexes=pip_index_urls(), cafile=cafile)

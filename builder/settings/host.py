@@ -17,7 +17,7 @@ from builder.errors import ConfigError
 
 try:
     from pip._internal.models.index import PyPI as _PIP_DEFAULT
-except ImportError:  # pragma: no cover - dlenv's venv always has pip
+except Exception:  # noqa: BLE001 - pip's internals: without them, only the configured indexes are asked
     _PIP_DEFAULT = None
 
 CA_ENV_VARS = ("DLENV_CA_BUNDLE", "PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
@@ -80,8 +80,8 @@ def pip_index_urls(environ=os.environ) -> tuple:
         config = _pip_config()
         index = index or config.get("index-url", "").split()
         extra = extra or config.get("extra-index-url", "").split()
-    if not index:
-        index = [_pip_default_index()]
+    if not index and _PIP_DEFAULT is not None:
+        index = [_PIP_DEFAULT.simple_url]     # pip's built-in index (not written here: pip knows it)
     return tuple(u for u in [*index, *extra] if u.startswith(("http://", "https://")))
 
 
@@ -100,14 +100,6 @@ def _pip_config() -> dict:
         if name in ("index-url", "extra-index-url") and value:
             values[name] = value.strip().strip("'\"")
     return values
-
-
-def _pip_default_index() -> str:
-    """pip's built-in index (not written here: pip knows it)."""
-    if _PIP_DEFAULT is None:
-        raise ConfigError("no package index is configured and pip is not importable to name its default",
-                          hint="set PIP_INDEX_URL")
-    return _PIP_DEFAULT.simple_url
 
 
 def debian_sources(suite: str, environ=os.environ, mirror: str | None = None) -> str:

@@ -15,6 +15,7 @@ the registries' storage goes with their fixture.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
 import time
 from dataclasses import dataclass
@@ -548,14 +550,28 @@ def test_a_bare_word_is_not_taken_for_a_registry(tmp_path):
 def test_a_registry_base_image_is_pulled_and_built_on(docker_client, plain, dlenv, tmp_path, janitor):
     """`base: {image: ...}` where a registry can be reached: the base is pulled, then built on.
     The registry here serves dlenv's own bootstrapped Debian base under another name."""
+    from builder.names import APT_SOURCES_DIR, PACKAGE_REPO_SOURCES
     from builder.plan.pins import base_ref
+    from builder.settings.host import debian_sources
     from builder.spec.stack import DEFAULT_BASE
 
     local_base = base_ref(DEFAULT_BASE)
     assert image_id(docker_client, local_base), "the bootstrapped base must exist (dlenv base)"
     remote_base = f"{plain.address}/mirror/debian:bookworm-{secrets.token_hex(4)}"
     janitor.repo(remote_base)
-    tag(docker_client, image_id(docker_client, local_base), remote_base)
+    # Like a registry's Debian image, it names the Debian archive in its apt sources (dlenv's base names
+    # only dlenv's package repository, which serves builds on a bootstrapped base).
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for name, text in (("debian.sources", debian_sources("bookworm")),
+                           ("Dockerfile", f"FROM {local_base}\nRUN rm -f {PACKAGE_REPO_SOURCES}\n"
+                                          f"COPY debian.sources {APT_SOURCES_DIR}/debian.sources\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    context.seek(0)
+    registry_like, _ = docker_client.images.build(fileobj=context, custom_context=True, rm=True)
+    tag(docker_client, registry_like.id, remote_base)
     for chunk in docker_client.api.push(remote_base, stream=True, decode=True):
         assert "error" not in chunk, chunk
     docker_client.images.remove(remote_base)
