@@ -122,13 +122,14 @@ def bootstrap_rootfs(base: dict, workdir: Path, log=lambda msg: None, pins: dict
                              hint="apt-get install mmdebstrap")
     repo_sources = workdir / "dlenv.sources"
     repo_sources.write_text(repository_sources())
-    sources_file = workdir / "debian.sources"
-    sources_file.write_text(debian_sources(recipe["suite"], mirror=mirror))
     tarball = workdir / "rootfs.tar"
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(recipe["epoch"]))
     if repo:   # the repository's index carries the archive's priorities: minbase selects as from the mirror
         env.update(proxy_args(repo))
-        sources_file = repo_sources
+        sources_file = repo_sources   # no mirror needed (an offline site with a bundle has none)
+    else:
+        sources_file = workdir / "debian.sources"
+        sources_file.write_text(debian_sources(recipe["suite"], mirror=mirror))
     packages_file = workdir / "packages.txt"
     target_sources = f'"$1{PACKAGE_REPO_SOURCES}"'
     hooks = [f"--customize-hook=chroot \"$1\" dpkg-query -W -f='{DPKG_FORMAT}' > {packages_file}",
