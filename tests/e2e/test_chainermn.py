@@ -129,7 +129,8 @@ def test_ca_bundle_of_the_build_is_in_no_runtime_layer(docker_client, run_dlenv,
     is in the build stage (the scan's positive control) and nowhere in the runtime image."""
     from builder.engine.context import write_context
     from builder.engine.debrepo import build_args, repository
-    from builder.pipeline.packages import lock_files
+    from builder.engine.store import obtain
+    from builder.pipeline.packages import lock_files, package_sources
     from builder.plan.plan import plan
     from builder.settings.host import find_ca_bundle, pip_build_args
     from security import private_certificates, scan_image
@@ -153,7 +154,9 @@ def test_ca_bundle_of_the_build_is_in_no_runtime_layer(docker_client, run_dlenv,
     write_context(p.context, context, bundle.read())
     # As dlenv builds it: apt and pip read dlenv's package repository (the files are in the store since
     # the build above), so every step is the cached one.
-    with repository(lock_files(p.lock)[0], "bookworm") as url:
+    files = lock_files(p.lock)[0]
+    assert not obtain(files, package_sources(p)).gone      # in the store already, unless it was trimmed
+    with repository(files, "bookworm") as url:
         for chunk in docker_client.api.build(path=str(context), tag=build_tag, target="build", decode=True, rm=True,
                                              network_mode="host",
                                              buildargs={"DLENV_CONTENT_HASH": p.content_hash, **pip_build_args(),
