@@ -68,8 +68,8 @@ class PinCheck:
 
 
 def debian_sources(base: dict, *, mirror: str | None = None, snapshots=(), bundles=()) -> PackageSources:
-    """Where a build takes the Debian files of a stack on `base` from (pipeline/packages.py's
-    `package_sources` less the Python indexes: naming those asks pip, half a second a stack)."""
+    """Where a build takes the Debian files of a stack on `base` from: bundles, snapshot services, mirrors
+    (pipeline/packages.py's `package_sources` adds the Python indexes and the CA bundle)."""
     suite = base_recipe(base)["suite"]
     return PackageSources(bundles=tuple(bundles), snapshots=tuple(snapshots), mirrors=mirror_uris(suite, mirror=mirror))
 

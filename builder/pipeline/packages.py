@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from builder.engine import debrepo
+from builder.engine.availability import debian_sources
 from builder.engine.store import ObtainReport, PackageSources, PackageStore, obtain
 from builder.errors import DlenvError, LockError
 from builder.fileio import write_text_atomic
@@ -25,7 +26,7 @@ from builder.plan.lockfile import dump
 from builder.plan.lockfile import load as load_lock
 from builder.plan.pins import base_recipe
 from builder.plan.plan import Plan, refreshed_lock_path, replan
-from builder.settings.host import mirror_uris, pip_index_urls
+from builder.settings.host import pip_index_urls
 
 
 @dataclass
@@ -48,9 +49,8 @@ def package_sources(p: Plan, *, mirror: str | None = None, snapshots: tuple = ()
                     cafile: str | None = None) -> PackageSources:
     if "image" in p.resolved.base:     # a registry base keeps its own apt sources: no store (uses_store)
         return PackageSources(bundles=tuple(bundles), indexes=pip_index_urls(), cafile=cafile)
-    suite = base_recipe(p.resolved.base)["suite"]
-    return PackageSources(bundles=tuple(bundles), snapshots=tuple(snapshots), mirrors=mirror_uris(suite, mirror=mirror),
-                          indexes=pip_index_urls(), cafile=cafile)
+    debian = debian_sources(p.resolved.base, mirror=mirror, snapshots=snapshots, bundles=bundles)
+    return replace(debian, indexes=pip_index_urls(), cafile=cafile)
 
 
 def lock_files(lock) -> tuple[list, list]:
