@@ -103,6 +103,14 @@ class BuildError(DlenvError):
         self.log_path = log_path
 
 
+class DiskError(DlenvError):
+    """Before a build: a disk it writes to has less free space than the build needs (builder.plan.disk)."""
+
+
+class DiskFullError(BuildError):
+    """A build ran out of disk space (ENOSPC): which storage, how much is free now, and its log."""
+
+
 class LockError(DlenvError):
     """A lock file is missing, damaged or stale, or a pin can no longer be installed."""
 

@@ -17,7 +17,7 @@ from builder.engine.availability import check_pins, debian_sources
 from builder.engine.images import promoted_image
 from builder.errors import EngineError, LockError, UsageError
 from builder.pipeline import build as build_mod
-from builder.pipeline import buildah_build
+from builder.pipeline import buildah_build, diskcheck
 from builder.pipeline.packages import lock_files, uses_store
 from builder.pipeline.vendor import adopt_bundled_locks
 from builder.plan.lockfile import load as load_lock
@@ -60,8 +60,12 @@ def base(ctx: Ctx, suite, force):
                    "(one image id per lock, recorded in the lock).")
 @click.option("--check", "check", is_flag=True,
               help="buildah: then build again without cache and fail unless the image id is the same.")
+@click.option("--skip-disk-check", is_flag=True,
+              help="Build even when a disk it writes to has less free space than the lock says the build needs "
+                   "(the estimate counts every step, also those the cache would spare).")
 @click.pass_obj
-def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, relock, frozen, vendor, engine_name, check):
+def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, relock, frozen, vendor, engine_name, check,
+          skip_disk_check):
     """Build STACK from its lock, verify it, then tag it by content hash and as latest.
 
     A stack without a lock is locked first (the lock file is written next to the stack: commit it)."""
@@ -78,7 +82,7 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
     packages = package_sources_of(p, mirror, vendor, bundle)
     client = _connect(ctx, engine_name)
     if client is None:
-        _build_without_docker(ctx, p, bundle, mirror, nocache, check)
+        _build_without_docker(ctx, p, bundle, mirror, nocache, check, not skip_disk_check)
         return
     on_refresh = lambda prov: print_refresh(ctx, prov)  # noqa: E731
     if not no_verify:  # the device checks of a GPU host would otherwise fail deep inside CuPy
@@ -87,7 +91,8 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
     if p.parent is not None and not (p.lock_state == "locked" and promoted_image(client, p) is not None):
         how = build_mod.ensure_parent(p, client, registry=registry, ca_bundle=bundle, mirror=mirror, log=ctx.info,
                                       on_check=lambda r: print_check(ctx, r), on_progress=on_progress,
-                                      engine_name=engine_name, packages=packages, locked=frozen, on_refresh=on_refresh)
+                                      engine_name=engine_name, packages=packages, locked=frozen, on_refresh=on_refresh,
+                                      disk_check=not skip_disk_check)
         _print_parent(ctx, p, how, registry)
     if p.lock_state != "locked" or relock:
         p = build_mod.ensure_lock(p, client, relock=relock, frozen=frozen, ca_bundle=bundle, mirror=mirror, log=ctx.info,
@@ -99,7 +104,8 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
         result = build_mod.build(p, client, ca_bundle=bundle, mirror=mirror, verify=not no_verify, nocache=nocache,
                                  log=ctx.info, on_progress=on_progress, on_check=lambda r: print_check(ctx, r),
                                  registry=registry, on_pull=pull_progress.update if pull_progress else None,
-                                 engine_name=engine_name, packages=packages, locked=frozen, on_refresh=on_refresh)
+                                 engine_name=engine_name, packages=packages, locked=frozen, on_refresh=on_refresh,
+                                 disk_check=not skip_disk_check)
     p = result.plan
     if result.pulled:
         click.echo(f"pulled {p.hash_tag} from {registry} instead of building ({result.seconds:.0f}s)")
@@ -129,8 +135,10 @@ def _connect(ctx: Ctx, engine_name: str):
         return None
 
 
-def _build_without_docker(ctx: Ctx, p, bundle, mirror, nocache: bool, check: bool) -> None:
+def _build_without_docker(ctx: Ctx, p, bundle, mirror, nocache: bool, check: bool, disk_check: bool) -> None:
     bh = buildah_build.find()
+    if disk_check and p.lock_state == "locked":
+        diskcheck.check(p, None, "buildah", buildah_cli=bh.cli)
     on_progress = step_printer(ctx)
     got = buildah_build.build_without_docker(bh, p, bundle, nocache=nocache, mirror=mirror, log=ctx.info,
                                              on_progress=on_progress)

@@ -18,13 +18,12 @@ from builder.cli.common import Ctx
 from builder.engine import dockerapi as engine
 from builder.engine import buildah, buildah_store
 from builder.engine.gc import (apply_gc, apply_store_gc, list_images, plan_buildah_gc, plan_gc, plan_store_gc,
-                               store_keep)
+                               store_keep, store_locks)
 from builder.engine.store import PackageStore
 from builder.errors import EngineError, SpecError, shown
 from builder.pipeline.buildah_build import BUILDAH_MUTEX
-from builder.plan.lockfile import lock_path
 from builder.plan.plan import plan
-from builder.spec.stack import PROJECT_FILE, catalog_stack_names, find_stack, load_chain
+from builder.spec.stack import catalog_stack_names, find_stack, load_chain
 from builder.spec.starter import NAME, detect, init_text, target_path
 from builder.statelock import stack_lock
 
@@ -81,12 +80,7 @@ def _gc_store(ctx: Ctx, dry_run: bool) -> None:
     """The package store less every file no known lock names: the catalog's locks, the refreshed locks
     in the state folder, and the lock of the project in this folder (run it there to keep its files).
     A file only a project elsewhere pins goes: its next build fetches it again, if a source still has it."""
-    required = sorted(paths.stacks_dir().glob("*.lock"))
-    project = lock_path(Path.cwd() / PROJECT_FILE)
-    if project.is_file():
-        required.append(project)
-    optional = sorted(paths.refreshed_locks_dir().glob("*.lock"))
-    keep, read, skipped = store_keep(required, optional)
+    keep, read, skipped = store_keep(*store_locks(Path.cwd()))
     for line in skipped:
         ctx.info(f"not a lock, its files are not kept: {line}")
     store = PackageStore()

@@ -29,7 +29,7 @@ from pathlib import Path
 from builder import paths
 from builder.engine import dockerapi as engine
 from builder.engine.base import bootstrap_rootfs
-from builder.engine.buildah import run_buildah
+from builder.engine.buildah import run_buildah, storage_root
 from builder.errors import EngineError
 from builder.names import (APT_SOURCES_DIR, APT_SOURCES_LIST, BUILDAH_BASE_FORMAT_LABEL, BUILDAH_LOCAL, PACKAGES_LABEL,
                            RECIPE_LABEL, ROOTFS_LABEL)
@@ -165,16 +165,43 @@ def _only_local_name(cli: str, ref: str, want_id: str) -> None:
             run_buildah(cli, "rmi", name)                      # one of several names: only untags
 
 
-def default_store(cli: str) -> str:
-    """The host's own containers-storage (podman's and a plain `buildah`'s) as a transport prefix:
-    `containers-storage:[driver@graphroot+runroot]`."""
+def _host_store(cli: str) -> dict:
+    """`buildah info`'s store section: the host's own containers-storage (podman's, a plain `buildah`'s)."""
     proc = subprocess.run([cli, "info"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     try:
         store = json.loads(proc.stdout)["store"]
-        return f"containers-storage:[{store['GraphDriverName']}@{store['GraphRoot']}+{store['RunRoot']}]"
+        return {k: store[k] for k in ("GraphDriverName", "GraphRoot", "RunRoot")}
     except (ValueError, KeyError, TypeError):
         raise EngineError("`buildah info` did not name the host's containers-storage",
                           hint="run `buildah info`; see `dlenv doctor`") from None
+
+
+def default_store(cli: str) -> str:
+    """The host's own containers-storage as a transport prefix: `containers-storage:[driver@graphroot+runroot]`."""
+    store = _host_store(cli)
+    return f"containers-storage:[{store['GraphDriverName']}@{store['GraphRoot']}+{store['RunRoot']}]"
+
+
+def host_graph_root(cli: str) -> str:
+    """Where the host's containers-storage keeps its layers (its GraphRoot)."""
+    return _host_store(cli)["GraphRoot"]
+
+
+def storage_records(root: Path | None = None) -> tuple[list, list]:
+    """(layers, images) as containers-storage records them in dlenv's buildah storage (its
+    `<driver>-layers/layers.json`, `<driver>-images/images.json`): each layer's id, parent and
+    diff-size, each image's names and top layer. Read, never written; empty when there are none."""
+    root = Path(root or storage_root())
+    out = []
+    for pattern in ("*-layers/layers.json", "*-images/images.json"):
+        found = []
+        for path in sorted(root.glob(pattern)):
+            try:
+                found += [e for e in json.loads(path.read_text()) if isinstance(e, dict)]
+            except (OSError, ValueError):
+                continue
+        out.append(found)
+    return out[0], out[1]
 
 
 def to_containers_storage(cli: str, ref: str, want_id: str) -> str:

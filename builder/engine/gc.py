@@ -16,11 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker.errors
+from builder import paths
 from builder.engine.store import PackageStore
 from builder.errors import LockError
 from builder.names import BASE_REPO, BUILDAH_LOCAL, CHECK_REPO_PREFIX, REPO_PREFIX
 from builder.plan.debs import needed_files, python_files
 from builder.plan.lockfile import load as load_lock
+from builder.plan.lockfile import lock_path
+from builder.spec.stack import PROJECT_FILE
 
 
 
@@ -85,6 +88,61 @@ def plan_buildah_gc(names: list, kept_refs: list) -> list:
                                                  and ref not in kept):
             out.append(name)
     return out
+
+
+def docker_freed_bytes(images: list, plan: GcPlan, unique: dict | None = None) -> int:
+    """About the bytes Docker frees when `plan` is applied (pure; the dry-run figure of a disk refusal).
+
+    `images`: docker-py attrs (Id, RepoTags, Parent, Size: the whole image). An image goes when its last
+    tag goes or it is a cache leaf, and no image is built on it; with it goes each untagged parent left
+    with no child (Docker prunes them). A layer of the classic builder is an image's Size less its
+    parent's; an image without a parent (imported, loaded) counts only the bytes no other image shares,
+    `unique` (id -> Size less SharedSize, from `client.df()`), or nothing when unknown."""
+    by_id = {a["Id"]: a for a in images}
+    children: dict = {}
+    for attrs in images:
+        if attrs.get("Parent") in by_id:
+            children.setdefault(attrs["Parent"], set()).add(attrs["Id"])
+    untag = set(plan.untag)
+    left = {a["Id"]: [t for t in _tags(a) if t not in untag] for a in images}
+    start = [a["Id"] for a in images if _tags(a) and not left[a["Id"]]] + list(plan.cache)
+    gone: set = set()
+    for image_id in start:
+        while image_id in by_id and image_id not in gone and not left[image_id] \
+                and not (children.get(image_id, set()) - gone):
+            gone.add(image_id)
+            image_id = by_id[image_id].get("Parent")
+    freed = 0
+    for image_id in gone:
+        attrs, parent = by_id[image_id], by_id.get(by_id[image_id].get("Parent"))
+        if parent is not None:
+            freed += max(0, int(attrs.get("Size") or 0) - int(parent.get("Size") or 0))
+        else:
+            freed += max(0, int((unique or {}).get(image_id, 0)))
+    return freed
+
+
+def buildah_freed_bytes(layers: list, images: list, remove: list, prune: bool) -> int:
+    """About the bytes dlenv's buildah storage frees when the images named `remove` go (and, `prune`,
+    every image without a name: the layer cache), from containers-storage's own records (pure):
+    `layers` (id, parent, diff-size) and `images` (names, layer: its top layer). A layer goes when no
+    image that stays is built on it."""
+    by_id = {layer["id"]: layer for layer in layers}
+
+    def chain(top):
+        seen = set()
+        while top in by_id and top not in seen:
+            seen.add(top)
+            top = by_id[top].get("parent")
+        return seen
+
+    removing = set(remove)
+    gone, kept = set(), set()
+    for image in images:
+        names = image.get("names") or []
+        goes = (names and all(n in removing for n in names)) or (prune and not names)
+        (gone if goes else kept).update(chain(image.get("layer")))
+    return sum(int(by_id[layer].get("diff-size") or 0) for layer in gone - kept)
 
 
 def _made_here(attrs: dict) -> str:
@@ -155,6 +213,16 @@ def store_keep(required: list, optional: list) -> tuple[set, list, list]:
         keep.update(f.sha256 for f in files + python_files(lock))
         read.append(path)
     return keep, read, skipped
+
+
+def store_locks(cwd: Path) -> tuple[list, list]:
+    """(required, optional) locks whose files `dlenv gc --store` keeps: the catalog's and the project's
+    in `cwd` (required), the refreshed locks in the state folder (optional)."""
+    required = sorted(paths.stacks_dir().glob("*.lock"))
+    project = lock_path(Path(cwd) / PROJECT_FILE)
+    if project.is_file():
+        required.append(project)
+    return required, sorted(paths.refreshed_locks_dir().glob("*.lock"))
 
 
 def plan_store_gc(store: PackageStore, keep: set, now: float | None = None) -> StoreGcPlan:

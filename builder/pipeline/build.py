@@ -25,7 +25,7 @@ from builder.fileio import write_text_atomic
 from builder.names import HASH_LABEL, TAG_CHARS
 from builder.engine.debrepo import build_args
 from builder.engine.store import PackageSources
-from builder.pipeline import buildah_build, locker
+from builder.pipeline import buildah_build, diskcheck, locker
 from builder.pipeline.packages import Provision, package_sources, provision, served, uses_store
 from builder.plan import buildkit_variant
 from builder.plan.lockfile import dump
@@ -80,7 +80,7 @@ def write_lock(p: Plan, client, *, upgrade=(), upgrade_all: bool = False, ca_bun
 def ensure_parent(p: Plan, client, *, registry: str | None = None, ca_bundle: CABundle | None = None,
                   mirror: str | None = None, log=lambda msg: None, on_check=None, on_progress=None,
                   engine_name: str = "sdk", packages: PackageSources | None = None, locked: bool = False,
-                  on_refresh=None) -> str:
+                  on_refresh=None, disk_check: bool = True) -> str:
     """Make sure the verified image `p` builds on exists: "found" (promoted here), "pulled" (from the
     registry, by the parent's content hash) or "built" (its own verified build, parents first)."""
     parent = p.parent
@@ -94,9 +94,10 @@ def ensure_parent(p: Plan, client, *, registry: str | None = None, ca_bundle: CA
     if parent.parent is not None:
         ensure_parent(parent, client, registry=registry, ca_bundle=ca_bundle, mirror=mirror, log=log,
                       on_check=on_check, on_progress=on_progress, engine_name=engine_name, packages=packages,
-                      locked=locked, on_refresh=on_refresh)
+                      locked=locked, on_refresh=on_refresh, disk_check=disk_check)
     build(parent, client, ca_bundle=ca_bundle, mirror=mirror, log=log, on_check=on_check,
-          on_progress=on_progress, engine_name=engine_name, packages=packages, locked=locked, on_refresh=on_refresh)
+          on_progress=on_progress, engine_name=engine_name, packages=packages, locked=locked, on_refresh=on_refresh,
+          disk_check=disk_check)
     return "built"
 
 
@@ -190,13 +191,14 @@ def _promote(client, p: Plan, image_id: str) -> None:
 def build(p: Plan, client, *, ca_bundle: CABundle | None = None, mirror: str | None = None, verify: bool = True,
           nocache: bool = False, log=lambda msg: None, on_progress=None, on_check=None, registry: str | None = None,
           on_pull=None, engine_name: str = "sdk", packages: PackageSources | None = None, locked: bool = False,
-          on_refresh=None) -> BuildResult:
+          on_refresh=None, disk_check: bool = True) -> BuildResult:
     """Build `p` (unless its hash is already promoted, whichever engine built it), verify, promote.
 
     engine_name "sdk" builds through docker-py (classic builder); "buildkit" through a Docker CLI with
     BuildKit, from the variant of the same Dockerfile (see plan/buildkit_variant.py): same content hash,
     same label, same candidate/promote steps; "buildah" through buildah (plan/buildah_variant.py), whose
-    first build of a lock records the image id in the lock's images section."""
+    first build of a lock records the image id in the lock's images section. `disk_check`: refuse
+    before building when a disk it writes to is too full (pipeline/diskcheck.py)."""
     started = time.monotonic()
     with stack_lock(p.resolved.name, log):
         attrs = promoted_image(client, p)
@@ -210,6 +212,7 @@ def build(p: Plan, client, *, ca_bundle: CABundle | None = None, mirror: str | N
                                time.monotonic() - started, pulled=True)
         bundle = ca_bundle or find_ca_bundle()
         cli = _find_cli(engine_name)   # before the base: fails in a second
+        room = diskcheck.check(p, client, engine_name) if disk_check else None
         prov = None
         if uses_store(p):
             prov = provision(p, client, packages or package_sources(p, mirror=mirror), locked=locked, ca_bundle=bundle,
@@ -223,6 +226,8 @@ def build(p: Plan, client, *, ca_bundle: CABundle | None = None, mirror: str | N
                 engine.tag(client, attrs["Id"], p.latest_tag)
                 return BuildResult(p, attrs["Id"], True, [p.hash_tag, p.latest_tag], time.monotonic() - started,
                                    packages=prov)
+            if room is not None and (room.unknown or prov.refreshed_to):   # every file's size is known now
+                diskcheck.check(p, client, engine_name)
         with served(p, prov.files if prov else []) as repo:
             image_id, log_path, report = _build_verified(client, p, bundle, engine_name, cli, mirror=mirror,
                                                          nocache=nocache, log=log, on_progress=on_progress,
@@ -249,7 +254,8 @@ def _build_verified(client, p: Plan, bundle: CABundle, engine_name: str, cli, *,
                           f"and {p.resolved.name} installs Debian packages",
                           hint=f"build {p.resolved.name} with --engine buildah too")
     log_path = paths.state_dir() / "logs" / f"{p.resolved.name}-{p.content_hash[:TAG_CHARS]}.log"
-    image_id = _build_candidate(client, p, bundle, engine_name, cli, log_path, nocache=nocache,
-                                on_progress=on_progress, mirror=mirror, log=log, repo=repo)
+    with diskcheck.out_of_space(p, client, engine_name, log_path):   # ENOSPC: one line, no candidate tag
+        image_id = _build_candidate(client, p, bundle, engine_name, cli, log_path, nocache=nocache,
+                                    on_progress=on_progress, mirror=mirror, log=log, repo=repo)
     report = _verify_candidate(client, p, on_check) if verify else None
     return image_id, log_path, report

@@ -29,6 +29,7 @@ from builder.plan.lockimages import check_recorded, image_key
 from builder.plan.pins import base_recipe
 from builder.plan.plan import Plan
 from builder.engine.debrepo import build_args
+from builder.pipeline import diskcheck
 from builder.pipeline.packages import package_sources, provision, served, uses_store
 from builder.plan.debs import repository_sources
 from builder.settings.host import CABundle, pip_build_args
@@ -127,7 +128,8 @@ def build_without_docker(bh: Buildah, p: Plan, bundle: CABundle, *, nocache: boo
                         "answers", hint=f"lock {p.resolved.name} on a machine with Docker and commit the lock")
     started = time.monotonic()
     log_path = paths.state_dir() / "logs" / f"{p.resolved.name}-{p.content_hash[:TAG_CHARS]}.log"
-    with stack_lock(p.resolved.name, log), stack_lock(BUILDAH_MUTEX, log):
+    with stack_lock(p.resolved.name, log), stack_lock(BUILDAH_MUTEX, log), \
+            diskcheck.out_of_space(p, None, "buildah", log_path, buildah_cli=bh.cli):
         image_id = _build(bh, None, p, bundle, p.hash_tag, log_path, nocache=nocache, mirror=mirror, log=log,
                           on_progress=on_progress)
         store = buildah_store.to_containers_storage(bh.cli, p.hash_tag, image_id)
