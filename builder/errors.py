@@ -72,6 +72,12 @@ class SpecError(DlenvError):
         super().__init__(f"{where}: {what}{message}", hint=hint)
 
 
+class ParentPinConflict(SpecError):
+    """A stack built on its parent's image asks for a Python package (in python_packages, or through what
+    they require) at a version the parent's lock pins otherwise. Names the entry, both requirements, the
+    parent and the ways out."""
+
+
 class CatalogError(DlenvError):
     """A component is unknown or its data/template is missing."""
 
@@ -113,6 +119,15 @@ class DiskFullError(BuildError):
 
 class LockError(DlenvError):
     """A lock file is missing, damaged or stale, or a pin can no longer be installed."""
+
+
+class LockCommandError(LockError):
+    """A command in the lock container failed. `output` keeps all it printed: pip explains a conflict
+    there, on lines the one-line message leaves out."""
+
+    def __init__(self, message: str, *, output: str = "", hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.output = output
 
 
 class VerifyError(DlenvError):

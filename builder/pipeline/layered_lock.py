@@ -9,14 +9,15 @@ import time
 
 from builder import __version__
 from builder.names import CA_BUNDLE_TARGET
+from builder.errors import LockCommandError
 from builder.pipeline.locker import (_Box, CA_FALLBACK, LockReport, _dry_run, _resolve_apt, deb_records, lock_environment,
                                      use_archive)
+from builder.plan.conflicts import from_pip
 from builder.plan.layered import layered_inputs, own_apt
 from builder.plan.lockfile import Lock, canonical
 from builder.plan.pins import LEAF_STEP, base_recipe, constraint_lines, pip_steps
-from builder.plan.plan import Plan, parent_of
+from builder.plan.plan import Plan, image_pins, parent_of, shared_catalog
 from builder.settings.host import CABundle, find_ca_bundle
-
 
 
 def _parent_venv_pins(parent: Plan) -> dict:
@@ -35,7 +36,15 @@ def _resolve_leaf(box: _Box, p: Plan, keep: Lock | None, upgrade: set, report: L
     named = {canonical(line.split("==")[0]) for line in constraint_lines(p.resolved)}
     previous = {canonical(x.name): x for x in (keep.python.get(LEAF_STEP, ()) if keep else ())
                 if canonical(x.name) not in upgrade and canonical(x.name) not in named}
-    pins = _dry_run(box, steps[0], constraint_lines(p.resolved), venv_pins, previous, report)
+    try:
+        pins = _dry_run(box, steps[0], constraint_lines(p.resolved), venv_pins, previous, report)
+    except LockCommandError as exc:
+        # A pin of the parent image that a dependency of the stack's packages rejects: said as the
+        # conflict it is, as plan() says it of the stack's own entries.
+        conflict = from_pip(exc.output, p.resolved, p.parent.resolved.name, image_pins(p.parent), shared_catalog())
+        if conflict is None:
+            raise
+        raise conflict from None
     chosen = [x for x in pins if canonical(x.name) not in venv_pins or venv_pins[canonical(x.name)].version != x.version]
     log(f"pip step {LEAF_STEP}: {len(chosen)} package(s) beyond the parent's venv")
     return {LEAF_STEP: tuple(sorted(chosen, key=lambda x: canonical(x.name)))}

@@ -32,7 +32,7 @@ from builder.engine import base as base_mod
 from builder.engine import dockerapi as engine
 from builder.settings.host import CABundle, find_ca_bundle, pip_build_args
 from builder.settings.host import debian_sources as debian_sources_text
-from builder.errors import BaseImageError, EngineError, LockError
+from builder.errors import BaseImageError, EngineError, LockCommandError, LockError
 from builder.plan.lockfile import (Lock, canonical, digest, parse_apt_simulation, parse_dpkg_list, parse_pip_report,
                                     parse_source_uris)
 from builder.plan.pins import LEAF_STEP, base_recipe, constraint_lines, debian_sources, lock_inputs, pip_steps
@@ -75,7 +75,7 @@ class _Box:
             lines = [ln.strip() for ln in (stderr + "\n" + stdout).splitlines() if ln.strip()]
             # pip and apt put the reason last or on an "E:"/"ERROR:" line; show those first.
             key = [ln for ln in lines if ln.startswith(("E:", "ERROR:", "error:"))] or lines[-3:]
-            raise LockError(f"{what} failed: {' | '.join(key[-3:])[:400]}")
+            raise LockCommandError(f"{what} failed: {' | '.join(key[-3:])[:400]}", output=stderr + "\n" + stdout)
         return stdout
 
     def put(self, path: str, data: bytes) -> None:
@@ -413,7 +413,8 @@ def _dry_run(box: _Box, step, base_constraints: list, venv_pins: dict, previous:
             lines += [f"{p.name}=={p.version}" for p in venv_pins.values()]
             lines += [f"{p.name}=={p.version}" for n, p in extra.items() if n not in venv_pins]
         box.put(f"{WORK}/constraints-{step.name}.txt", "".join(f"{ln}\n" for ln in lines).encode())
-        args = ["--dry-run", "--ignore-installed", "--quiet", "--report", f"{WORK}/{step.name}.json"]
+        # Not --quiet: pip explains a ResolutionImpossible (which requirement, pinned how) at its info level.
+        args = ["--dry-run", "--ignore-installed", "--progress-bar", "off", "--report", f"{WORK}/{step.name}.json"]
         if step.mode == "target":
             args += ["--no-deps", "--only-binary=:all:"]
         args += list(step.options) + list(step.requirements)

@@ -14,6 +14,7 @@ from pathlib import Path
 from builder import names, paths
 from builder.errors import LockError, shown
 from builder.plan.catalog import Catalog
+from builder.plan.conflicts import check_parent_pins, venv_pins
 from builder.plan.lockfile import Lock, digest, explain_stale, lock_path
 from builder.plan.lockfile import load as load_lock
 from builder.plan.layered import Parent, layered_inputs, layered_parent, parent_changed, render_layered
@@ -119,7 +120,7 @@ def plan(ref: str, stacks_dir: Path | None = None, catalog: Catalog | None = Non
     """Resolve and render a stack; with a lock that matches it, every install is pinned. A stack that
     only adds its own packages, files and commands to a parent is planned on the parent's image."""
     stacks_dir = Path(stacks_dir or paths.stacks_dir())
-    catalog = catalog or _shared_catalog(str(paths.components_dir()))
+    catalog = catalog or shared_catalog()
     merged = load_stack(ref, stacks_dir)
     resolved = resolve(merged, catalog)
     parent_plan = _parent_plan(merged, stacks_dir, catalog)
@@ -128,9 +129,26 @@ def plan(ref: str, stacks_dir: Path | None = None, catalog: Catalog | None = Non
         ctx = render_context(resolved, lock if state == "locked" else None)
         return Plan(resolved, ctx, content_hash(ctx), lock, state, why)
     parent = parent_of(parent_plan)
+    # A pin of the parent image the stack's own packages reject can never be locked: said before any
+    # container starts (the parent is found, pulled or built first, which can take long).
+    check_parent_pins(resolved, parent.stack, image_pins(parent_plan), catalog)
     lock, state, why = lock_status(resolved, parent)
     ctx = render_layered(resolved, parent, lock if state == "locked" else None)
     return Plan(resolved, ctx, content_hash(ctx), lock, state, why, parent=parent_plan)
+
+
+def shared_catalog() -> Catalog:
+    """The catalog of components dlenv ships (read once per process)."""
+    return _shared_catalog(str(paths.components_dir()))
+
+
+def image_pins(parent_plan: Plan) -> dict:
+    """canonical name -> ImagePin of the Python packages in the venv of `parent_plan`'s image: the venv
+    steps of the whole build it stands on (a layered parent adds no Python packages of its own)."""
+    whole = parent_plan
+    while whole.parent is not None:
+        whole = whole.parent
+    return venv_pins(whole.resolved, whole.lock)
 
 
 def replan(p: Plan, lock: Lock) -> Plan:
