@@ -9,7 +9,7 @@ import click
 
 from builder import paths
 from builder.cli.common import (ENGINES, Ctx, bundle_and_mirror, check_driver, package_sources_of, plan_of, print_check,
-                                print_refresh, step_printer)
+                                print_refresh, print_slowest, step_printer)
 from builder.cli.registry import LayerProgress
 from builder.engine import base as base_mod
 from builder.engine import dockerapi as engine
@@ -114,6 +114,7 @@ def build(ctx: Ctx, stack, no_verify, nocache, ca_bundle, registry, no_pull, rel
     else:
         verified = f", {result.report.counts['passed']} checks passed" if result.report else ", not verified"
         click.echo(f"built {p.hash_tag} and {p.latest_tag} in {result.seconds:.0f}s{verified}")
+        print_slowest(ctx, result.steps)
     if check:
         _check(ctx, result.plan, client, bundle, mirror, on_progress)
 
@@ -144,6 +145,7 @@ def _build_without_docker(ctx: Ctx, p, bundle, mirror, nocache: bool, check: boo
                                              on_progress=on_progress)
     click.echo(f"built {p.hash_tag} ({got['id'][:19]}) in {got['seconds']:.0f}s, not verified: the checks run in "
                f"the Docker engine; in {got['store']} for podman: `podman run --rm -it {p.hash_tag}`")
+    print_slowest(ctx, got["steps"])
     if check:
         _check(ctx, p, None, bundle, mirror, on_progress)
 

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from builder.engine.buildlog import slowest, step_row
 from builder.engine.images import promoted_image
 from builder.errors import BuildError, EngineError, VerifyError, one_line, printable
 from builder.pipeline import build as build_mod
@@ -171,3 +172,13 @@ def step_printer(ctx: Ctx):
         ctx.err.print(f"[cyan]step {progress.step}/{progress.total}[/cyan] {escape(progress.instruction[:110])}",
                       markup=True, highlight=False)
     return on_progress
+
+
+def print_slowest(ctx: Ctx, steps: list) -> None:
+    """After a build that ran steps: the few that took longest (the full table is in the build log)."""
+    top = slowest(steps)
+    if ctx.quiet or not top:
+        return
+    ctx.err.print(Text("slowest steps:", style="cyan"))
+    for timed in top:
+        ctx.err.print(Text("  " + printable(step_row(timed, width=60)), style="dim"))

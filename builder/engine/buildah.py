@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Callable
 
 from builder import paths
-from builder.engine.buildlog import LOG_TAIL, BuildProgress, _build_hint, _short_build_error
-from builder.engine.processes import run_logged
+from builder.engine.buildlog import LOG_TAIL, BuildProgress, StepClock, _build_hint, _short_build_error
+from builder.engine.processes import append_lines, run_logged
 from builder.errors import BuildError, EngineError
 from builder.names import CA_SECRET_ID
 
@@ -34,6 +34,10 @@ _VERSION = re.compile(r"^Version:\s+(\d+)\.(\d+)(?:\.(\d+))?", re.M)
 _STEP = re.compile(r"^(?:\[(\d+)/(\d+)\] )?STEP (\d+)/(\d+): (.*)$")
 _ERROR = re.compile(r"^Error: (.*)$")
 _AT_STEP = re.compile(r'^building at STEP "(.*)": (.*)$')
+_COMMIT = re.compile(r"^(?:\[(\d+)/(\d+)\] )?COMMIT\b")
+_CACHE_HIT = re.compile(r"^--> Using cache\b")
+_STAGE_NAME = re.compile(r"^FROM\s.*\s[Aa][Ss]\s+(\S+)\s*$")
+_COPY_FROM = re.compile(r"^(?:COPY|ADD)\s.*--from=(\S+)")
 # Stages built at once: the runtime stage's apt step runs while the build stage builds (the templates
 # render those two); the image id does not depend on it (measured, issue #17 report: chainer 87 s -> 77 s).
 JOBS = 2
@@ -106,31 +110,78 @@ def command(cli: str, context_dir: Path, tag_ref: str, buildargs: dict, iid_file
 
 
 class _StepLog:
-    """Reads buildah's output: the step it is at, its error line, the tail."""
+    """Reads buildah's output: the step it is at, its error line, the tail, and how long each step took.
 
-    def __init__(self):
+    With --jobs, stages run at once and their lines interleave: a step lasts until the next step of its
+    stage starts. A stage that copies from another (`COPY --from=build`) first waits for it: the source's
+    last step ends with its last output line before the copying stage moves on, and the copy is timed
+    from then."""
+
+    def __init__(self, clock: StepClock | None = None):
         self.progress = BuildProgress()
+        self.clock = clock if clock is not None else StepClock()
         self.tail: collections.deque = collections.deque(maxlen=LOG_TAIL)
         self.error = None
+        self.stages: dict[str, str] = {}     # "[i/n]" and a stage's name or index in --from -> its label
+        self.last_output: float | None = None
 
-    def feed(self, line: str) -> None:
+    def _stage(self, m) -> str:
+        """The label of a step's stage: its name (`FROM ... AS build`), else `stage i/n`; "" for one stage."""
+        if not m[1]:
+            return ""
+        key = f"{m[1]}/{m[2]}"
+        if key not in self.stages:
+            named = _STAGE_NAME.match(m[5]) if m[3] == "1" else None
+            self.stages[key] = named[1] if named else f"stage {key}"
+            self.stages.setdefault(str(int(m[1]) - 1), self.stages[key])
+            if named:
+                self.stages.setdefault(named[1], self.stages[key])
+        return self.stages[key]
+
+    def _waited(self, stage: str) -> list[str]:
+        """When `stage`'s step was a copy from a stage still running, that stage ended before the copy
+        could: its last step ends at its last output line, and the copy starts then."""
+        current = self.clock.open_step(stage)
+        copy = _COPY_FROM.match(current[0].instruction) if current else None
+        source = self.stages.get(copy[1]) if copy else None
+        opened = self.clock.open_step(source) if source is not None and source != stage else None
+        if opened is None:
+            return []
+        ended = max(opened[1], self.last_output if self.last_output is not None else opened[1])
+        self.clock.restart(stage, ended)
+        return self.clock.end(source, at=ended)
+
+    def feed(self, line: str) -> list[str]:
+        """Read one line; dlenv's lines for the log before it (how long the step it ends took)."""
         self.tail.append(line)
+        notes = []
         m = _STEP.match(line)
+        c = _COMMIT.match(line) if m is None else None
         if m:
-            stage = f"[stage {m[1]}/{m[2]}] " if m[1] else ""
-            self.progress.step, self.progress.total, self.progress.instruction = int(m[3]), int(m[4]), stage + m[5]
+            stage = self._stage(m)
+            notes += self._waited(stage)
+            notes += self.clock.start(int(m[3]), int(m[4]), m[5], stage)
+            prefix = f"[stage {m[1]}/{m[2]}] " if m[1] else ""
+            self.progress.step, self.progress.total, self.progress.instruction = int(m[3]), int(m[4]), prefix + m[5]
+        elif c:
+            stage = self.stages.get(f"{c[1]}/{c[2]}", "") if c[1] else ""
+            notes += self._waited(stage) + self.clock.end(stage)
+        elif _CACHE_HIT.match(line):
+            self.clock.cached()
+        else:
+            self.last_output = self.clock.now()
         e = _ERROR.match(line)
         if e and self.error is None:
             self.error = e[1]
+        return notes
 
 
 def _run(cmd: list[str], env: dict, log_path: Path, steps: _StepLog,
          on_progress: Callable[[BuildProgress, str], None] | None) -> int:
     def on_line(line: str) -> None:
-        steps.feed(line)
         if on_progress:
             on_progress(steps.progress, line)
-    return run_logged(cmd, env, log_path, on_line, STOP_STEPS, hint=HINT)
+    return run_logged(cmd, env, log_path, on_line, STOP_STEPS, hint=HINT, notes=steps.feed)
 
 
 def failure(code: int, steps: _StepLog, log_path: Path) -> BuildError:
@@ -148,19 +199,23 @@ def failure(code: int, steps: _StepLog, log_path: Path) -> BuildError:
 
 def build(cli: str, context_dir: Path, tag_ref: str, buildargs: dict, log_path: Path, *, epoch: int,
           secret_file: Path | None = None, on_progress: Callable[[BuildProgress, str], None] | None = None,
-          nocache: bool = False) -> str:
+          nocache: bool = False, clock: StepClock | None = None) -> str:
     """`buildah build` of `context_dir` (its Dockerfile is the variant) in dlenv's storage, tagged
-    `tag_ref`; returns the image id. The full log goes to `log_path`. Whatever way it ends (Ctrl-C
-    included), buildah is stopped and its working containers are removed."""
+    `tag_ref`; returns the image id. The full log goes to `log_path`, with the duration of each step and
+    a closing table of the slowest (`clock` keeps the figures). Whatever way it ends (Ctrl-C included),
+    buildah is stopped and its working containers are removed."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     iid_dir = Path(tempfile.mkdtemp(prefix="iid-"))
     iid_file = iid_dir / "iid"
     cmd = command(cli, context_dir, tag_ref, buildargs, iid_file, epoch=epoch, secret_file=secret_file, nocache=nocache)
     env = {**os.environ, **{k: str(v) for k, v in buildargs.items()}}
-    steps = _StepLog()
+    steps = _StepLog(clock)
     ok = False
     try:
-        code = _run(cmd, env, log_path, steps, on_progress)
+        try:
+            code = _run(cmd, env, log_path, steps, on_progress)
+        finally:
+            append_lines(log_path, steps.clock.finish())
         if code != 0:
             raise failure(code, steps, log_path)
         image_id = iid_file.read_text().strip() if iid_file.is_file() else ""

@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from builder.engine.buildlog import LOG_TAIL, BuildProgress, _build_hint, _short_build_error
-from builder.engine.processes import run_logged
+from builder.engine.buildlog import LOG_TAIL, BuildProgress, StepClock, StepTime, _build_hint, _short_build_error
+from builder.engine.processes import append_lines, run_logged
 from builder.errors import BuildError, EngineError
 from builder.names import CA_SECRET_ID
 
@@ -73,6 +73,8 @@ def find_cli(environ=os.environ) -> str:
 _VERTEX = re.compile(r"^#(\d+) \[(?:([^\]\s]+) )?(\d+)/(\d+)\] (.*)$")
 _VERTEX_ERROR = re.compile(r"^#(\d+) ERROR: (.*)$")
 _VERTEX_OUT = re.compile(r"^#\d+ \d+\.\d+ ?")
+_VERTEX_DONE = re.compile(r"^#(\d+) DONE (\d+(?:\.\d+)?)s$")
+_VERTEX_CACHED = re.compile(r"^#(\d+) CACHED$")
 STOP_STEPS = ((signal.SIGINT, 10), (signal.SIGTERM, 5), (signal.SIGKILL, 5))   # as a user's Ctrl-C would, then harder
 
 
@@ -97,24 +99,39 @@ def _environment(buildargs: dict) -> dict:
 
 
 class _PlainLog:
-    """Reads the CLI's plain progress: the step of each vertex, the first vertex that failed, the tail."""
+    """Reads the CLI's plain progress: the step of each vertex, how long each took (BuildKit says it:
+    `#7 DONE 41.2s`, `#7 CACHED`; steps of different stages run at once), the first vertex that failed,
+    the tail."""
 
-    def __init__(self):
+    def __init__(self, clock: StepClock | None = None):
         self.progress = BuildProgress()
+        self.clock = clock if clock is not None else StepClock()
         self.tail: collections.deque = collections.deque(maxlen=LOG_TAIL)
         self.vertices: dict[str, tuple] = {}
+        self.steps: dict[str, StepTime] = {}     # vertex -> its step
+        self.timed: set = set()                  # vertices whose figure the clock has
         self.failed = None
 
-    def feed(self, line: str) -> None:
+    def feed(self, line: str) -> list[str]:
+        """Read one line; dlenv's lines for the log before it (none: BuildKit writes its own figures)."""
         self.tail.append(line)
         m = _VERTEX.match(line)
         if m:
             stage = m[2] or "stage"
             self.vertices[m[1]] = (int(m[3]), int(m[4]), f"[{stage}] {m[5]}")
             self.progress.step, self.progress.total, self.progress.instruction = self.vertices[m[1]]
+            self.steps.setdefault(m[1], StepTime(int(m[3]), int(m[4]), m[5], stage))
+        done, cached = _VERTEX_DONE.match(line), _VERTEX_CACHED.match(line)
+        ended = done or cached
+        if ended and ended[1] in self.steps and ended[1] not in self.timed:
+            timed = self.steps[ended[1]]
+            timed.seconds, timed.cached = (float(done[2]), False) if done else (0.0, True)
+            self.timed.add(ended[1])
+            self.clock.add(timed)
         e = _VERTEX_ERROR.match(line)
         if e and self.failed is None:
             self.failed = (self.vertices.get(e[1]), e[2])
+        return []
 
 
 def _run_cli(cli: str, cmd: list[str], env: dict, log_path: Path, plain: _PlainLog,
@@ -122,10 +139,9 @@ def _run_cli(cli: str, cmd: list[str], env: dict, log_path: Path, plain: _PlainL
     """Runs the CLI to its end, every line to `log_path`; returns its exit status. However this ends
     (Ctrl-C included), the CLI does not build on."""
     def on_line(line: str) -> None:
-        plain.feed(line)
         if on_progress:
             on_progress(plain.progress, _VERTEX_OUT.sub("", line))
-    return run_logged(cmd, env, log_path, on_line, STOP_STEPS)
+    return run_logged(cmd, env, log_path, on_line, STOP_STEPS, notes=plain.feed)
 
 
 def _failure(cli: str, code: int, plain: _PlainLog, log_path: Path) -> BuildError:
@@ -144,16 +160,20 @@ def _failure(cli: str, code: int, plain: _PlainLog, log_path: Path) -> BuildErro
 
 def build(cli: str, context_dir: Path, tag_ref: str, buildargs: dict, log_path: Path, *,
           secret_file: Path | None = None, on_progress: Callable[[BuildProgress, str], None] | None = None,
-          nocache: bool = False) -> str:
+          nocache: bool = False, clock: StepClock | None = None) -> str:
     """`docker build` with BuildKit of `context_dir` (its Dockerfile is the variant), tagged `tag_ref`;
-    returns the image id. The full log goes to `log_path`; a failure raises BuildError like the SDK's."""
+    returns the image id. The full log goes to `log_path`, closed by a table of the slowest steps (`clock`
+    keeps the figures); a failure raises BuildError like the SDK's."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     iid_dir = Path(tempfile.mkdtemp(prefix="iid-"))
     iid_file = iid_dir / "iid"
     cmd = _command(cli, context_dir, tag_ref, buildargs, iid_file, secret_file, nocache)
-    plain = _PlainLog()
+    plain = _PlainLog(clock)
     try:
-        code = _run_cli(cli, cmd, _environment(buildargs), log_path, plain, on_progress)
+        try:
+            code = _run_cli(cli, cmd, _environment(buildargs), log_path, plain, on_progress)
+        finally:
+            append_lines(log_path, plain.clock.finish())
         if code != 0:
             raise _failure(cli, code, plain, log_path)
         if not iid_file.is_file() or not iid_file.read_text().strip():

@@ -33,10 +33,11 @@ def stop_group(proc: subprocess.Popen, steps: tuple) -> None:
 
 
 def run_logged(cmd: list[str], env: dict, log_path: Path, on_line: Callable[[str], None], stop_steps: tuple,
-               hint: str | None = None) -> int:
+               hint: str | None = None, notes: Callable[[str], list] | None = None) -> int:
     """Run `cmd` in its own process group to its end, every output line to `log_path` and `on_line`;
-    its exit status. However this ends (Ctrl-C included), the group is stopped by `stop_steps`: the
-    build must not go on without dlenv."""
+    its exit status. `notes(line)`: dlenv's own lines to write into the log before that line (how long
+    the step it ends took). However this ends (Ctrl-C included), the group is stopped by `stop_steps`:
+    the build must not go on without dlenv."""
     with open(log_path, "w", encoding="utf-8") as log:
         try:
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -47,8 +48,17 @@ def run_logged(cmd: list[str], env: dict, log_path: Path, on_line: Callable[[str
         try:
             for raw in proc.stdout:
                 line = raw.rstrip("\n")
+                for note in notes(line) if notes else ():
+                    log.write(note + "\n")
                 log.write(line + "\n")
                 on_line(line)
             return proc.wait()
         finally:
             stop_group(proc, stop_steps)
+
+
+def append_lines(log_path: Path, lines: list) -> None:
+    """Add dlenv's closing lines to a build log (nothing when there are none, or no log)."""
+    if lines and log_path.is_file():
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.writelines(line + "\n" for line in lines)

@@ -23,6 +23,7 @@ from builder.engine.images import promoted_image
 from builder.errors import BuildError, EngineError, LockError, VerifyError, shown
 from builder.fileio import write_text_atomic
 from builder.names import HASH_LABEL, TAG_CHARS
+from builder.engine.buildlog import StepClock
 from builder.engine.debrepo import build_args
 from builder.engine.store import PackageSources
 from builder.pipeline import buildah_build, diskcheck, locker
@@ -112,6 +113,7 @@ class BuildResult:
     report: Report | None = None
     pulled: bool = False
     packages: Provision | None = None     # where the Debian files came from, and the pins a refresh moved
+    steps: list = field(default_factory=list)   # StepTime of each step the engine built (none for a no-op or pull)
 
 
 def _prepare_base(client, p: Plan, mirror: str | None, log, repo: str | None = None) -> None:
@@ -130,12 +132,13 @@ def _prepare_base(client, p: Plan, mirror: str | None, log, repo: str | None = N
 
 def _build_candidate(client, p: Plan, bundle: CABundle, engine_name: str, cli, log_path: Path, *,
                      nocache: bool, on_progress, mirror: str | None = None, log=lambda msg: None,
-                     repo: str | None = None) -> str:
+                     repo: str | None = None, clock: StepClock | None = None) -> str:
     """Build the candidate image with the chosen engine from a temporary context; returns its id.
-    `repo`: the proxy URL of dlenv's package repository, which every apt step of the build uses."""
+    `repo`: the proxy URL of dlenv's package repository, which every apt step of the build uses;
+    `clock`: how long each step took."""
     if engine_name == "buildah":   # its own storage, base and context (pipeline/buildah_build.py)
         return buildah_build.build_candidate(cli, client, p, bundle, log_path, nocache=nocache, mirror=mirror,
-                                             log=log, on_progress=on_progress, repo=repo)
+                                             log=log, on_progress=on_progress, repo=repo, clock=clock)
     workdir = Path(tempfile.mkdtemp(prefix="context-", dir=paths.state_dir()))
     try:
         buildargs = {**pip_build_args(), **build_args(repo), "DLENV_CONTENT_HASH": p.content_hash}
@@ -144,10 +147,10 @@ def _build_candidate(client, p: Plan, bundle: CABundle, engine_name: str, cli, l
             dockerfile = buildkit_variant.variant(p.context.dockerfile, base=p.resolved.base, ca_secret=bundle.path is not None)
             write_context(p.context, workdir, None, dockerfile=dockerfile)
             return buildkit.build(cli, workdir, p.candidate_tag, buildargs, log_path,
-                                  secret_file=bundle.path, on_progress=on_progress, nocache=nocache)
+                                  secret_file=bundle.path, on_progress=on_progress, nocache=nocache, clock=clock)
         write_context(p.context, workdir, bundle.read())
         return sdk.build(client, workdir, p.candidate_tag, buildargs, log_path,
-                         on_progress=on_progress, nocache=nocache)
+                         on_progress=on_progress, nocache=nocache, clock=clock)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -228,19 +231,20 @@ def build(p: Plan, client, *, ca_bundle: CABundle | None = None, mirror: str | N
                                    packages=prov)
             if room is not None and (room.unknown or prov.refreshed_to):   # every file's size is known now
                 diskcheck.check(p, client, engine_name)
+        clock = StepClock()
         with served(p, prov.files if prov else []) as repo:
             image_id, log_path, report = _build_verified(client, p, bundle, engine_name, cli, mirror=mirror,
                                                          nocache=nocache, log=log, on_progress=on_progress,
-                                                         on_check=on_check, verify=verify, repo=repo)
+                                                         on_check=on_check, verify=verify, repo=repo, clock=clock)
         _promote(client, p, image_id)
         if engine_name == "buildah":
             buildah_build.record_image(cli, client, p, image_id, log)
         return BuildResult(p, image_id, False, [p.hash_tag, p.latest_tag], time.monotonic() - started,
-                           str(log_path), report, packages=prov)
+                           str(log_path), report, packages=prov, steps=clock.steps)
 
 
 def _build_verified(client, p: Plan, bundle: CABundle, engine_name: str, cli, *, mirror, nocache, log, on_progress,
-                    on_check, verify, repo):
+                    on_check, verify, repo, clock: StepClock | None = None):
     """The base, the candidate and its checks: (image id, log path, report)."""
     if p.parent is None:
         if engine_name != "buildah":   # buildah bootstraps its own base in its own storage
@@ -256,6 +260,6 @@ def _build_verified(client, p: Plan, bundle: CABundle, engine_name: str, cli, *,
     log_path = paths.state_dir() / "logs" / f"{p.resolved.name}-{p.content_hash[:TAG_CHARS]}.log"
     with diskcheck.out_of_space(p, client, engine_name, log_path):   # ENOSPC: one line, no candidate tag
         image_id = _build_candidate(client, p, bundle, engine_name, cli, log_path, nocache=nocache,
-                                    on_progress=on_progress, mirror=mirror, log=log, repo=repo)
+                                    on_progress=on_progress, mirror=mirror, log=log, repo=repo, clock=clock)
     report = _verify_candidate(client, p, on_check) if verify else None
     return image_id, log_path, report

@@ -18,6 +18,7 @@ from pathlib import Path
 from builder import paths
 from builder.engine import buildah, buildah_store
 from builder.engine import dockerapi as engine
+from builder.engine.buildlog import StepClock
 from builder.engine.context import write_context
 from builder.errors import BuildError, EngineError, ImageIdError, LockError
 from builder.fileio import write_text_atomic
@@ -70,7 +71,7 @@ def _ensure_parent(bh: Buildah, client, p: Plan, log) -> None:
 
 
 def _build(bh: Buildah, client, p: Plan, bundle: CABundle, name: str, log_path: Path, *, nocache: bool,
-           mirror: str | None, log, on_progress, repo: str | None = None) -> str:
+           mirror: str | None, log, on_progress, repo: str | None = None, clock: StepClock | None = None) -> str:
     """The base (or the parent image), then `buildah build` of the variant as `name` in dlenv's
     buildah storage; the id. Without `repo` (a check, a build without Docker) the lock's Debian files
     are obtained and served here; none is refreshed (that needs the lock container, and a refreshed
@@ -79,7 +80,7 @@ def _build(bh: Buildah, client, p: Plan, bundle: CABundle, name: str, log_path: 
         prov = provision(p, None, package_sources(p, mirror=mirror), locked=True, mirror=mirror, log=log)
         with served(p, prov.files) as url:
             return _build(bh, client, p, bundle, name, log_path, nocache=nocache, mirror=mirror, log=log,
-                          on_progress=on_progress, repo=url)
+                          on_progress=on_progress, repo=url, clock=clock)
     if "image" in p.resolved.base:
         raise EngineError(f"the buildah engine builds only on dlenv's bootstrapped Debian base for now ({p.resolved.name} "
                           "has a registry base)", hint="build this stack with --engine sdk or buildkit")
@@ -98,18 +99,18 @@ def _build(bh: Buildah, client, p: Plan, bundle: CABundle, name: str, log_path: 
         sources.write_text(repository_sources())     # dlenv's package repository, through the proxy below
         buildargs = {**pip_build_args(), **build_args(repo), "DLENV_CONTENT_HASH": p.content_hash}
         return buildah.build(bh.cli, workdir, name, buildargs, log_path, epoch=epoch, secret_file=bundle.path,
-                             on_progress=on_progress, nocache=nocache)
+                             on_progress=on_progress, nocache=nocache, clock=clock)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def build_candidate(bh: Buildah, client, p: Plan, bundle: CABundle, log_path: Path, *, nocache: bool,
-                    mirror: str | None, log, on_progress, repo: str | None = None) -> str:
+                    mirror: str | None, log, on_progress, repo: str | None = None, clock: StepClock | None = None) -> str:
     """Build with buildah (named by the hash tag in dlenv's storage) and hand the image to Docker as
     the candidate tag; returns the id, the same in both."""
     with stack_lock(BUILDAH_MUTEX, log):
         image_id = _build(bh, client, p, bundle, p.hash_tag, log_path, nocache=nocache, mirror=mirror, log=log,
-                          on_progress=on_progress, repo=repo)
+                          on_progress=on_progress, repo=repo, clock=clock)
         buildah_store.to_docker(bh.cli, client, p.hash_tag, p.candidate_tag, image_id)
     return image_id
 
@@ -119,7 +120,7 @@ def build_without_docker(bh: Buildah, p: Plan, bundle: CABundle, *, nocache: boo
     """With no Docker engine: build in dlenv's buildah storage, copy the image into the host's
     containers-storage (podman's) under its hash tag, and record its id in the lock. Nothing is
     verified (the checks run in Docker containers) and no Docker tag exists to promote. Returns
-    {"id", "store", "recorded", "seconds"}."""
+    {"id", "store", "recorded", "seconds", "steps"} (steps: how long each took)."""
     if p.parent is not None:
         raise EngineError(f"{p.resolved.name} builds on {p.parent.hash_tag}, which lives in the Docker engine, and no "
                           "Docker engine answers", hint="start the Docker engine (`dlenv doctor` says how)")
@@ -127,14 +128,16 @@ def build_without_docker(bh: Buildah, p: Plan, bundle: CABundle, *, nocache: boo
         raise LockError(f"{p.lock_file} is {p.lock_state}; locking runs containers in the Docker engine, and none "
                         "answers", hint=f"lock {p.resolved.name} on a machine with Docker and commit the lock")
     started = time.monotonic()
+    clock = StepClock()
     log_path = paths.state_dir() / "logs" / f"{p.resolved.name}-{p.content_hash[:TAG_CHARS]}.log"
     with stack_lock(p.resolved.name, log), stack_lock(BUILDAH_MUTEX, log), \
             diskcheck.out_of_space(p, None, "buildah", log_path, buildah_cli=bh.cli):
         image_id = _build(bh, None, p, bundle, p.hash_tag, log_path, nocache=nocache, mirror=mirror, log=log,
-                          on_progress=on_progress)
+                          on_progress=on_progress, clock=clock)
         store = buildah_store.to_containers_storage(bh.cli, p.hash_tag, image_id)
         recorded = record_image(bh, None, p, image_id, log)
-    return {"id": image_id, "store": store, "recorded": recorded, "seconds": time.monotonic() - started}
+    return {"id": image_id, "store": store, "recorded": recorded, "seconds": time.monotonic() - started,
+            "steps": clock.steps}
 
 
 def record_image(bh: Buildah, client, p: Plan, image_id: str, log) -> str:
