@@ -133,8 +133,8 @@ class LockCommandError(LockError):
 class VerifyError(DlenvError):
     """At least one check failed; carries the report."""
 
-    def __init__(self, message: str, report=None):
-        super().__init__(message)
+    def __init__(self, message: str, report=None, *, hint: str | None = None):
+        super().__init__(message, hint=hint)
         self.report = report
 
 

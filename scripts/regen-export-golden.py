@@ -44,6 +44,12 @@ def _cases() -> dict:
             runtime="pyxis", registry=REGISTRY),
         "chainermn.slurm-native.sbatch": lambda: slurm_script(
             _plan("chainermn"), COMMAND, nodes=2, gpus_per_node=4, time_limit="01:00:00", runtime="native"),
+        "chainermn.slurm-charliecloud.sbatch": lambda: slurm_script(
+            _plan("chainermn"), COMMAND, nodes=2, gpus_per_node=0, ntasks_per_node=2, runtime="charliecloud"),
+        "chainermn.slurm-podman.sbatch": lambda: slurm_script(
+            _plan("chainermn"), COMMAND, nodes=2, gpus_per_node=0, runtime="podman", time_limit="00:30:00"),
+        "chainermn.slurm-podman-registry.sbatch": lambda: slurm_script(
+            _plan("chainermn"), COMMAND, nodes=2, gpus_per_node=4, runtime="podman", registry=REGISTRY),
         "chainermn.mpijob.yaml": lambda: mpijob(
             _plan("chainermn"), COMMAND, registry=REGISTRY, workers=2, gpus_per_worker=4, shm_size="8g"),
         "chainermn.devcontainer.json": lambda: devcontainer(_plan("chainermn"), shm_size="8g"),

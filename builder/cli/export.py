@@ -1,4 +1,4 @@
-"""`dlenv export apptainer|slurm|mpijob|devcontainer`, `dlenv save` and `dlenv load`.
+"""`dlenv export apptainer|charliecloud|slurm|mpijob|devcontainer`, `dlenv save` and `dlenv load`.
 
 Thin like cli.py: parse options, plan the stack, call builder.outputs.exports, and write the result:
 text exports go to stdout unless `-o FILE` names a file; the devcontainer goes to
@@ -13,15 +13,19 @@ import os
 from pathlib import Path
 
 import click
+from builder import paths
 from builder.engine import dockerapi as engine
 from builder.engine.archive import load_image
 from builder.engine.archive import save_image
+from builder.engine.charliecloud import FORMATS as CHARLIECLOUD_FORMATS
+from builder.engine.charliecloud import export_charliecloud
 from builder.errors import DlenvError, ExportError
 from builder.fileio import write_text_atomic
 from builder.outputs.exports.apptainer import apptainer_def
+from builder.outputs.exports.common import artifact_name
 from builder.outputs.exports.devcontainer import devcontainer as make_devcontainer
 from builder.outputs.exports.mpijob import mpijob as make_mpijob
-from builder.outputs.exports.slurm import slurm_script
+from builder.outputs.exports.slurm import DEFAULT_TIME_LIMIT, SLURM_RUNTIMES, slurm_script
 from builder.plan.plan import plan
 from builder.settings.settings import load_settings
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
@@ -79,7 +83,7 @@ def output_options(func):
 
 @click.group()
 def export():
-    """Use STACK's image elsewhere: Apptainer, Slurm, Kubernetes (MPIJob), a dev container.
+    """Use STACK's image elsewhere: Apptainer, Charliecloud, Slurm, Kubernetes (MPIJob), a dev container.
 
     Every export names the image by its content hash, so it runs exactly the environment `dlenv
     build` verified; export again when the stack changes.
@@ -107,18 +111,22 @@ def apptainer(ctx, stack, registry, local, output, force):
 @click.option("-N", "--nodes", type=int, required=True, help="Nodes to allocate.")
 @click.option("--gpus-per-node", type=int, required=True, help="GPUs per node (0: none).")
 @click.option("--ntasks-per-node", type=int, help="Ranks per node (default: one per GPU, or 1).")
-@click.option("-t", "--time", "time_limit", metavar="[D-]HH:MM:SS", help="Time limit of the job.")
+@click.option("-t", "--time", "time_limit", metavar="[D-]HH:MM:SS",
+              help=f"Time limit of the job: every srun's deadline (default {DEFAULT_TIME_LIMIT}).")
 @click.option("-p", "--partition", help="Slurm partition.")
 @click.option("-J", "--job-name", help="Job name (default dlenv-STACK).")
-@click.option("--runtime", type=click.Choice(["apptainer", "pyxis", "native"]), default="apptainer", show_default=True,
-              help="Container runtime on the nodes.")
+@click.option("--runtime", type=click.Choice(list(SLURM_RUNTIMES)), default="apptainer", show_default=True,
+              help="Container runtime on the nodes (charliecloud and podman ran for real under a host Slurm; "
+                   "apptainer and pyxis are written from their documentation).")
 @click.option("--mpi", type=click.Choice(["pmix", "pmi2"]), default="pmix", show_default=True,
               help="srun's --mpi plugin.")
 @click.option("--mpi-mode", type=click.Choice(["direct", "hybrid"]), default="direct", show_default=True,
               help="direct: srun starts the ranks; hybrid: the host's Open MPI 4.1 mpirun does (Apptainer only).")
 @click.option("--registry", metavar="HOST[:PORT][/PREFIX]", help=REGISTRY_HELP)
 @click.option("--local", is_flag=True, help="Ignore the registry setting (image file made from the local engine).")
-@click.option("--image-file", metavar="PATH", help="The SIF (Apptainer) or squashfs (pyxis) file to run.")
+@click.option("--image-file", metavar="PATH",
+              help="The image to run: SIF (Apptainer), squashfs (pyxis), directory or SquashFS file (Charliecloud), "
+                   "`docker save` archive (podman).")
 @output_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_obj
@@ -133,6 +141,30 @@ def slurm(ctx, stack, nodes, gpus_per_node, ntasks_per_node, time_limit, partiti
                         runtime=runtime, mpi=mpi, mpi_mode=mpi_mode,
                         registry=None if local else _registry(registry), image_file=image_file, job_name=job_name)
     write_output(ctx, text, output, force)
+
+
+@export.command()
+@click.argument("stack")
+@click.option("-o", "--output", metavar="PATH", help="The image directory, or the SquashFS file with --format squashfs "
+                                                      "(default: ./dlenv-STACK-HASH16, or that name + .sqfs).")
+@click.option("--format", "fmt", type=click.Choice(list(CHARLIECLOUD_FORMATS)), default="dir", show_default=True,
+              help="dir: a directory ch-run runs as it is; squashfs: one file, mounted by ch-run with squashfuse.")
+@click.option("--force", is_flag=True, help="Replace an existing image at PATH.")
+@click.pass_obj
+def charliecloud(ctx, stack, output, fmt, force):
+    """STACK's verified image as a Charliecloud image (converted by Charliecloud's ch-convert).
+
+    It carries the image's environment in /ch/environment (`ch-run --set-env`) and, in /ch/dlenv.json, the
+    stack, content hash and lock it was built from: `dlenv verify PATH` reads them.
+    """
+    p = _plan(stack)
+    target = output or artifact_name(p, ".sqfs" if fmt == "squashfs" else "")
+    client = engine.connect()
+    ctx.info(f"converting {p.hash_tag} with ch-convert ({fmt}); a chainermn-sized image takes minutes")
+    result = export_charliecloud(client, p, target, fmt, force=force,
+                                 log_path=paths.state_dir() / "logs" / f"{p.resolved.name}-charliecloud.log")
+    click.echo(f"wrote {result.path} ({fmt}, {_size(result.bytes)}, from {result.image}) in {result.seconds:.1f}s; "
+               f"run it with `ch-run --set-env {result.path} -- COMMAND`")
 
 
 @export.command()

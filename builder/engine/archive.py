@@ -290,3 +290,25 @@ class _ProgressFile:
             if not block:
                 return
             yield block
+
+
+def save_tagged(client, ref: str, output: Path) -> int:
+    """`docker save REF`: the engine's own archive of one image with its tag (what `podman load` and
+    `docker load` take); written beside OUTPUT and renamed into place. Returns the bytes written."""
+    try:
+        image = client.images.get(ref)
+    except docker.errors.ImageNotFound:
+        raise EngineError(f"image {ref} not found", hint="build it first with `dlenv build`") from None
+    output = Path(output)
+    partial = output.with_name(f".{output.name}.partial")
+    written = 0
+    try:
+        with open(partial, "wb") as f:
+            for chunk in image.save(named=ref):
+                f.write(chunk)
+                written += len(chunk)
+        os.replace(partial, output)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return written

@@ -39,7 +39,8 @@ def _environment() -> jinja2.Environment:
                               trim_blocks=True, lstrip_blocks=True)
 
 
-def _render(template: str, **values) -> str:
+def render_template(template: str, **values) -> str:
+    """A template of templates/slurm/ with checked values."""
     try:
         return _environment().get_template(template).render(**values)
     except jinja2.TemplateError as exc:
@@ -79,12 +80,12 @@ def node_image(stack: str, base_image: str, content_hash: str, user: str, apt_so
     values = dict(stack=stack, image=base_image, packages=" ".join(NODE_PACKAGES), munge_dir=MUNGE_DIR,
                   start=SLURM_START, node_label=SLURM_NODE_LABEL, user=user, sources_file=SLURM_APT_SOURCES,
                   sources_target=f"{APT_SOURCES_DIR}/{SLURM_APT_SOURCES}", repo_sources=PACKAGE_REPO_SOURCES)
-    unlabelled = _render("node.Dockerfile.j2", node_hash="", **values)
+    unlabelled = render_template("node.Dockerfile.j2", node_hash="", **values)
     digest = hashlib.sha256()
     for part in (content_hash.encode(), unlabelled.encode(), start):
         digest.update(hashlib.sha256(part).digest())
     node_hash = digest.hexdigest()
-    return NodeImage(stack, base_image, node_hash, _render("node.Dockerfile.j2", node_hash=node_hash, **values),
+    return NodeImage(stack, base_image, node_hash, render_template("node.Dockerfile.j2", node_hash=node_hash, **values),
                      {START_SCRIPT: (start, 0o755), SLURM_APT_SOURCES: (apt_sources, 0o644)})
 
 
@@ -138,7 +139,7 @@ def slurm_conf(cluster_id: str, nodes: int, cpus: int, memory_mib: int) -> str:
     for name, value in (("CPUs", cpus), ("RealMemory", memory_mib)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SlurmError(f"the engine reported {name}={value!r}", hint="check `docker info`")
-    return _render("slurm.conf.j2", cluster=check_cluster_id(cluster_id), cluster_name="dlenv",
+    return render_template("slurm.conf.j2", cluster=check_cluster_id(cluster_id), cluster_name="dlenv",
                    controller=SLURM_CONTROLLER_HOST, uid=RUNTIME_UID, spool=SLURM_SPOOL,
                    nodes=node_range(nodes), cpus=cpus, memory=memory_mib, partition=PARTITION)
 

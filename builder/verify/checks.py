@@ -51,6 +51,23 @@ class Report:
                 "seconds": round(self.seconds, 2), "checks": [asdict(r) for r in self.results]}
 
 
+class JobsReport:
+    """Results of checks run as MPI jobs, in order, and the exit code of the first failed job (what
+    `verify --slurm` exits with: 1 when that job ended by a signal or with no code)."""
+
+    def __init__(self, image: str, nodes: int, on_result=None):
+        self.report = Report(image=image, nodes=nodes)
+        self.first_failure = 0
+        self.on_result = on_result
+
+    def record(self, res: CheckResult, rc: int) -> None:
+        self.report.results.append(res)
+        if res.status == "failed" and not self.first_failure:
+            self.first_failure = rc if 0 < rc < 256 else 1
+        if self.on_result:
+            self.on_result(res)
+
+
 @dataclass(frozen=True)
 class PlannedCheck:
     """A check with its placeholders ({version}, {major}, component vars) filled in."""

@@ -19,7 +19,7 @@ from builder.run import slurm as cluster_mod
 from builder.run.cluster import put_file
 from builder.run.slurm_jobs import srun
 from builder.spec.stack import Check
-from builder.verify.checks import CheckResult, PlannedCheck, Report
+from builder.verify.checks import CheckResult, JobsReport, PlannedCheck, Report
 from builder.verify.runner import Outcome, judge_output
 
 PMIX_CHECK = "Slurm's PMIx plugin starts a task (srun -n1 --mpi=pmix true)"
@@ -75,18 +75,9 @@ def _kill(client, state) -> None:
 def verify_slurm(client, image: str, planned: list, state_dir: Path, nodes: int = 2,
                  on_result=None) -> tuple[Report, int]:
     """(report, exit code of the first failed job or 0) for the MPI checks of `planned` under Slurm."""
-    report = Report(image=image, nodes=nodes)
+    jobs = JobsReport(image, nodes, on_result)
+    record = jobs.record
     start = time.monotonic()
-    first_failure = 0
-
-    def record(res: CheckResult, rc: int) -> None:
-        nonlocal first_failure
-        report.results.append(res)
-        if res.status == "failed" and not first_failure:
-            first_failure = rc if 0 < rc < 256 else 1
-        if on_result:
-            on_result(res)
-
     state = cluster_mod.up(client, image, nodes, None, state_dir, keep_state=False)
     try:
         record(*_run(client, state, _pmix_planned(), ["-n1", "--mpi=pmix", "true"], PMIX_TIMEOUT))
@@ -100,5 +91,5 @@ def verify_slurm(client, image: str, planned: list, state_dir: Path, nodes: int 
             record(res, rc)
     finally:
         cluster_mod.down(client, state)
-        report.seconds = time.monotonic() - start
-    return report, first_failure
+        jobs.report.seconds = time.monotonic() - start
+    return jobs.report, jobs.first_failure

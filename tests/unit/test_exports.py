@@ -205,13 +205,15 @@ def test_slurm_sbatch_options(mn):
     assert text.startswith("#!/bin/bash\n")
     assert sbatch_options(text) == {"--job-name": "dlenv-chainermn", "--nodes": "2", "--ntasks-per-node": "4",
                                     "--gpus-per-node": "4", "--time": "01:00:00", "--partition": "gpu"}
-    assert f"{mn.content_hash}" in text and "srun --mpi=pmix apptainer exec --nv" in text
+    assert f"{mn.content_hash}" in text and "srun --kill-on-bad-exit=1 --mpi=pmix apptainer exec --nv" in text
     assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
 
 
 def test_slurm_cpu_only_and_explicit_tasks(mn):
     text = slurm_script(mn, ["python", "x.py"], nodes=3, gpus_per_node=0, ntasks_per_node=2)
-    assert sbatch_options(text) == {"--job-name": "dlenv-chainermn", "--nodes": "3", "--ntasks-per-node": "2"}
+    # No --time given: every srun still gets a deadline, the default time limit.
+    assert sbatch_options(text) == {"--job-name": "dlenv-chainermn", "--nodes": "3", "--ntasks-per-node": "2",
+                                    "--time": "01:00:00"}
     assert "--nv" not in text
 
 
@@ -248,7 +250,8 @@ def test_slurm_apptainer_runs_the_command_word_for_word(mn, tmp_path):
     assert proc.returncode == 0, proc.stderr
     call = json.loads(proc.stdout)
     work = str(tmp_path / "submit dir")
-    assert call["argv"] == ["srun", "--mpi=pmix", "apptainer", "exec", "--nv", "--bind", f"{work}:/workspace",
+    assert call["argv"] == ["srun", "--kill-on-bad-exit=1", "--mpi=pmix", "apptainer", "exec", "--nv", "--bind",
+                            f"{work}:/workspace",
                             "--pwd", "/workspace", sif, *HOSTILE]
     assert not list((tmp_path / "submit dir").glob("pwned*"))
 
@@ -278,7 +281,7 @@ def test_slurm_pyxis_registry(mn, tmp_path):
     assert proc.returncode == 0, proc.stderr
     call = json.loads(proc.stdout)
     work = str(tmp_path / "submit dir")
-    assert call["argv"] == ["srun", "--mpi=pmix",
+    assert call["argv"] == ["srun", "--kill-on-bad-exit=1", "--mpi=pmix",
                             f"--container-image=registry.example.org:5000#team/dlenv/chainermn:{mn.content_hash[:16]}",
                             f"--container-mounts={work}:/workspace", "--container-workdir=/workspace", *HOSTILE]
     assert call["nvidia"] == "all"
@@ -292,7 +295,7 @@ def test_slurm_pyxis_without_registry_uses_a_squashfs_file(mn, tmp_path):
     proc = run_sbatch(tmp_path, text, files=[sqsh])
     assert proc.returncode == 0, proc.stderr
     call = json.loads(proc.stdout)
-    assert call["argv"][2] == f"--container-image=./{sqsh}" and call["nvidia"] is None
+    assert call["argv"][3] == f"--container-image=./{sqsh}" and call["nvidia"] is None
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -328,7 +331,7 @@ def test_slurm_needs_a_command(mn):
 
 def test_slurm_pmi2_is_allowed_for_a_stack_without_open_mpi(py):
     text = slurm_script(py, ["python", "x.py"], nodes=1, gpus_per_node=0, mpi="pmi2")
-    assert "srun --mpi=pmi2" in text and "This stack has no MPI" in text
+    assert "srun --kill-on-bad-exit=1 --mpi=pmi2" in text and "This stack has no MPI" in text
     with pytest.raises(ExportError, match="has no Open MPI"):
         slurm_script(py, ["python", "x.py"], nodes=1, gpus_per_node=0, mpi_mode="hybrid")
 
@@ -791,3 +794,105 @@ def test_load_refuses_an_image_that_is_not_the_locks_recorded_id(py, saved, stat
     load_image(FakeClient(api), saved,
                recorded=lambda stack, content_hash: asked.append((stack, content_hash)) or {key: IMAGE_ID})
     assert api.tags and asked == [("python", py.content_hash)]
+
+
+# ------------------------------------------------------------------------- charliecloud and podman
+
+# srun that starts its "tasks" here: drops its own options and runs the rest twice, as ranks 0 and 1 of
+# nodes n1 and n2; the runtimes print their argv and the environment the rank needs.
+RUN_SRUN = """#!/bin/bash
+while [ "${1#--}" != "$1" ]; do shift; done
+for rank in 0 1; do
+  SLURM_JOB_ID=7 SLURM_STEP_ID=0 SLURMD_NODENAME=n$((rank + 1)) SLURM_PROCID=$rank "$@" || exit $?
+done
+"""
+RUNTIME_STUB = """#!/bin/sh
+python3 -c 'import json, os, sys; print(json.dumps({"argv": sys.argv[1:], "node": os.environ.get("SLURMD_NODENAME"),
+    "vader": os.environ.get("OMPI_MCA_btl_vader_backing_directory"), "gds": os.environ.get("PMIX_MCA_gds"),
+    "shm_exists": os.path.isdir(os.environ.get("OMPI_MCA_btl_vader_backing_directory") or "/nonexistent")}))' \\
+    "$(basename "$0")" "$@"
+exit "${STUB_EXIT:-0}"
+"""
+
+
+def run_through(tmp_path: Path, text: str, files=(), env=None) -> subprocess.CompletedProcess:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "srun").write_text(RUN_SRUN)
+    for name in ("ch-run", "podman"):
+        (bin_dir / name).write_text(RUNTIME_STUB)
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    work = tmp_path / "submit dir"
+    work.mkdir(exist_ok=True)
+    for name in files:
+        (work / name).mkdir() if name.endswith("/") else (work / name).write_text("")
+    (tmp_path / "job.sbatch").write_text(text)
+    full_env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "SLURM_JOB_NUM_NODES": "2", **(env or {})}
+    return subprocess.run(["bash", str(tmp_path / "job.sbatch")], cwd=work, capture_output=True, text=True,
+                          env=full_env, timeout=30)
+
+
+def test_slurm_charliecloud_runs_the_command_word_for_word_in_one_container_per_node(mn, tmp_path):
+    image = f"dlenv-chainermn-{mn.content_hash[:16]}"
+    text = slurm_script(mn, HOSTILE, nodes=2, gpus_per_node=0, runtime="charliecloud")
+    assert f"dlenv export charliecloud chainermn -o ./{image}" in text
+    proc = run_through(tmp_path, text, files=[image + "/"])
+    assert proc.returncode == 0, proc.stderr
+    calls = [json.loads(line) for line in proc.stdout.splitlines()]
+    work = str(tmp_path / "submit dir")
+    assert [c["node"] for c in calls] == ["n1", "n2"]
+    for c in calls:
+        assert c["argv"] == ["ch-run", f"--join-tag=7.0.{c['node']}", "--set-env", "--home",
+                             f"--bind={work}:/workspace", "--cd=/workspace", f"./{image}", "--", *HOSTILE]
+        # Open MPI's segments of one node go to its own folder, which exists while the rank runs ...
+        assert c["vader"] == f"/dev/shm/dlenv-7.0.{c['node']}" and c["shm_exists"] and c["gds"] == "hash"
+        assert not Path(c["vader"]).exists()          # ... and is gone after it
+    assert not list((tmp_path / "submit dir").glob("pwned*"))
+
+
+def test_slurm_charliecloud_rank_keeps_the_exit_status_and_removes_its_folder(mn, tmp_path):
+    image = "img"
+    text = slurm_script(mn, ["python", "x.py"], nodes=2, gpus_per_node=0, runtime="charliecloud", image_file=image)
+    proc = run_through(tmp_path, text, files=[image + "/"], env={"STUB_EXIT": "3"})
+    assert proc.returncode == 3
+    assert not Path("/dev/shm/dlenv-7.0.n1").exists()
+
+
+def test_slurm_charliecloud_stops_when_the_image_is_missing(mn, tmp_path):
+    proc = run_through(tmp_path, slurm_script(mn, COMMAND, nodes=1, gpus_per_node=0, runtime="charliecloud"))
+    assert proc.returncode == 1 and proc.stdout == "" and "not found" in proc.stderr
+
+
+def test_slurm_charliecloud_refuses_a_registry(mn):
+    with pytest.raises(ExportError, match="--registry has no use with --runtime charliecloud"):
+        slurm_script(mn, COMMAND, nodes=1, gpus_per_node=0, runtime="charliecloud", registry=REGISTRY)
+
+
+def test_slurm_podman_loads_the_archive_on_every_node_then_runs_each_rank_as_the_user(mn, tmp_path):
+    archive = f"dlenv-chainermn-{mn.content_hash[:16]}.tar"
+    text = slurm_script(mn, HOSTILE, nodes=2, gpus_per_node=0, runtime="podman")
+    assert f"docker save {mn.hash_tag} -o ./{archive}" in text
+    proc = run_through(tmp_path, text, files=[archive])
+    assert proc.returncode == 0, proc.stderr
+    calls = [json.loads(line) for line in proc.stdout.splitlines()]
+    # the provisioning step: `podman image exists` answers 0 (the stub), so nothing is loaded
+    assert [c["argv"][:2] for c in calls[:2]] == [["podman", "image"], ["podman", "image"]]
+    runs = calls[2:]
+    work = str(tmp_path / "submit dir")
+    for c in runs:
+        argv = c["argv"]
+        assert argv[:2] == ["podman", "run"] and argv[-len(HOSTILE) - 1:] == [mn.hash_tag, *HOSTILE]
+        assert "--userns" in argv and argv[argv.index("--userns") + 1] == "keep-id"
+        assert f"{work}:/workspace" in argv and f"HOME={tmp_path}" in argv
+        assert f"OMPI_MCA_btl_vader_backing_directory=/dev/shm/dlenv-7.0.{c['node']}" in argv
+        assert "OMPI_MCA_btl_vader_single_copy_mechanism=none" in argv and "--device" not in argv
+    assert not list((tmp_path / "submit dir").glob("pwned*"))
+
+
+def test_slurm_podman_from_a_registry_pulls_and_passes_the_gpus(mn):
+    text = slurm_script(mn, COMMAND, nodes=2, gpus_per_node=4, runtime="podman", registry=REGISTRY)
+    assert 'podman pull --quiet "$IMAGE"' in text and "ARCHIVE" not in text
+    assert f"export IMAGE=registry.example.org:5000/team/dlenv/chainermn:{mn.content_hash[:16]}" in text
+    assert "--device nvidia.com/gpu=all" in text
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0

@@ -184,7 +184,7 @@ def test_native_export_runs_srun_directly(mn, tmp_path):
     proc = subprocess.run(["bash", str(tmp_path / "job.sbatch")], capture_output=True, text=True, timeout=30,
                           env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["argv"] == ["srun", "--mpi=pmix", "python", "train.py", "a b"]
+    assert json.loads(proc.stdout)["argv"] == ["srun", "--kill-on-bad-exit=1", "--mpi=pmix", "python", "train.py", "a b"]
     with pytest.raises(ExportError, match="no use with --runtime native"):
         slurm_script(mn, ["true"], nodes=1, gpus_per_node=0, runtime="native", image_file="x.sif")
     with pytest.raises(ExportError, match="hybrid needs --runtime apptainer"):
@@ -200,7 +200,8 @@ def test_cli_slurm_group(cli):
 
 def test_templates_ship():
     root = Path(__file__).resolve().parents[2] / "templates" / "slurm"
-    assert {p.name for p in root.iterdir()} == {"node.Dockerfile.j2", "dlenv-slurm-start", "slurm.conf.j2"}
+    assert {p.name for p in root.iterdir()} == {"node.Dockerfile.j2", "dlenv-slurm-start", "slurm.conf.j2",
+                                                   "host-slurm.conf.j2"}
 
 
 def test_verify_slurm_exits_with_the_failed_jobs_code(cli, monkeypatch, mn):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from dataclasses import dataclass
 
 from builder.errors import ExportError
 from builder.names import WORKDIR, slurm_node_tag
@@ -24,7 +25,44 @@ from builder.outputs.exports.common import (
 from builder.plan.plan import Plan
 
 SLURM_MPI = ("pmix", "pmi2")
-SLURM_RUNTIMES = ("apptainer", "pyxis", "native")
+SLURM_RUNTIMES = ("apptainer", "pyxis", "charliecloud", "podman", "native")
+DEFAULT_TIME_LIMIT = "01:00:00"
+SRUN = ("srun", "--kill-on-bad-exit=1")
+
+# One rank of a Charliecloud or podman job, run by `bash -c` on each task (the command follows as "$@").
+# - Open MPI's shared-memory segments go to a folder per job step and node: two Slurm nodes on one host
+#   (several slurmd) would otherwise both create /dev/shm/vader_segment.<host>.<job>.<local rank> and hang.
+#   On a real cluster each node has its own /dev/shm and this changes nothing. The last rank of a node
+#   removes the folder.
+# - ch-run --join-tag: the ranks of a node share one container (one user namespace), so Open MPI's
+#   single-copy transfers (CMA) work between them; the tag names the node for the same reason as above.
+#   --set-env reads the image's environment (PATH, the venv, Open MPI's prefix, the stack's env:), which
+#   ch-convert wrote to /ch/environment; --home binds your home as Apptainer does.
+# - podman: every rank is its own container (user namespace), so CMA cannot cross them: Open MPI's vader
+#   copies through shared memory instead (UCX finds this itself). --userns keep-id and --user run the rank
+#   as you; --network host and --pid host let ranks reach the PMIx server and each other as on the host.
+_SHM_DIR = 'shm="/dev/shm/dlenv-$SLURM_JOB_ID.$SLURM_STEP_ID.$SLURMD_NODENAME"'
+_CHARLIECLOUD_RANK = """
+{shm}
+mkdir -p "$shm"
+OMPI_MCA_btl_vader_backing_directory="$shm" ch-run --join-tag="$SLURM_JOB_ID.$SLURM_STEP_ID.$SLURMD_NODENAME" \\
+    --set-env --home --bind="$PWD:{workdir}" --cd={workdir} "$IMAGE" -- "$@"
+status=$?
+rmdir "$shm" 2>/dev/null
+exit "$status"
+"""
+_PODMAN_RANK = """
+{shm}
+mkdir -p "$shm"
+podman run --rm --network host --pid host --userns keep-id --user "$(id -u):$(id -g)"{gpus} \\
+    --volume /dev/shm:/dev/shm --volume "$HOME:$HOME" --env HOME="$HOME" \\
+    --volume "$PWD:{workdir}" --workdir {workdir} \\
+    --env OMPI_MCA_btl_vader_backing_directory="$shm" --env OMPI_MCA_btl_vader_single_copy_mechanism=none \\
+    --env "SLURM_*" --env "PMIX_*" --env "OMPI_*" --env "UCX_*" "$IMAGE" "$@"
+status=$?
+rmdir "$shm" 2>/dev/null
+exit "$status"
+"""
 MPI_MODES = ("direct", "hybrid")
 
 _TIME = re.compile(r"^(?:[0-9]{1,3}-)?[0-9]{1,3}:[0-5][0-9]:[0-5][0-9]$")
@@ -41,21 +79,22 @@ def slurm_script(plan: Plan, command, *, nodes: int, gpus_per_node: int, ntasks_
     nodes = positive("--nodes", nodes)
     gpus = positive("--gpus-per-node", gpus_per_node, minimum=0)
     tasks = positive("--ntasks-per-node", ntasks_per_node if ntasks_per_node is not None else max(gpus, 1))
+    time_limit = DEFAULT_TIME_LIMIT if time_limit is None else time_limit
     _check_choices(runtime, mpi, mpi_mode, time_limit, partition)
     job_name = _job_name(plan, job_name)
     openmpi = openmpi_version(plan)
     _check_mpi(plan, runtime, mpi, mpi_mode, openmpi)
     sbatch = _sbatch_options(job_name, nodes, tasks, gpus, time_limit, partition)
-    image_var, image_value, fetch, file_check = _slurm_image(plan, runtime, registry, image_file)
-    launch = _launch(runtime, mpi, mpi_mode, gpus, image_var)
+    image = _slurm_image(plan, runtime, registry, image_file)
+    launch = _launch(runtime, mpi, mpi_mode, gpus, image.var)
     return render(
         "slurm.sbatch.j2",
         stack=plan.resolved.name, content_hash=plan.content_hash, image=local_ref(plan),
         runtime=runtime, mpi=mpi, mpi_mode=mpi_mode, openmpi=openmpi or "", gpus=gpus,
         pmix=(plan.resolved.get("pmix").version.text if plan.resolved.get("pmix") else ""),
-        sbatch=sbatch, image_var=image_var, image_assignment=f"{image_var}={image_value}",
-        fetch=fetch, file_check=file_check, launch=launch, command=shlex.join(words), workdir=WORKDIR,
-        node_image=slurm_node_tag(plan.resolved.name, plan.content_hash),
+        sbatch=sbatch, image_var=image.var, assignments=image.assignments, fetch=image.fetch,
+        file_check=image.file_check, provision=image.provision, launch=launch, command=shlex.join(words),
+        workdir=WORKDIR, node_image=slurm_node_tag(plan.resolved.name, plan.content_hash),
     )
 
 
@@ -105,23 +144,47 @@ def _sbatch_options(job_name: str, nodes: int, tasks: int, gpus: int, time_limit
     return sbatch
 
 
+def _rank_script(runtime: str, gpus: int) -> str:
+    """What each task of a Charliecloud or podman step runs (`bash -c SCRIPT dlenv-rank COMMAND...`)."""
+    if runtime == "charliecloud":
+        text = _CHARLIECLOUD_RANK.format(shm=_SHM_DIR, workdir=WORKDIR)
+    else:
+        text = _PODMAN_RANK.format(shm=_SHM_DIR, workdir=WORKDIR,
+                                   gpus=" --device nvidia.com/gpu=all --security-opt label=disable" if gpus else "")
+    return text.rstrip("\n") + "\n"
+
+
 def _launch(runtime: str, mpi: str, mpi_mode: str, gpus: int, image_var: str) -> str:
-    """The line that starts the ranks in the container."""
+    """The line that starts the ranks in the container (the command follows it)."""
     mount = f'"$PWD:{WORKDIR}"'
+    srun = [*SRUN, f"--mpi={mpi}"]
     if runtime == "native":
-        return f"srun --mpi={mpi}"
+        return " ".join(srun)
+    if runtime in ("charliecloud", "podman"):
+        return " ".join([*srun, "bash", "-c", shlex.quote(_rank_script(runtime, gpus)), "dlenv-rank"])
     if runtime == "apptainer":
         container = ["apptainer", "exec"] + (["--nv"] if gpus else []) + ["--bind", mount, "--pwd", WORKDIR,
                                                                            f'"${image_var}"']
         if mpi_mode == "hybrid":
             return " ".join(["mpirun", "-np", '"$SLURM_NTASKS"'] + container)
-        return " ".join(["srun", f"--mpi={mpi}"] + container)
-    return " ".join(["srun", f"--mpi={mpi}", f'--container-image="${image_var}"',
+        return " ".join(srun + container)
+    return " ".join([*srun, f'--container-image="${image_var}"',
                      f"--container-mounts={mount}", f"--container-workdir={WORKDIR}"])
 
 
-def _slurm_image(plan: Plan, runtime: str, registry: str | None, image_file: str | None):
-    """(variable, shell value, comment lines on how to get the image, whether it is a file to check)."""
+@dataclass(frozen=True)
+class _Image:
+    """How the script names and gets the image: its variable, the assignments (NAME=quoted value),
+    comment lines on how to make it, whether the script checks that the file is there, and the lines
+    of a step that puts it on every node first (podman)."""
+    var: str = ""
+    assignments: tuple = ()
+    fetch: tuple = ()
+    file_check: bool = False
+    provision: tuple = ()
+
+
+def _slurm_image(plan: Plan, runtime: str, registry: str | None, image_file: str | None) -> _Image:
     stack, local = plan.resolved.name, local_ref(plan)
     if image_file is not None and (not image_file or "\n" in image_file or "\x00" in image_file):
         raise ExportError(f"--image-file {image_file!r} is not a path")
@@ -129,25 +192,55 @@ def _slurm_image(plan: Plan, runtime: str, registry: str | None, image_file: str
         if image_file is not None:
             raise ExportError("--image-file has no use with --runtime native",
                               hint="the nodes run the node image itself; there is no image file")
-        return "", "", [], False
+        return _Image()
+    where = "  where the image is (docker engine): "
     if runtime == "apptainer":
         sif = image_file or artifact_name(plan, ".sif")
-        where = "  where the image is (docker engine): "
         fetch = ["Make the SIF once, on a filesystem every node sees (not inside this job), with Apptainer >= 1.1:",
                  f"{where}dlenv export apptainer {stack} -o dlenv-{stack}.def",
                  f"{' ' * len(where)}apptainer build {sif} dlenv-{stack}.def"]
         if registry:
             fetch.append(f"{'  or from the registry: '.ljust(len(where))}apptainer pull {sif} "
                          f"docker://{registry_ref(plan, registry)}")
-        return "SIF", shlex.quote(sif), fetch, True
+        return _Image("SIF", (f"SIF={shlex.quote(sif)}",), tuple(fetch), True)
+    if runtime == "charliecloud":
+        if registry:
+            raise ExportError("--registry has no use with --runtime charliecloud",
+                              hint="ch-run runs an image directory or SquashFS file: make it with "
+                                   f"`dlenv export charliecloud {stack}` and pass --image-file")
+        path = image_file or f"./{artifact_name(plan, '')}"
+        return _Image("IMAGE", (f"export IMAGE={shlex.quote(path)}",), (
+            "Make the Charliecloud image once, on a filesystem every node sees (not inside this job):",
+            f"{where}dlenv export charliecloud {stack} -o {path}",
+            f"{' ' * len(where)}(or --format squashfs -o FILE.sqfs: one file; ch-run mounts it with squashfuse,",
+            f"{' ' * len(where)} which needs /dev/fuse usable by you on every node)"), True)
+    if runtime == "podman":
+        if registry and image_file is None:
+            ref = registry_ref(plan, registry)
+            return _Image("IMAGE", (f"export IMAGE={shlex.quote(ref)}",), (
+                f"podman pulls {ref} once per node (below); push it there first: dlenv push {stack} "
+                f"--registry {registry}",), False,
+                _provision('podman image exists "$IMAGE" || podman pull --quiet "$IMAGE"'))
+        archive = image_file or f"./{artifact_name(plan, '.tar')}"
+        return _Image("ARCHIVE", (f"export IMAGE={shlex.quote(local)}", f"export ARCHIVE={shlex.quote(archive)}"), (
+            "Make the image archive once, on a filesystem every node sees (not inside this job):",
+            f"{where}docker save {local} -o {archive}",
+            "  or push it to a registry and export with --registry (podman then pulls it on each node)"), True,
+            _provision('podman image exists "$IMAGE" || podman load --quiet --input "$ARCHIVE"'))
     if image_file is None and registry:
-        return "IMAGE", shlex.quote(enroot_ref(plan, registry)), [
+        return _Image("IMAGE", (f"IMAGE={shlex.quote(enroot_ref(plan, registry))}",), (
             f"pyxis pulls {registry_ref(plan, registry)} on each node (enroot's HOST#PATH:TAG form);",
-            f"push it there first: dlenv push {stack} --registry {registry}"], False
+            f"push it there first: dlenv push {stack} --registry {registry}"), False)
     sqsh = image_file or f"./{artifact_name(plan, '.sqsh')}"
     if not sqsh.startswith(("/", "./", "../")):
         sqsh = "./" + sqsh  # pyxis reads a path only when it starts with / or .
-    return "IMAGE", shlex.quote(sqsh), [
+    return _Image("IMAGE", (f"IMAGE={shlex.quote(sqsh)}",), (
         "Make the squashfs image once, on a filesystem every node sees (not inside this job):",
         f"  where the image is (docker engine): enroot import -o {sqsh} dockerd://{local}",
-        "  or pass --registry to `dlenv export slurm` and let pyxis pull it"], True
+        "  or pass --registry to `dlenv export slurm` and let pyxis pull it"), True)
+
+
+def _provision(command: str) -> tuple:
+    """A step of one task per node that puts the image into that node's podman storage."""
+    return (" ".join([*SRUN, '--nodes="$SLURM_JOB_NUM_NODES"', '--ntasks="$SLURM_JOB_NUM_NODES"',
+                      "--ntasks-per-node=1", "bash", "-c", shlex.quote(command)]),)
