@@ -1,15 +1,15 @@
 """Files a stack copies into its image, gathered from the stack file's folder.
 
 Owns what may be copied: only regular files inside the folder (spec already refused `..` and
-absolute paths), no symlink that points out of it or nowhere, no FIFO, socket or device (they
-are refused by name, never opened), nothing the folder's `.dlenvignore` (or, if absent,
-`.dockerignore`) excludes, never `.git`. Sizes are summed from `stat` before anything is read.
-Returns bytes and modes for the build context, so the copied files are part of the content hash.
+absolute paths), no symlink that points out of it, nowhere, in a loop or to what the ignore rules
+exclude (see `follow`), no FIFO, socket or device (they are refused by name, never opened), nothing
+the folder's `.dlenvignore` (or, if absent, `.dockerignore`) excludes, never `.git`. Sizes are
+summed from `stat` before anything is read. Returns bytes and modes for the build context, so the
+copied files are part of the content hash.
 """
 
 from __future__ import annotations
 
-import errno
 import fnmatch
 import os
 import re
@@ -87,6 +87,99 @@ def is_ignored(relative: str, patterns: list) -> bool:
     return compile_patterns(patterns).ignored(relative)
 
 
+MAX_LINKS = 40      # symlinks followed for one path, as the kernel's limit before ELOOP
+
+
+def follow(root: Path, path: Path, rules: IgnoreRules | None, *, stack, name: str, line=None, where=None,
+           entry: bool = False) -> tuple:
+    """(real path, whether a symlink was followed) of `path`, a path under the real folder `root`,
+    for the file called `name` in messages (the stack names `stack`, its `line` and field `where`).
+
+    Symlinks are followed one path component at a time, as the kernel does, so every link on the way
+    is seen. Refused, each in one line naming the file: a link that leads out of `root` (at the step
+    that leaves: nothing outside is even looked at, a path may only pass through the folders above
+    `root`), a loop (one link reached twice with the same path left to resolve, or more than MAX_LINKS
+    links: a loop that grows each turn), a link to nothing, and, given `rules`, a link to or through
+    a path they exclude: a link must not copy what the ignore file keeps out.
+
+    A link to a link inside the folder is followed to its end and the file's bytes are copied, as a
+    single link always was: the bytes come from a file inside the folder that could be named directly,
+    every hop is checked like the first, and git checkouts hold such chains (`latest -> v2 -> v2.0`);
+    refusing them would break projects for nothing. Only `entry` (a `files:` entry, a check script)
+    words a link out as "leaves" (its name may run through a linked folder)."""
+    ctx = {"line": line, "field": where}
+    base = str(root).rstrip("/") + "/"
+    pending = list(reversed(path.relative_to(root).parts))
+    resolved, hops, seen = str(root), [], set()
+    while pending:
+        part = pending.pop()
+        if part in ("", "."):
+            continue
+        step = os.path.dirname(resolved) if part == ".." else os.path.join(resolved, part)
+        if not (step + "/").startswith(base) and not base.startswith(step.rstrip("/") + "/"):
+            raise _out(stack, name, hops, entry, ctx)
+        if part == "..":
+            resolved = step
+            continue
+        try:
+            info = os.lstat(step)
+        except (FileNotFoundError, NotADirectoryError):
+            if not hops:
+                raise SpecError(stack, f"{name} does not exist", **ctx) from None
+            raise SpecError(stack, f"{name} is a dangling symlink ({_hop(hops[-1])})",
+                            hint="remove it or list it in .dlenvignore", **ctx) from None
+        except OSError as exc:
+            raise SpecError(stack, f"{name} cannot be read: {exc.strerror}", **ctx) from None
+        if not stat.S_ISLNK(info.st_mode):
+            resolved = step
+            continue
+        rel = step[len(base):] if step.startswith(base) else step
+        state = (step, tuple(pending))
+        if state in seen or len(hops) >= MAX_LINKS:
+            chain = [shown(h) for h, _ in hops] + [shown(rel)]
+            chain = " -> ".join(chain if len(chain) <= 6 else chain[:3] + ["..."] + chain[-2:])
+            raise SpecError(stack, f"{name} is a symlink loop ({chain})" if state in seen else
+                            f"{name} is a symlink loop or a chain of more than {MAX_LINKS} symlinks ({chain})",
+                            hint="remove it or list it in .dlenvignore", **ctx)
+        seen.add(state)
+        if rules is not None and rules.ignored(rel):
+            raise _excluded(stack, name, rel if hops else None, ctx)
+        try:
+            target = os.readlink(step)
+        except OSError as exc:
+            raise SpecError(stack, f"{name} cannot be read: {exc.strerror}", **ctx) from None
+        hops.append((rel, target))
+        if target.startswith("/"):
+            resolved = "/"
+        pending.extend(reversed(target.split("/")))
+    if not (resolved + "/").startswith(base):
+        raise _out(stack, name, hops, entry, ctx)
+    if hops and rules is not None and resolved.startswith(base) and rules.ignored(resolved[len(base):]):
+        raise _excluded(stack, name, resolved[len(base):], ctx)
+    return Path(resolved), bool(hops)
+
+
+def _hop(hop: tuple) -> str:
+    return f"{shown(hop[0])} -> {shown(hop[1])}"
+
+
+def _out(stack, name: str, hops: list, entry: bool, ctx: dict) -> SpecError:
+    through = _hop(hops[-1]) if hops else "a symlink"
+    if entry:
+        return SpecError(stack, f"{name} leaves the stack's folder (through a symlink: {through})",
+                         hint="copy the file into the folder instead", **ctx)
+    return SpecError(stack, f"{name} is a symlink out of the stack's folder ({through})",
+                     hint="copy the file into the folder instead", **ctx)
+
+
+def _excluded(stack, name: str, rel, ctx: dict) -> SpecError:
+    if rel is None:     # the path named itself
+        return SpecError(stack, f"{name} is excluded by the ignore file (or is never copied)",
+                         hint="drop the entry or the ignore pattern", **ctx)
+    return SpecError(stack, f"{name} is a symlink to {shown(rel)}, which is excluded by the ignore file "
+                     "(or is never copied)", hint="copy the file itself, or stop ignoring what it points to", **ctx)
+
+
 def _read_regular(path: Path, limit: int, stack: Path, rel: str, line=None, where=None, follow=False) -> bytes:
     """A regular file's bytes, at most `limit`: opened without following a symlink and without
     blocking (a FIFO swapped in after the walk cannot hang the read), checked again by fstat."""
@@ -143,12 +236,15 @@ def collect(copied: tuple, prefix: str = "dlenv-files") -> list:
 
 def _entries(item, rules: IgnoreRules) -> list:
     """Every regular file an entry copies, checked before anything is read."""
+    if item.named:     # checked at load without the ignore rules: again, so a link cannot reach what they exclude
+        follow(item.root, item.root / item.named, rules, stack=item.stack, name=shown(item.named), line=item.line,
+               where=item.where, entry=True)
     start = item.source.relative_to(item.root).as_posix() if item.source != item.root else ""
     if not item.source.is_dir():
         if rules.ignored(start):
             raise SpecError(item.stack, f"{shown(start)} is excluded by the ignore file (or is never copied)",
                             line=item.line, field=item.where, hint="drop the entry or the ignore pattern")
-        return [_check(item, item.source, start)]
+        return [_check(item, item.source, start, rules)]
     out, skipped, stack = [], 0, [item.source]
     while stack:
         folder = stack.pop()
@@ -165,7 +261,7 @@ def _entries(item, rules: IgnoreRules) -> list:
             if entry.is_dir(follow_symlinks=False):
                 stack.append(Path(entry.path))
             else:
-                out.append(_check(item, Path(entry.path), rel))
+                out.append(_check(item, Path(entry.path), rel, rules))
     if not out and skipped:
         raise SpecError(item.stack, f"everything in {shown(start or '.')} is ignored ({skipped} entries)",
                         line=item.line, field=item.where, hint="check .dlenvignore, or drop the entry")
@@ -176,26 +272,22 @@ def _rel(item, path: Path) -> str:
     return path.relative_to(item.root).as_posix()
 
 
-def _check(item, path: Path, rel: str) -> _Found:
-    """A walked entry: a regular file, or a symlink to one inside the stack's folder."""
+def _check(item, path: Path, rel: str, rules: IgnoreRules) -> _Found:
+    """A walked entry: a regular file, or a symlink (to a symlink ...) to one inside the stack's folder."""
     where = {"line": item.line, "field": item.where}
     real = path
     if path.is_symlink():
-        try:
-            real = Path(os.path.realpath(path, strict=True))
-        except (OSError, RuntimeError, ValueError) as exc:
-            what = "a symlink loop" if getattr(exc, "errno", None) == errno.ELOOP or isinstance(exc, RuntimeError) \
-                else "a dangling symlink"
-            raise SpecError(item.stack, f"{printable(rel)} is {what}", hint="remove it or list it in .dlenvignore",
-                            **where) from None
-        if item.root not in real.parents:
-            raise SpecError(item.stack, f"{printable(rel)} is a symlink out of the stack's folder",
-                            hint="copy the file into the folder instead", **where)
+        real, _ = follow(item.root, path, rules, stack=item.stack, name=printable(rel), line=item.line,
+                         where=item.where)
     try:
         info = os.stat(real)
     except OSError as exc:
         raise SpecError(item.stack, f"{printable(rel)} cannot be read: {exc.strerror}", **where) from None
     if stat.S_ISDIR(info.st_mode):
+        if real == item.root or real in path.parents:
+            inner = real.relative_to(item.root).as_posix()
+            raise SpecError(item.stack, f"{printable(rel)} is a symlink loop: it points to {shown(inner)}, a folder "
+                            "that holds it", hint="remove it or list it in .dlenvignore", **where)
         raise SpecError(item.stack, f"{printable(rel)} is a symlink to a folder; folders are copied only by name",
                         hint="list the folder it points to in files: instead", **where)
     if not stat.S_ISREG(info.st_mode):

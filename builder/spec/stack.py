@@ -17,7 +17,7 @@ from packaging.utils import canonicalize_name
 
 from builder.errors import SpecError, shown
 from builder.names import PATH_REFERENCES, SYSTEM_PATHS, is_build_controlled, is_system_path
-from builder.spec.projectfiles import ALWAYS_IGNORED
+from builder.spec.projectfiles import ALWAYS_IGNORED, follow
 from builder.spec.schema import (line_for, did_you_mean, parse_requirement, parse_version_spec,
                                  validate_document)
 from builder.spec.yamlload import load_yaml
@@ -155,12 +155,12 @@ def _inside(stack_path: Path, relative: str, line: int | None, where: str, allow
     candidate = Path(relative)
     if candidate.is_absolute() or ".." in candidate.parts:
         raise SpecError(stack_path, f"{relative!r} must be a path inside the stack's folder", line=line, field=where)
-    resolved = (folder / candidate).resolve()
-    if folder not in resolved.parents and not (allow_dir and resolved == folder):
-        raise SpecError(stack_path, f"{relative!r} leaves the stack's folder (through a symlink)", line=line,
-                        field=where)
-    if not resolved.exists():
-        raise SpecError(stack_path, f"{shown(relative)} does not exist", line=line, field=where)
+    # Followed link by link (Path.resolve raises RuntimeError on a loop): loops, dangling links and
+    # links out are refused naming `relative`; the ignore rules are applied when the files are gathered.
+    resolved, _ = follow(folder, folder / candidate, None, stack=stack_path, name=shown(relative), line=line,
+                         where=where, entry=True)
+    if resolved == folder and not allow_dir:
+        raise SpecError(stack_path, f"{shown(relative)} is the stack's folder, not a file", line=line, field=where)
     if not (resolved.is_file() or (allow_dir and resolved.is_dir())) or not _regular_or_dir(resolved):
         raise SpecError(stack_path, f"{shown(relative)} is not a regular file", line=line, field=where,
                         hint="name a regular file (not a FIFO, socket or device)")
@@ -181,6 +181,7 @@ class CopiedFile:
     stack: Path = Path()        # the stack file that names it, its line and field: for messages
     line: int | None = None
     where: str = "files"
+    named: str = ""     # the entry as written (relative to `root`): its links are checked again against .dlenvignore
 
 
 _DEST_RE = re.compile(r"^/[A-Za-z0-9._+@-][A-Za-z0-9._/+@-]*$")
@@ -202,7 +203,7 @@ def _copied_file(stack_path: Path, entry, line: int | None, where: str) -> Copie
         raise SpecError(stack_path, f"destination {shown(dest)} is a system path", line=line, field=where,
                         hint=f"copy into /workspace, /home/dlenv or /opt/<name>; never under {', '.join(SYSTEM_PATHS[1:8])}, ...")
     return CopiedFile(source=source, root=stack_path.parent.resolve(), dest=dest, stack=stack_path, line=line,
-                      where=where)
+                      where=where, named=Path(src).as_posix())
 
 
 def looks_like_path(ref: str) -> bool:
