@@ -14,7 +14,7 @@ import fnmatch
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import SpecError, printable, shown
@@ -23,7 +23,9 @@ ALWAYS_IGNORED = (".git", ".hg", ".svn", "__pycache__", ".dlenvignore", ".docker
 MAX_BYTES = 512 * 1024 * 1024
 MAX_IGNORE_BYTES = 1_000_000     # an ignore file is a list of patterns, not data
 MAX_PATTERNS = 50_000
+CHUNK = 128                      # wildcard patterns tried through one regex
 _WILD = re.compile(r"[*?\[]")
+_STARS = re.compile(r"[*?]+")
 
 
 @dataclass(frozen=True)
@@ -36,36 +38,115 @@ class CopyBlock:
 
 @dataclass(frozen=True)
 class IgnoreRules:
-    """Ignore patterns compiled once: runs of patterns with the same sign become one set of literal
-    paths and one regex, tried last run first (the last matching pattern wins, as in
-    .dockerignore), so a path costs a few lookups whatever the number of patterns."""
-    groups: tuple = ()       # (negate, literal set, regex or None), in file order
+    """Ignore patterns indexed once. A path is tested against its candidates (the path, every folder
+    above it, its own name); the last pattern that matches one of them wins (as in .dockerignore), and
+    `!` turns that verdict around.
+
+    Compiling all patterns into one regex of 40,000 alternatives took seconds (#24), so: literal
+    patterns sit in a dict; a wildcard pattern is filed under the longest text every string it matches
+    contains (`generated-` for `generated-*.tmp`), found by sliding over a candidate, so a candidate
+    looks up and compiles only the patterns that can match it; the few with no such text (`*`, `d?`,
+    `[ab]*`) are filed together. A candidate's verdict is kept: a folder's is shared by its files."""
+    literals: dict = field(default_factory=dict)    # text -> (index, negate) of its last occurrence
+    runs: dict = field(default_factory=dict)        # literal text -> ((index, negate, pattern), ...), highest first
+    sizes: tuple = ()                               # the lengths of the keys of `runs`, shortest first
+    loose: tuple = ()                               # (index, negate, pattern) of the rest, highest first
+    _memo: dict = field(default_factory=dict, compare=False, repr=False)     # candidate -> (index, ignores)
+    _compiled: dict = field(default_factory=dict, compare=False, repr=False)  # pattern or chunk -> regex
 
     def ignored(self, relative: str) -> bool:
         parts = relative.split("/")
         if any(p in ALWAYS_IGNORED for p in parts):
             return True
-        # A pattern matches the path itself, any folder above it, or the file's own name.
-        candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)] + [parts[-1]]
-        for negate, literals, regex in reversed(self.groups):
-            if any(c in literals for c in candidates) or (regex is not None and any(regex.match(c) for c in candidates)):
-                return not negate
-        return False
+        candidates = {"/".join(parts[:i]) for i in range(1, len(parts) + 1)} | {parts[-1]}
+        return max(self._last_match(c) for c in candidates)[1]
+
+    def _last_match(self, candidate: str) -> tuple:
+        """(index, ignores) of the last pattern that matches `candidate`; (-1, False) if none does."""
+        known = self._memo.get(candidate)
+        if known is not None:
+            return known
+        best = (-1, False)
+        hit = self.literals.get(candidate)
+        if hit is not None:
+            best = (hit[0], not hit[1])
+        keys = set()
+        for size in self.sizes:
+            if size > len(candidate):
+                break
+            keys.update(candidate[start:start + size] for start in range(len(candidate) - size + 1))
+        groups = [(key, self.runs[key]) for key in keys if key in self.runs] + [(None, self.loose)]
+        for key, entries in groups:
+            best = self._first_match(key, entries, candidate, best)
+        self._memo[candidate] = best
+        return best
+
+    def _first_match(self, key, entries: tuple, candidate: str, best: tuple) -> tuple:
+        """`best`, or (index, ignores) of the first of `entries` (highest index first) that matches
+        `candidate` and comes after it. Entries are tried CHUNK at a time through one regex (without
+        capture groups, which make `re` many times slower), and one by one in the chunk that matches."""
+        for lo in range(0, len(entries), CHUNK):
+            if entries[lo][0] <= best[0]:
+                break
+            chunk = entries[lo:lo + CHUNK]
+            if len(chunk) > 1 and not self._regex((key, lo), chunk).match(candidate):
+                continue
+            for index, negate, pattern in chunk:
+                if index <= best[0]:
+                    break
+                if self._regex(pattern).match(candidate):
+                    return (index, not negate)
+        return best
+
+    def _regex(self, name, chunk: tuple = ()):
+        regex = self._compiled.get(name)
+        if regex is None:
+            text = "|".join(fnmatch.translate(p) for _, _, p in chunk) if chunk else fnmatch.translate(name)
+            regex = self._compiled[name] = re.compile(text)
+        return regex
+
+
+def _literal_run(pattern: str) -> str:
+    """The longest text that every string `pattern` matches contains as is: fnmatch takes every
+    character literally but `*`, `?` and a bracket expression, which ends as fnmatch.translate ends
+    it (a `!` and a `]` right after the `[` belong to it; without a closing `]` the `[` is literal)."""
+    if "[" not in pattern:
+        return max(_STARS.split(pattern), key=len)
+    runs, run, i, n = [], "", 0, len(pattern)
+    while i < n:
+        c, i = pattern[i], i + 1
+        if c == "[":
+            j = i + 1 if i < n and pattern[i] == "!" else i
+            j = j + 1 if j < n and pattern[j] == "]" else j
+            j = pattern.find("]", j)
+            if j < 0:
+                run += c
+                continue
+            i = j + 1
+        if c in "*?[":
+            runs.append(run)
+            run = ""
+        else:
+            run += c
+    return max(runs + [run], key=len)
 
 
 def compile_patterns(patterns: list) -> IgnoreRules:
-    groups, run, sign = [], [], None
-    for pattern in patterns + [None]:
-        negate = pattern is not None and pattern.startswith("!")
-        if run and (pattern is None or negate != sign):
-            literals = {p for p in run if not _WILD.search(p)}
-            wild = [fnmatch.translate(p) for p in run if _WILD.search(p)]
-            groups.append((sign, frozenset(literals), re.compile("|".join(wild)) if wild else None))
-            run = []
-        if pattern is not None:
-            sign = negate
-            run.append((pattern[1:] if negate else pattern).lstrip("/"))
-    return IgnoreRules(tuple(groups))
+    # Only the last occurrence of a pattern can decide: a later copy matches wherever an earlier one does.
+    last = {}
+    for index, raw in enumerate(patterns):
+        negate = raw.startswith("!")
+        last[(raw[1:] if negate else raw).lstrip("/")] = (index, negate)
+    literals, runs, loose = {}, {}, []
+    for pattern, (index, negate) in last.items():
+        if not _WILD.search(pattern):
+            literals[pattern] = (index, negate)
+        elif run := _literal_run(pattern):
+            runs.setdefault(run, []).append((index, negate, pattern))
+        else:
+            loose.append((index, negate, pattern))
+    return IgnoreRules(literals=literals, runs={k: tuple(sorted(v, reverse=True)) for k, v in runs.items()},
+                       sizes=tuple(sorted({len(k) for k in runs})), loose=tuple(sorted(loose, reverse=True)))
 
 
 def ignore_patterns(root: Path) -> list:
