@@ -20,6 +20,7 @@ from builder.errors import DlenvError
 from builder.engine.base import base_present
 from builder.engine.store import PackageStore
 from builder.plan.pins import base_ref
+from builder.run import hpcruntimes as hpc
 from builder.run.cluster import gpu_runtime
 from builder.settings.host import CA_ENV_VARS, debian_sources, find_ca_bundle
 from builder.settings.settings import KEYS
@@ -79,7 +80,33 @@ def run_checks(settings=None, client_factory: Callable = engine.connect, environ
     checks.append(_ca_check(settings, environ))
     checks.append(_registry_check(settings, environ, info))
     checks.append(DoctorCheck("buildah", *buildah.doctor_status(settings.get("engine") == "buildah", environ)))
+    checks.extend(hpc_runtime_checks())
     return checks
+
+
+def hpc_runtime_checks() -> list[DoctorCheck]:
+    """The runtimes a cluster job starts the image through, and what an unprivileged job needs from the host."""
+    versions = hpc.runtime_versions()
+    found = ", ".join(f"{name} {version}".strip() for name, version in versions.items())
+    absent = [name for name, _tool, _flag in hpc.RUNTIMES if name not in versions and name != "singularity"]
+    runtimes = DoctorCheck("HPC runtimes", OK if versions else WARN,
+                           (found or "none found") + (f"; not found: {', '.join(absent)}" if absent else ""),
+                           None if versions else "install Debian's charliecloud-runtime (and charliecloud-builders for "
+                                                 "`dlenv export charliecloud`) or podman to run exports under Slurm")
+    usable, why = hpc.user_namespaces()
+    userns = DoctorCheck("user namespaces", OK if usable else WARN, why,
+                         None if usable else "Charliecloud, rootless podman and unprivileged Apptainer need them: "
+                                             "set user.max_user_namespaces (and kernel.unprivileged_userns_clone) above 0")
+    fuse_ok, fuse_why = hpc.fuse_for_users()
+    fuse = DoctorCheck("/dev/fuse for jobs", OK if fuse_ok else WARN, fuse_why,
+                       None if fuse_ok else "unprivileged jobs cannot mount SquashFS images (ch-run with squashfuse): "
+                                            "use `dlenv export charliecloud --format dir`, or make /dev/fuse mode 0666")
+    missing = hpc.host_slurm_missing()
+    slurm = DoctorCheck("host Slurm", OK if not missing else SKIP,
+                        "slurmctld, slurmd, munged and the Slurm client are installed" if not missing
+                        else f"missing {', '.join(missing)}: `dlenv verify --slurm --runtime` cannot start a Slurm here",
+                        None if not missing else "install Debian's slurmd, slurmctld, slurm-client and munge")
+    return [runtimes, userns, fuse, slurm]
 
 
 def package_store() -> dict:

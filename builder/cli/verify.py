@@ -34,8 +34,9 @@ from builder.verify.slurm import verify_slurm
 @click.option("--runtime", type=click.Choice(list(HOST_RUNTIMES)),
               help="With --slurm: run the MPI checks under a Slurm on this host (slurmd as root, the jobs as a "
                    "temporary unprivileged user) through this runtime, with the scripts `dlenv export slurm` writes.")
-@click.option("--image-file", metavar="PATH", help="With --runtime charliecloud: an image `dlenv export charliecloud` "
-                                                    "made (default: convert the stack's image for this run).")
+@click.option("--image-file", metavar="PATH",
+              help="With --runtime: the image to run, made before (charliecloud: by `dlenv export charliecloud`; podman: "
+                   "a `docker save` archive); default: made from the stack's image for this run.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @click.option("--skip-driver-check", is_flag=True,
               help="Do not check the host's NVIDIA driver against the image's CUDA.")
@@ -50,8 +51,6 @@ def verify(ctx: Ctx, target, nodes, under_slurm, runtime, image_file, as_json, s
     if (runtime or image_file) and not under_slurm:
         raise VerifyError("--runtime and --image-file go with --slurm",
                           hint=f"dlenv verify {target} --slurm --runtime charliecloud")
-    if image_file and runtime != "charliecloud":
-        raise VerifyError("--image-file goes with --runtime charliecloud")
     if target != "." and (Path(target).is_dir() or Path(target).is_file()):
         record = read_record(target)
         if record is not None:

@@ -91,11 +91,17 @@ def _charliecloud_image(client, p: Plan, cluster, image_file: str | None, log_di
     return str(target)
 
 
-def _podman_image(client, p: Plan, cluster) -> str:
-    """The `docker save` archive of the image, and the job user's podman storage set up for it."""
-    archive = cluster.folder / IMAGES_DIR / artifact_name(p, ".tar")
-    save_tagged(client, p.hash_tag, archive)
-    archive.chmod(0o644)
+def _podman_image(client, p: Plan, cluster, image_file: str | None) -> str:
+    """The `docker save` archive of the image (IMAGE_FILE, or one saved for this run), and the job user's
+    podman storage set up for it."""
+    if image_file:
+        archive = Path(image_file).resolve()
+        if not archive.is_file():
+            raise VerifyError(f"{image_file} is not a file", hint=f"make it with `docker save {p.hash_tag} -o FILE`")
+    else:
+        archive = cluster.folder / IMAGES_DIR / artifact_name(p, ".tar")
+        save_tagged(client, p.hash_tag, archive)
+        archive.chmod(0o644)
     config = Path(cluster.home) / ".config" / "containers"
     config.mkdir(parents=True, exist_ok=True)
     (config / "storage.conf").write_text(PODMAN_STORAGE_CONF)
@@ -126,7 +132,7 @@ def verify_host_slurm(client, p: Plan, planned: list, runtime: str, state_dir: P
         if runtime == "charliecloud":
             image = _charliecloud_image(client, p, cluster, image_file, Path(state_dir) / "logs")
         else:
-            image = _podman_image(client, p, cluster)
+            image = _podman_image(client, p, cluster, image_file)
         # The first job also puts the image into every node's podman storage: a 3.7 GB archive loads in
         # about a minute here, so its deadline is longer.
         first_timeout = START_TIMEOUT if runtime == "charliecloud" else LOAD_TIMEOUT

@@ -109,6 +109,35 @@ def buildah_present(monkeypatch):
     monkeypatch.setattr(buildah, "doctor_status", lambda required, environ=None: ("ok", "buildah 1.28.2", None))
 
 
+HPC_RUNTIME_CHECKS = doctor.hpc_runtime_checks   # the real one, before the fixture below replaces it
+
+
+@pytest.fixture(autouse=True)
+def no_hpc_runtimes(monkeypatch):
+    """This machine's runtimes, kernel and /dev/fuse do not decide these tests; test_hpc_runtime_checks does."""
+    monkeypatch.setattr(doctor, "hpc_runtime_checks", lambda: [])
+
+
+def test_hpc_runtime_checks(monkeypatch):
+    hpc = doctor.hpc
+    monkeypatch.setattr(hpc, "runtime_versions", lambda: {"charliecloud": "0.31", "podman": "4.3.1"})
+    monkeypatch.setattr(hpc, "user_namespaces", lambda: (True, "user.max_user_namespaces=96367"))
+    monkeypatch.setattr(hpc, "fuse_for_users", lambda: (False, "/dev/fuse mode 0600"))
+    monkeypatch.setattr(hpc, "host_slurm_missing", lambda: [])
+    checks = {c.name: c for c in HPC_RUNTIME_CHECKS()}
+    assert {n: c.status for n, c in checks.items()} == {"HPC runtimes": "ok", "user namespaces": "ok",
+                                                         "/dev/fuse for jobs": "warn", "host Slurm": "ok"}
+    assert checks["HPC runtimes"].detail == "charliecloud 0.31, podman 4.3.1; not found: apptainer"
+    assert "--format dir" in checks["/dev/fuse for jobs"].fix
+    monkeypatch.setattr(hpc, "runtime_versions", lambda: {})
+    monkeypatch.setattr(hpc, "user_namespaces", lambda: (False, "user.max_user_namespaces is 0"))
+    monkeypatch.setattr(hpc, "host_slurm_missing", lambda: ["slurmd", "munged"])
+    checks = {c.name: c for c in HPC_RUNTIME_CHECKS()}
+    assert checks["HPC runtimes"].status == "warn" and "charliecloud-runtime" in checks["HPC runtimes"].fix
+    assert checks["user namespaces"].status == "warn" and "max_user_namespaces" in checks["user namespaces"].fix
+    assert checks["host Slurm"].status == "skip" and "missing slurmd, munged" in checks["host Slurm"].detail
+
+
 @pytest.fixture
 def which(monkeypatch):
     """`which(found)`: pretend mmdebstrap is (or is not) installed."""

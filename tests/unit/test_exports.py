@@ -13,12 +13,15 @@ import gzip
 import importlib.util
 import io
 import json
+import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tarfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -37,7 +40,7 @@ from builder.outputs.exports.common import EXPORT_KINDS
 from builder.outputs.exports.devcontainer import devcontainer
 from builder.outputs.exports.manifest import MANIFEST_NAME, read_manifest
 from builder.outputs.exports.mpijob import mpijob
-from builder.outputs.exports.slurm import slurm_script
+from builder.outputs.exports.slurm import _rank_script, slurm_script
 from builder.plan.plan import plan
 
 from dlenv_unit import CLI_ENV, ROOT
@@ -896,3 +899,46 @@ def test_slurm_podman_from_a_registry_pulls_and_passes_the_gpus(mn):
     assert f"export IMAGE=registry.example.org:5000/team/dlenv/chainermn:{mn.content_hash[:16]}" in text
     assert "--device nvidia.com/gpu=all" in text
     assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+
+
+@pytest.mark.parametrize("runtime", ["charliecloud", "podman"])
+def test_a_rank_killed_by_a_signal_ends_by_that_signal(tmp_path, runtime):
+    """srun exits with the highest status of its tasks: a rank killed by --kill-on-bad-exit must end by the
+    signal (status -15 here), not exit 143, or it would hide the failed rank's own status."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / ("ch-run" if runtime == "charliecloud" else "podman")
+    tool.write_text("#!/bin/sh\nkill -TERM $$\n")
+    tool.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "IMAGE": "img", "SLURM_JOB_ID": "9",
+           "SLURM_STEP_ID": "0", "SLURMD_NODENAME": f"t{os.getpid()}"}
+    proc = subprocess.run(["bash", "-c", _rank_script(runtime, 0), "dlenv-rank", "true"], env=env, cwd=tmp_path,
+                          timeout=30)
+    assert proc.returncode == -signal.SIGTERM
+    assert not Path(f"/dev/shm/dlenv-9.0.t{os.getpid()}").exists()
+
+
+@pytest.mark.parametrize("runtime", ["charliecloud", "podman"])
+def test_a_rank_signalled_by_slurm_removes_its_folder_and_ends_by_the_signal(tmp_path, runtime):
+    """Slurm signals every process of a step (the wrapper and the runtime): the wrapper waits for the runtime,
+    removes the node's shared-memory folder and ends by the same signal."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / ("ch-run" if runtime == "charliecloud" else "podman")
+    tool.write_text("#!/bin/sh\nexec sleep 30\n")
+    tool.chmod(0o755)
+    node = f"s{os.getpid()}{runtime}"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "IMAGE": "img", "SLURM_JOB_ID": "9",
+           "SLURM_STEP_ID": "0", "SLURMD_NODENAME": node}
+    proc = subprocess.Popen(["bash", "-c", _rank_script(runtime, 0), "dlenv-rank", "true"], env=env, cwd=tmp_path,
+                            start_new_session=True)
+    shm = Path(f"/dev/shm/dlenv-9.0.{node}")
+    for _ in range(100):
+        if shm.is_dir():
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert shm.is_dir()
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=20) == -signal.SIGTERM
+    assert not shm.exists()

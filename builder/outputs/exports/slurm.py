@@ -33,7 +33,9 @@ SRUN = ("srun", "--kill-on-bad-exit=1")
 # - Open MPI's shared-memory segments go to a folder per job step and node: two Slurm nodes on one host
 #   (several slurmd) would otherwise both create /dev/shm/vader_segment.<host>.<job>.<local rank> and hang.
 #   On a real cluster each node has its own /dev/shm and this changes nothing. The last rank of a node
-#   removes the folder.
+#   removes the folder. A rank the runtime saw killed by a signal ends the same way (kill -s SIG $$): srun
+#   reports the highest exit status of its tasks, and a rank killed by --kill-on-bad-exit must not hide
+#   the status of the rank that failed (a wrapper exiting 143 would).
 # - ch-run --join-tag: the ranks of a node share one container (one user namespace), so Open MPI's
 #   single-copy transfers (CMA) work between them; the tag names the node for the same reason as above.
 #   --set-env reads the image's environment (PATH, the venv, Open MPI's prefix, the stack's env:), which
@@ -42,26 +44,28 @@ SRUN = ("srun", "--kill-on-bad-exit=1")
 #   copies through shared memory instead (UCX finds this itself). --userns keep-id and --user run the rank
 #   as you; --network host and --pid host let ranks reach the PMIx server and each other as on the host.
 _SHM_DIR = 'shm="/dev/shm/dlenv-$SLURM_JOB_ID.$SLURM_STEP_ID.$SLURMD_NODENAME"'
-_CHARLIECLOUD_RANK = """
+# The folder goes also when Slurm signals the rank (its step ended because another rank failed, scancel,
+# the time limit): bash runs the trap once the runtime has exited, then ends by that signal again.
+_RANK_START = """
 {shm}
 mkdir -p "$shm"
-OMPI_MCA_btl_vader_backing_directory="$shm" ch-run --join-tag="$SLURM_JOB_ID.$SLURM_STEP_ID.$SLURMD_NODENAME" \\
-    --set-env --home --bind="$PWD:{workdir}" --cd={workdir} "$IMAGE" -- "$@"
+end() {{ rmdir "$shm" 2>/dev/null; trap - "$1"; kill -s "$1" "$$"; }}
+trap "end TERM" TERM; trap "end INT" INT; trap "end HUP" HUP
+"""
+_RANK_END = """
 status=$?
 rmdir "$shm" 2>/dev/null
+[ "$status" -gt 128 ] && kill -s "$((status - 128))" "$$"
 exit "$status"
 """
-_PODMAN_RANK = """
-{shm}
-mkdir -p "$shm"
-podman run --rm --network host --pid host --userns keep-id --user "$(id -u):$(id -g)"{gpus} \\
+_CHARLIECLOUD_RANK = """OMPI_MCA_btl_vader_backing_directory="$shm" ch-run --join-tag="$SLURM_JOB_ID.$SLURM_STEP_ID.$SLURMD_NODENAME" \\
+    --set-env --home --bind="$PWD:{workdir}" --cd={workdir} "$IMAGE" -- "$@"
+"""
+_PODMAN_RANK = """podman run --rm --network host --pid host --userns keep-id --user "$(id -u):$(id -g)"{gpus} \\
     --volume /dev/shm:/dev/shm --volume "$HOME:$HOME" --env HOME="$HOME" \\
     --volume "$PWD:{workdir}" --workdir {workdir} \\
     --env OMPI_MCA_btl_vader_backing_directory="$shm" --env OMPI_MCA_btl_vader_single_copy_mechanism=none \\
     --env "SLURM_*" --env "PMIX_*" --env "OMPI_*" --env "UCX_*" "$IMAGE" "$@"
-status=$?
-rmdir "$shm" 2>/dev/null
-exit "$status"
 """
 MPI_MODES = ("direct", "hybrid")
 
@@ -147,11 +151,11 @@ def _sbatch_options(job_name: str, nodes: int, tasks: int, gpus: int, time_limit
 def _rank_script(runtime: str, gpus: int) -> str:
     """What each task of a Charliecloud or podman step runs (`bash -c SCRIPT dlenv-rank COMMAND...`)."""
     if runtime == "charliecloud":
-        text = _CHARLIECLOUD_RANK.format(shm=_SHM_DIR, workdir=WORKDIR)
+        run = _CHARLIECLOUD_RANK.format(workdir=WORKDIR)
     else:
-        text = _PODMAN_RANK.format(shm=_SHM_DIR, workdir=WORKDIR,
-                                   gpus=" --device nvidia.com/gpu=all --security-opt label=disable" if gpus else "")
-    return text.rstrip("\n") + "\n"
+        run = _PODMAN_RANK.format(workdir=WORKDIR,
+                                  gpus=" --device nvidia.com/gpu=all --security-opt label=disable" if gpus else "")
+    return _RANK_START.format(shm=_SHM_DIR) + run + _RANK_END.lstrip("\n")
 
 
 def _launch(runtime: str, mpi: str, mpi_mode: str, gpus: int, image_var: str) -> str:
