@@ -831,7 +831,8 @@ def run_through(tmp_path: Path, text: str, files=(), env=None) -> subprocess.Com
     for name in files:
         (work / name).mkdir() if name.endswith("/") else (work / name).write_text("")
     (tmp_path / "job.sbatch").write_text(text)
-    full_env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "SLURM_JOB_NUM_NODES": "2", **(env or {})}
+    full_env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "SLURM_JOB_NUM_NODES": "2",
+                "SLURM_JOB_ID": "7", **(env or {})}
     return subprocess.run(["bash", str(tmp_path / "job.sbatch")], cwd=work, capture_output=True, text=True,
                           env=full_env, timeout=30)
 
@@ -857,9 +858,11 @@ def test_slurm_charliecloud_runs_the_command_word_for_word_in_one_container_per_
 def test_slurm_charliecloud_rank_keeps_the_exit_status_and_removes_its_folder(mn, tmp_path):
     image = "img"
     text = slurm_script(mn, ["python", "x.py"], nodes=2, gpus_per_node=0, runtime="charliecloud", image_file=image)
-    proc = run_through(tmp_path, text, files=[image + "/"], env={"STUB_EXIT": "3"})
+    proc = run_through(tmp_path, text, files=[image + "/"], env={"STUB_EXIT": "3", "SLURM_JOB_ID": "7"})
     assert proc.returncode == 3
+    assert "dlenv: rank 0 failed first, with exit status 3" in proc.stderr
     assert not Path("/dev/shm/dlenv-7.0.n1").exists()
+    assert not (tmp_path / "submit dir" / ".dlenv-ranks-7").exists()
 
 
 def test_slurm_charliecloud_stops_when_the_image_is_missing(mn, tmp_path):

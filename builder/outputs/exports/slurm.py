@@ -33,9 +33,9 @@ SRUN = ("srun", "--kill-on-bad-exit=1")
 # - Open MPI's shared-memory segments go to a folder per job step and node: two Slurm nodes on one host
 #   (several slurmd) would otherwise both create /dev/shm/vader_segment.<host>.<job>.<local rank> and hang.
 #   On a real cluster each node has its own /dev/shm and this changes nothing. The last rank of a node
-#   removes the folder. A rank the runtime saw killed by a signal ends the same way (kill -s SIG $$): srun
-#   reports the highest exit status of its tasks, and a rank killed by --kill-on-bad-exit must not hide
-#   the status of the rank that failed (a wrapper exiting 143 would).
+#   removes the folder. A rank the runtime saw killed by a signal ends the same way (kill -s SIG $$); a rank
+#   that fails writes its status to $DLENV_RANK_STATUS: srun exits 143 whenever --kill-on-bad-exit ended a
+#   step (Slurm 22.05, measured), so the batch script takes the job's exit status from the first of those.
 # - ch-run --join-tag: the ranks of a node share one container (one user namespace), so Open MPI's
 #   single-copy transfers (CMA) work between them; the tag names the node for the same reason as above.
 #   --set-env reads the image's environment (PATH, the venv, Open MPI's prefix, the stack's env:), which
@@ -56,6 +56,7 @@ _RANK_END = """
 status=$?
 rmdir "$shm" 2>/dev/null
 [ "$status" -gt 128 ] && kill -s "$((status - 128))" "$$"
+[ "$status" -ne 0 ] && echo "$status" > "$DLENV_RANK_STATUS/$SLURM_PROCID"
 exit "$status"
 """
 _CHARLIECLOUD_RANK = """OMPI_MCA_btl_vader_backing_directory="$shm" ch-run --join-tag="$SLURM_JOB_ID.$SLURM_STEP_ID.$SLURMD_NODENAME" \\
