@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import docker.errors
 
 from builder import __version__
 from builder.engine.images import require_promoted
@@ -97,7 +100,12 @@ def export_charliecloud(client, p: Plan, output: str, fmt: str = "dir", *, force
         tree = work / "image"
         env = {"PATH": os.environ.get("PATH", _PATH), "USER": os.environ.get("USER") or "root",
                "HOME": os.environ.get("HOME", "/"), "TMPDIR": str(work), "LANG": "C.UTF-8"}
-        _convert([ch_convert, "--no-clobber", "-i", "docker", "-o", "dir", p.hash_tag, str(tree)], env, log_path)
+        before = {c.id for c in client.containers.list(all=True, filters={"ancestor": attrs.get("Id", "")})}
+        try:
+            _convert([ch_convert, "--no-clobber", "-i", "docker", "-o", "dir", p.hash_tag, str(tree)], env, log_path)
+        except BaseException:
+            _remove_export_containers(client, attrs.get("Id", ""), before)
+            raise
         record = tree / CHARLIECLOUD_RECORD
         record.parent.mkdir(exist_ok=True)
         record.write_text(json.dumps(record_for(p, attrs), indent=2, sort_keys=True) + "\n")
@@ -115,16 +123,48 @@ def export_charliecloud(client, p: Plan, output: str, fmt: str = "dir", *, force
 
 
 def _convert(argv: list, env: dict, log_path: Path | None) -> None:
+    """Run ch-convert in its own process group: on Ctrl-C or SIGTERM the whole group (docker export, pigz,
+    tar) is stopped, not only the script."""
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
     try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.PIPE, env=env, check=False)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.PIPE, env=env,
+                                start_new_session=True)
+        try:
+            _out, err = proc.communicate()
+        except BaseException:
+            _stop_group(proc)
+            raise
     finally:
         if log_path:
             log.close()
     if proc.returncode != 0:
-        lines = [line for line in proc.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+        lines = [line for line in err.decode("utf-8", "replace").splitlines() if line.strip()]
         raise ExportError(f"ch-convert failed (exit status {proc.returncode}): {(lines or ['no output'])[-1][:300]}",
                           hint=f"the whole output is in {log_path}" if log_path else None)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _remove_export_containers(client, image_id: str, before: set) -> None:
+    """The container ch-convert creates to `docker export` the image (`docker create IMAGE /bin/true`), when
+    an interruption kept ch-convert from removing it."""
+    try:
+        for container in client.containers.list(all=True, filters={"ancestor": image_id}):
+            if container.id not in before and (container.attrs.get("Config") or {}).get("Cmd") == ["/bin/true"]:
+                container.remove(force=True)
+    except docker.errors.APIError:
+        pass
 
 
 def _move_into_place(result: Path, target: Path, work: Path) -> None:

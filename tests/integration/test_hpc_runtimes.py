@@ -232,3 +232,30 @@ def test_sigterm_during_verify_leaves_nothing(host, chainermn_ch):
     assert leftovers() == {"daemons": mine, "users": [host["cluster"].layout.job_user], "folders": mine, "shm": []}
     assert [p.name for p in Path(host["state"]).glob("hostslurm-*.json")] == \
         [Path(host["cluster"].record).name], "the stopped run's record is left"
+
+
+def test_sigterm_during_export_charliecloud_leaves_no_partial_image(docker_client, tmp_path):
+    """ch-convert runs in its own process group: SIGTERM stops all of it (docker export, pigz, tar), the
+    container it exports from is removed, and neither the image nor its temporary folder is left."""
+    state = tmp_path / "state"
+    built = dlenv("build", "python", "--locked", state=state, timeout=3600)
+    assert built.returncode == 0, built.stderr[-2000:]
+    image_id = docker_client.images.get(json.loads(dlenv("show", "python", "--json", state=state).stdout)["image"]).id
+    before = {c.id for c in docker_client.containers.list(all=True, filters={"ancestor": image_id})}
+    env = dict(os.environ, NO_COLOR="1", DLENV_STATE_DIR=str(state))
+    proc = subprocess.Popen([DLENV, "export", "charliecloud", "python", "-o", str(tmp_path / "py")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(tmp_path.glob(".py.dlenv-*/*")):
+        time.sleep(0.1)
+    time.sleep(1.5)      # ch-convert is exporting or compressing
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    print(err[-2000:])
+    assert proc.returncode == 143 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
+    time.sleep(1)
+    after = {c.id for c in docker_client.containers.list(all=True, filters={"ancestor": image_id})}
+    assert after <= before, "ch-convert's export container is left"
+    left = subprocess.run(["pgrep", "-f", f"ch-convert.*{tmp_path}"], capture_output=True, text=True).stdout
+    assert not left.strip(), left
