@@ -143,6 +143,8 @@ SOURCE_TARBALLS = "sources"          # the repository's folder of Debian source 
 PYTHON_FILES = "python"              # the repository's folder of Python files (pip's index is simple/)
 BUILDAH_LOCAL = "localhost/"        # how buildah names an image it holds under a short name
 BUILDAH_BASE_FORMAT_LABEL = f"{LABEL_PREFIX}.buildah-base-format"   # what the buildah base's bootstrap removed
+# buildah: first step of a stage that would otherwise begin as another one does (plan/buildah_variant.py)
+BUILDAH_STAGE_LABEL = f"{LABEL_PREFIX}.buildah-stage"
 
 # --- images for HPC container runtimes (dlenv export charliecloud, verify --runtime) ------------
 # In a Charliecloud image (directory or SquashFS): what it was made from (stack, content hash, lock, image id).

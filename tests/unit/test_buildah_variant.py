@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from builder.plan.plan import plan
 from builder.spec.stack import catalog_stack_names
 
 STACKS = catalog_stack_names(paths.stacks_dir())
+PROJECT = Path(__file__).resolve().parents[1] / "fixtures" / "projects" / "chainermn-project" / "dlenv.yaml"
 
 
 def runs(text: str) -> list[tuple[str, str]]:
@@ -86,3 +88,32 @@ def test_runtime_stage_takes_no_machine_dependent_build_arg(stack):
     text = buildah_variant.variant(plan(stack).context.dockerfile)
     runtime = text[text.index(" AS runtime"):]
     assert re.findall(r"^ARG (\w+)", runtime, flags=re.M) == ["DLENV_CONTENT_HASH"]
+
+
+def _stage_texts(text: str) -> dict:
+    return {m.group(1): m.group(0) for m in re.finditer(r"^FROM \S+ AS (\S+)\n.*?(?=^FROM |\Z)", text, re.M | re.S)}
+
+
+def test_no_two_stages_begin_alike():
+    """Both stages of a project on its parent's image began `FROM parent` and `USER 0:0`: built at once,
+    both committed that one intermediate image, and the temporary name buildah gives an image while it
+    commits it reached the next step's history now and then (issue #24: another id, no other path). The
+    build stage begins with a label instead; the runtime stage (the image) is not touched."""
+    canonical = plan(str(PROJECT)).context.dockerfile
+    text = buildah_variant.variant(canonical)
+    build, runtime = _stage_texts(text)["build"], _stage_texts(text)["runtime"]
+    assert build.splitlines()[1] == 'LABEL org.dlenv.buildah-stage="build"' and build.splitlines()[2] == "USER 0:0"
+    assert runtime.splitlines()[1] == "USER 0:0" and "buildah-stage" not in runtime
+    # Two later stages that would begin alike are both told apart; the last stage never changes.
+    lines = buildah_variant._distinct_stages(["FROM p AS a", "# a note", "USER 0:0", "FROM p AS b", "USER 0:0",
+                                              "FROM q AS d", "USER 0:0", "FROM p AS c", "USER 0:0"])
+    assert [line for line in lines if line.startswith("LABEL")] == \
+        ['LABEL org.dlenv.buildah-stage="a"', 'LABEL org.dlenv.buildah-stage="b"']
+    assert lines[:2] == ["FROM p AS a", 'LABEL org.dlenv.buildah-stage="a"'] and lines[-2:] == ["FROM p AS c", "USER 0:0"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_whole_stacks_stages_already_begin_apart(stack):
+    """A whole stack's stages begin with different steps on the base: nothing is added (its build stage's
+    layer cache stays)."""
+    assert "buildah-stage" not in buildah_variant.variant(plan(stack).context.dockerfile)
