@@ -133,8 +133,8 @@ APT_SOURCES_DIR = "/etc/apt/sources.list.d"
 APT_SOURCES_LIST = "/etc/apt/sources.list"
 APT_SOURCES_MOUNT = f"{APT_SOURCES_DIR}/dlenv-build.sources"
 # dlenv's package repository: every Debian byte a build installs comes from it, served on the host for
-# the build's duration and reached through the build's (predefined, never recorded) http_proxy. The
-# host name never resolves: only that proxy answers for it, so no image text depends on the machine.
+# the build's duration and reached through the build's (predefined) http_proxy, whose value no history
+# records. The host name never resolves: only that proxy answers for it, so no image text depends on the machine.
 PACKAGE_REPO_HOST = "dlenv.packages"
 PACKAGE_REPO_URL = f"http://{PACKAGE_REPO_HOST}/"
 PACKAGE_REPO_SOURCES = f"{APT_SOURCES_DIR}/0000dlenv.sources"     # in the base rootfs (mmdebstrap names it so)
@@ -142,6 +142,14 @@ DEB_FILES = "pool"                   # the repository's folder of .deb files (it
 SOURCE_TARBALLS = "sources"          # the repository's folder of Debian source tarballs
 PYTHON_FILES = "python"              # the repository's folder of Python files (pip's index is simple/)
 BUILDAH_LOCAL = "localhost/"        # how buildah names an image it holds under a short name
+# The proxy variables. Builders take them as predefined build arguments and record no value, but buildah
+# 1.28 writes the NAMES of those it is given into the history of every ARG step (`ARG DLENV_CONTENT_HASH
+# HTTP_PROXY http_proxy`), so into the image id: a buildah build is given dlenv's own arguments only,
+# never the host's proxies (issue #24). buildah also hands the proxies of its own environment (these
+# and the FTP/ALL ones) to every RUN step: dlenv runs it without them (every file comes from dlenv's
+# repository, and a host no_proxy could keep apt and pip from reaching it).
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+BUILDAH_HOST_PROXY_ENV = PROXY_VARS + ("FTP_PROXY", "ftp_proxy", "ALL_PROXY", "all_proxy")
 BUILDAH_BASE_FORMAT_LABEL = f"{LABEL_PREFIX}.buildah-base-format"   # what the buildah base's bootstrap removed
 # buildah: first step of a stage that would otherwise begin as another one does (plan/buildah_variant.py)
 BUILDAH_STAGE_LABEL = f"{LABEL_PREFIX}.buildah-stage"

@@ -27,7 +27,7 @@ from builder import paths
 from builder.engine.buildlog import LOG_TAIL, BuildProgress, StepClock, _build_hint, _short_build_error
 from builder.engine.processes import append_lines, run_logged
 from builder.errors import BuildError, EngineError
-from builder.names import CA_SECRET_ID
+from builder.names import BUILDAH_HOST_PROXY_ENV, CA_SECRET_ID
 
 MIN_VERSION = (1, 28)
 _VERSION = re.compile(r"^Version:\s+(\d+)\.(\d+)(?:\.(\d+))?", re.M)
@@ -107,6 +107,14 @@ def command(cli: str, context_dir: Path, tag_ref: str, buildargs: dict, iid_file
     if secret_file is not None:
         cmd += ["--secret", f"id={CA_SECRET_ID},src={secret_file}"]
     return cmd + ["-f", str(context_dir / "Dockerfile"), str(context_dir)]
+
+
+def build_environment(buildargs: dict, environ=os.environ) -> dict:
+    """buildah's environment for a build: the host's without its proxy variables (buildah would hand them
+    to every RUN step; no step needs them, and a host no_proxy could keep apt and pip from dlenv's
+    repository), and the values of the build arguments (which travel in it: not in `ps`)."""
+    return {**{k: v for k, v in environ.items() if k not in BUILDAH_HOST_PROXY_ENV},
+            **{k: str(v) for k, v in buildargs.items()}}
 
 
 class _StepLog:
@@ -208,7 +216,7 @@ def build(cli: str, context_dir: Path, tag_ref: str, buildargs: dict, log_path: 
     iid_dir = Path(tempfile.mkdtemp(prefix="iid-"))
     iid_file = iid_dir / "iid"
     cmd = command(cli, context_dir, tag_ref, buildargs, iid_file, epoch=epoch, secret_file=secret_file, nocache=nocache)
-    env = {**os.environ, **{k: str(v) for k, v in buildargs.items()}}
+    env = build_environment(buildargs)
     steps = _StepLog(clock)
     ok = False
     try:

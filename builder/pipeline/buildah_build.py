@@ -57,6 +57,15 @@ def find() -> Buildah:
     return Buildah(*buildah.find_buildah())
 
 
+def build_arguments(repo: str | None, content_hash: str) -> dict:
+    """A buildah build's arguments: dlenv's repository's (the same text on every machine) and the content
+    hash, never the host's proxies or pip settings. buildah 1.28 writes the name of every proxy argument it
+    is given into the history of each ARG step, so a host's `no_proxy` gave another image id (issue #24);
+    every file comes from the repository anyway. Without one (no lock, so no id to record) pip needs the
+    host's settings."""
+    return {**(build_args(repo) if repo else pip_build_args()), "DLENV_CONTENT_HASH": content_hash}
+
+
 def _ensure_parent(bh: Buildah, client, p: Plan, log) -> None:
     """The parent image in dlenv's buildah storage with Docker's id (copied from Docker when not)."""
     ref = p.parent.hash_tag
@@ -97,9 +106,8 @@ def _build(bh: Buildah, client, p: Plan, bundle: CABundle, name: str, log_path: 
         sources = workdir / APT_SOURCES_CONTEXT      # RUN steps mount it; no layer keeps it
         sources.parent.mkdir(parents=True, exist_ok=True)
         sources.write_text(repository_sources())     # dlenv's package repository, through the proxy below
-        buildargs = {**pip_build_args(), **build_args(repo), "DLENV_CONTENT_HASH": p.content_hash}
-        return buildah.build(bh.cli, workdir, name, buildargs, log_path, epoch=epoch, secret_file=bundle.path,
-                             on_progress=on_progress, nocache=nocache, clock=clock)
+        return buildah.build(bh.cli, workdir, name, build_arguments(repo, p.content_hash), log_path, epoch=epoch,
+                             secret_file=bundle.path, on_progress=on_progress, nocache=nocache, clock=clock)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

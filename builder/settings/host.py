@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import ConfigError
+from builder.names import PROXY_VARS
 
 try:
     from pip._internal.models.index import PyPI as _PIP_DEFAULT
@@ -22,7 +23,6 @@ except Exception:  # noqa: BLE001 - pip's internals: without them, only the conf
 
 CA_ENV_VARS = ("DLENV_CA_BUNDLE", "PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 PIP_ENV_VARS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST")
-PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 APT_SOURCES = (Path("/etc/apt/sources.list.d"), Path("/etc/apt/sources.list"))
 
 

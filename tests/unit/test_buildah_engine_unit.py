@@ -13,6 +13,7 @@ import pytest
 from builder import paths
 from builder.engine import buildah, buildah_store
 from builder.errors import BuildError, EngineError
+from builder.pipeline import buildah_build
 
 
 def fake_buildah(folder: Path, script: str) -> Path:
@@ -147,3 +148,20 @@ def test_differing_paths_lists_each_path_once():
     a = {(0, "etc/shadow", "0", 0o640, 0, 0, 10, "aa"), (1, "x", "0", 0o644, 0, 0, 1, "bb")}
     b = {(0, "etc/shadow", "0", 0o640, 0, 0, 10, "cc"), (1, "x", "0", 0o644, 0, 0, 1, "bb")}
     assert buildah_store.differing_paths(a, b) == ["etc/shadow"]
+
+
+def test_a_buildah_build_is_given_dlenv_s_arguments_only(monkeypatch):
+    """buildah writes the name of every proxy argument it is given into the history of each ARG step, so
+    the host's proxies gave another image id (issue #24): a build with dlenv's repository takes none of
+    the host's proxy or pip settings, and buildah runs without the host's proxies."""
+    for var in ("https_proxy", "no_proxy", "HTTP_PROXY", "PIP_INDEX_URL"):
+        monkeypatch.setenv(var, "http://proxy.invalid:3128/")
+    args = buildah_build.build_arguments("http://127.0.0.1:4242", "ab" * 32)
+    assert set(args) == {"http_proxy", "HTTP_PROXY", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST",
+                         "DLENV_CONTENT_HASH"}
+    assert args["HTTP_PROXY"] == "http://127.0.0.1:4242" and "proxy.invalid" not in str(args)
+    # No repository (an unlocked stack: no id is recorded): pip needs the host's settings.
+    assert buildah_build.build_arguments(None, "ab" * 32)["PIP_INDEX_URL"] == "http://proxy.invalid:3128/"
+    env = buildah.build_environment(args, {"PATH": "/bin", "no_proxy": "*", "ALL_PROXY": "socks5://x", "https_proxy": "y"})
+    assert env == {"PATH": "/bin", **args}
+

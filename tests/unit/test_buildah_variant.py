@@ -84,7 +84,8 @@ def test_apt_mount_also_before_a_stage_shell():
 def test_runtime_stage_takes_no_machine_dependent_build_arg(stack):
     """buildah writes a build arg's value into the history of each later RUN of its stage, so into the
     image id: the pip index settings may only reach the build stage (its history is not the image's;
-    measured: two values, one final id), and proxies are never recorded."""
+    measured: two values, one final id). A proxy's value is never recorded, but its name is, in each ARG
+    step's history: buildah is given dlenv's own proxy arguments only (test_buildah_engine_unit, #24)."""
     text = buildah_variant.variant(plan(stack).context.dockerfile)
     runtime = text[text.index(" AS runtime"):]
     assert re.findall(r"^ARG (\w+)", runtime, flags=re.M) == ["DLENV_CONTENT_HASH"]
