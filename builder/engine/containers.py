@@ -5,7 +5,11 @@ refuse a ulimit. Never mounts the Docker socket and never runs a container privi
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +20,7 @@ from builder.errors import EngineError
 from builder.names import ROLE_LABEL, ULIMITS, WORKDIR
 
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+INTERRUPTS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 def is_docker_socket(path: str) -> bool:
@@ -83,24 +88,55 @@ def container_kwargs(opts: ContainerOptions, role: str) -> dict:
     return kwargs
 
 
+def remove_named(client, name: str) -> None:
+    """Remove the container `name` if it exists (force: also a running one)."""
+    try:
+        client.api.remove_container(name, force=True)
+    except docker.errors.APIError:
+        pass        # gone already, or the engine removes it itself
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ctrl-C, SIGTERM and SIGHUP wait until the block is done, then arrive as ever. For engine calls that
+    make something: cut off half-way, the engine still makes it (a container created after the client gave
+    up on it), and no cleanup knows of it. Only in the main thread, the one that takes signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)    # a pending interrupt is raised here
+
+
 def start_container(client, image: str, opts: ContainerOptions, role: str, command=None, name: str | None = None):
+    """Create and start a container, named (by the caller, else dlenv-ROLE-RANDOM). An interrupt waits until
+    the create or start is done, then removes it: the caller does not hold it yet, so nothing else would."""
     kwargs = container_kwargs(opts, role)
     kwargs.pop("detach")
     if name:
-        kwargs.update(name=name, hostname=opts.hostname or name)
+        kwargs["hostname"] = opts.hostname or name
+    kwargs["name"] = name or f"dlenv-{role}-{secrets.token_hex(5)}"
     if opts.aliases and opts.network_name:
         kwargs["networking_config"] = {
             opts.network_name: client.api.create_endpoint_config(aliases=list(opts.aliases))}
     limits = list(kwargs["ulimits"])
     while True:
         try:
-            container = client.containers.create(image, command or ["sleep", "infinity"], **kwargs)
+            with interrupts_deferred():
+                container = client.containers.create(image, command or ["sleep", "infinity"], **kwargs)
         except docker.errors.ImageNotFound:
             raise EngineError(f"image {image} not found", hint="build it first with `dlenv build`") from None
         except docker.errors.APIError as exc:
             raise EngineError(f"cannot create a container from {image}: {exc.explanation}") from None
+        except BaseException:
+            remove_named(client, kwargs["name"])
+            raise
         try:
-            container.start()
+            with interrupts_deferred():
+                container.start()
             return container
         except docker.errors.APIError as exc:
             text = str(exc.explanation)
@@ -118,3 +154,6 @@ def start_container(client, image: str, opts: ContainerOptions, role: str, comma
                                     "starting without it (NCCL may pin less memory)")
                 continue
             raise EngineError(f"cannot start a container from {image}: {text}") from None
+        except BaseException:
+            remove_named(client, kwargs["name"])
+            raise

@@ -30,6 +30,7 @@ import docker.errors
 from builder import __version__
 from builder.engine import base as base_mod
 from builder.engine import dockerapi as engine
+from builder.engine.containers import interrupts_deferred, remove_named
 from builder.settings.host import CABundle, find_ca_bundle, pip_build_args
 from builder.settings.host import debian_sources as debian_sources_text
 from builder.errors import BaseImageError, EngineError, LockCommandError, LockError
@@ -58,13 +59,20 @@ class _Box:
         self.client = client
         # With dlenv's package repository (a refresh), the container reaches it on the host's loopback.
         network = {"network_mode": "host"} if repo else {}
+        name = f"dlenv-lock-{uuid.uuid4().hex[:10]}"
         try:
-            # As root also where the image's default user is not (a parent image runs as its user).
-            self.container = client.containers.run(
-                image, ["sleep", "infinity"], detach=True, labels={ROLE_LABEL: "lock"}, user="0:0",
-                name=f"dlenv-lock-{uuid.uuid4().hex[:10]}", environment=env, init=True, **network)
+            # As root also where the image's default user is not (a parent image runs as its user). An
+            # interrupt waits for the create and start, then removes the container by its name.
+            with interrupts_deferred():
+                self.container = client.containers.run(
+                    image, ["sleep", "infinity"], detach=True, labels={ROLE_LABEL: "lock"}, user="0:0",
+                    name=name, environment=env, init=True, **network)
         except docker.errors.DockerException as exc:
+            remove_named(client, name)      # run() leaves a container it created but could not start
             raise EngineError(f"could not start the lock container from {image}: {' '.join(str(exc).split())[:200]}") from None
+        except BaseException:
+            remove_named(client, name)
+            raise
 
     def sh(self, script: str, what: str, env: dict | None = None) -> str:
         code, (out, err) = self.container.exec_run(["bash", "-o", "pipefail", "-c", script], environment=env or {},

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import docker.errors
 
-from builder.engine.containers import ContainerOptions, start_container
+from builder.engine.containers import ContainerOptions, interrupts_deferred, start_container
 from builder.errors import EngineError
 from builder.names import ROLE_LABEL
 
@@ -125,8 +125,9 @@ class Cluster:
         try:
             if self.nodes > 1:
                 token = secrets.token_hex(4)
-                self.network = self.client.networks.create(f"dlenv-{self.role}-{token}", driver="bridge",
-                                                           labels={ROLE_LABEL: self.role})
+                with interrupts_deferred():     # held once made, so that close() removes it
+                    self.network = self.client.networks.create(f"dlenv-{self.role}-{token}", driver="bridge",
+                                                               labels={ROLE_LABEL: self.role})
                 opts = ContainerOptions(**{**self.opts.__dict__, "network_name": self.network.name})
                 for i in range(self.nodes):
                     self.containers.append(start_container(self.client, self.image, opts, self.role,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import docker.types
 
+from builder.engine.containers import interrupts_deferred, remove_named
 from builder.run.cluster import Cluster, ContainerOptions, image_env_names, mpi_launch
 from builder.errors import EngineError, UsageError
 from builder.names import ROLE_LABEL, WORKDIR
@@ -100,14 +102,16 @@ def parse_volumes(values) -> list:
 def _image_file(client, image: str, path: str) -> str:
     """Read a small text file from an image without running it."""
 
-    container = client.containers.create(image, ["true"], labels={ROLE_LABEL: "inspect"})
+    name = f"dlenv-inspect-{secrets.token_hex(5)}"
     try:
+        with interrupts_deferred():    # then removed by its name, as the caller does not hold it yet
+            container = client.containers.create(image, ["true"], labels={ROLE_LABEL: "inspect"}, name=name)
         bits, _ = container.get_archive(path)
         with tarfile.open(fileobj=io.BytesIO(b"".join(bits))) as tar:
             member = tar.getmembers()[0]
             return tar.extractfile(member).read().decode("utf-8", "replace")
     finally:
-        container.remove(force=True)
+        remove_named(client, name)
 
 
 class IdentityFiles:
