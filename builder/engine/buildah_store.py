@@ -42,6 +42,8 @@ HOST_FILES_HOOK = (f'--customize-hook=rm -f "$1/etc/hostname" "$1/etc/resolv.con
                    f'"$1"{APT_SOURCES_DIR}/*')
 BASE_FORMAT = "3"   # 3: bootstrapped from dlenv's repository, with the archive's priorities
 _DEFAULT_SOCKETS = ("", "unix:///var/run/docker.sock", "unix:///run/docker.sock")
+# PAX records a layer listing leaves out: the ones tarfile reads into its fields, and the times
+_PAX_KNOWN = frozenset({"path", "linkpath", "size", "uid", "gid", "uname", "gname", "mtime", "atime", "ctime"})
 
 
 def image_id(cli: str, ref: str) -> str | None:
@@ -146,15 +148,18 @@ def from_docker(cli: str, client, ref: str, want_id: str, environ=os.environ) ->
             run_buildah(cli, "pull", "--quiet", f"docker-archive:{archive}", timeout=3600)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-    _only_local_name(cli, ref, want_id)
+    only_local_name(cli, ref, want_id)
     got = image_id(cli, ref)
     if got != want_id:
         raise EngineError(f"dlenv's buildah storage holds {ref} as {got}, not Docker's {want_id}",
                           hint=f"remove dlenv's buildah storage ({paths.state_dir() / 'buildah'}) and build again")
 
 
-def _only_local_name(cli: str, ref: str, want_id: str) -> None:
-    """The image `want_id` named `localhost/<ref>` only (a pull may name it `docker.io/<ref>`)."""
+def only_local_name(cli: str, ref: str, want_id: str) -> None:
+    """The image `want_id` named `localhost/<ref>` only (a pull may name it `docker.io/<ref>`; a killed
+    `--check` may leave its name on it). buildah writes into the history of the step after a FROM the
+    first of the FROM image's names that holds the image's repository name, so another one held first
+    would give whatever is built on it another id."""
     names = [n for image in json.loads(run_buildah(cli, "images", "--json").stdout or "[]")
              if want_id.removeprefix("sha256:").startswith(image.get("id", "-")) for n in image.get("names") or []]
     local = BUILDAH_LOCAL + ref
@@ -240,7 +245,8 @@ def to_docker(cli: str, client, ref: str, tag_ref: str, want_id: str, environ=os
 
 
 def layer_listing(cli: str, ref: str) -> set[tuple]:
-    """Every entry of every layer of `ref`: (layer index, path, type, mode, uid, gid, size, sha256)."""
+    """Every entry of every layer of `ref`: (layer index, path, type, mode, uid, gid, size, sha256, user
+    and group names, the PAX records but times: extended attributes). Times are the build's timestamp."""
     workdir = Path(tempfile.mkdtemp(prefix="buildah-list-", dir=paths.state_dir()))
     try:
         run_buildah(cli, "push", "--quiet", ref, f"oci:{workdir / 'oci'}")
@@ -252,7 +258,9 @@ def layer_listing(cli: str, ref: str) -> set[tuple]:
             with tarfile.open(blobs / layer["digest"].split(":")[1], "r:*") as tar:
                 for m in tar:
                     data = tar.extractfile(m).read() if m.isfile() else m.linkname.encode()
-                    out.add((i, m.name, m.type, m.mode, m.uid, m.gid, m.size, hashlib.sha256(data).hexdigest()))
+                    pax = tuple(sorted((k, v) for k, v in m.pax_headers.items() if k not in _PAX_KNOWN))
+                    out.add((i, m.name, m.type, m.mode, m.uid, m.gid, m.size, hashlib.sha256(data).hexdigest(),
+                             m.uname, m.gname, pax))
         return out
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -292,3 +300,59 @@ def layer_steps(cli: str, ref: str) -> list[dict]:
 def differing_paths(a: set[tuple], b: set[tuple], limit: int = 10) -> list[str]:
     """The paths whose entries differ between two layer listings (pure)."""
     return sorted({entry[1] for entry in a ^ b})[:limit]
+
+
+def image_config(cli: str, ref: str) -> dict:
+    """The OCI config of `ref` in dlenv's buildah storage, as buildah reads it ({} when it has none)."""
+    proc = run_buildah(cli, "inspect", "--type", "image", ref)
+    return json.loads(proc.stdout or "{}").get("OCIv1") or {}
+
+
+def config_differences(was: dict, now: dict, limit: int = 4) -> list[str]:
+    """What differs between two OCI image configs, for `build --check` when no path does (pure): the layers
+    whose digests differ (their files' metadata), the first history entry that differs (buildah's history
+    comment of each later step names the image before it, so those follow), the config's fields, the rest."""
+    out = []
+    layers = _indexes_differing((was.get("rootfs") or {}).get("diff_ids") or [],
+                                (now.get("rootfs") or {}).get("diff_ids") or [])
+    if layers:
+        out.append(f"the digest of layer {', '.join(map(str, layers[:5]))}")
+    histories = (was.get("history") or [], now.get("history") or [])
+    history = _indexes_differing(*histories)
+    if history:
+        i = history[0]
+        old, new = ((h[i] if i < len(h) else {}) for h in histories)
+        for field in sorted(set(old) | set(new), key=lambda f: (f != "created_by", f)):
+            if old.get(field) != new.get(field):
+                out.append(f"history entry {i} {field}: {_changed(old.get(field), new.get(field))}")
+                break
+        if len(history) > 1:
+            out.append(f"{len(history) - 1} later history entries")
+    config_was, config_now = was.get("config") or {}, now.get("config") or {}
+    for field in sorted(set(config_was) | set(config_now)):
+        old, new = config_was.get(field), config_now.get(field)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):          # Labels: the ones that differ
+            out += [f"config {field} {key}: {_changed(old.get(key), new.get(key))}"
+                    for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+        else:
+            out.append(f"config {field}: {_changed(old, new)}")
+    for field in sorted((set(was) | set(now)) - {"rootfs", "history", "config"}):
+        if was.get(field) != now.get(field):
+            out.append(f"{field}: {_changed(was.get(field), now.get(field))}")
+    return out[:limit]
+
+
+def _indexes_differing(a: list, b: list) -> list[int]:
+    return [i for i in range(max(len(a), len(b))) if a[i:i + 1] != b[i:i + 1]]
+
+
+def _changed(was, now, width: int = 90) -> str:
+    """`was` -> `now` as short texts: whole, or from a little before the first character that differs."""
+    a, b = (json.dumps(v, sort_keys=True) if not isinstance(v, str) else v for v in (was, now))
+    start = 0
+    if max(len(a), len(b)) > width:
+        start = max(0, next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))) - 30)
+    cut = [("..." if start else "") + t[start:start + width] + ("..." if len(t) > start + width else "") for t in (a, b)]
+    return f"{cut[0]!r} -> {cut[1]!r}"

@@ -75,6 +75,20 @@ def image_labels(attrs: dict | None) -> dict:
     return (attrs.get("Config") or {}).get("Labels") or {}
 
 
+def history_steps(client, ref: str) -> list[tuple]:
+    """The history of the image `ref`, oldest step first: (created, created_by, comment) each ([] when
+    the engine has no such image)."""
+    try:
+        steps = client.api.history(ref)
+    except docker.errors.ImageNotFound:
+        return []
+    except docker.errors.APIError as exc:
+        if exc.status_code == 404:
+            return []
+        raise EngineError(f"cannot read the history of {ref}: {exc.explanation}") from None
+    return [(s.get("Created"), s.get("CreatedBy"), s.get("Comment")) for s in reversed(steps or [])]
+
+
 def tag(client, image_id: str, ref: str) -> None:
     repo, _, tag_ = ref.rpartition(":")
     if not client.api.tag(image_id, repo, tag_, force=True):

@@ -67,13 +67,16 @@ def build_arguments(repo: str | None, content_hash: str) -> dict:
 
 
 def _ensure_parent(bh: Buildah, client, p: Plan, log) -> None:
-    """The parent image in dlenv's buildah storage with Docker's id (copied from Docker when not)."""
+    """The parent image in dlenv's buildah storage with Docker's id, under its one name: buildah's own
+    build of it, or else a copy from Docker. The two give one id to what is built on them (measured for
+    issue #24: chainer, a project on it, both orders); the name is part of the history."""
     ref = p.parent.hash_tag
     attrs = engine.image_attrs(client, ref)
     if attrs is None:
         raise EngineError(f"{ref}, the image {p.resolved.name} builds on, is not in the Docker engine",
                           hint=f"build or pull {p.parent.resolved.name} first (`dlenv build` does it)")
     if buildah_store.image_id(bh.cli, ref) == attrs["Id"]:
+        buildah_store.only_local_name(bh.cli, ref, attrs["Id"])
         return
     log(f"copying {ref} from the Docker engine into dlenv's buildah storage")
     buildah_store.from_docker(bh.cli, client, ref, attrs["Id"])
@@ -188,16 +191,11 @@ def _parent_is_reproducible(bh: Buildah, client, p: Plan, log) -> bool:
 
 
 def check(bh: Buildah, client, p: Plan, bundle: CABundle, *, mirror: str | None, log, on_progress) -> dict:
-    """A second, no-cache build under a temporary name; BuildError (listing differing paths) when its id
-    is not the promoted image's or the lock's. Returns {"id", "key", "compared_with"}."""
+    """A second, no-cache build under a temporary name that must give the id it is compared with (like
+    with like: `compared_with`); BuildError naming what differs (the paths, else the config's fields) when
+    it does not. Returns {"id", "key", "compared_with"}."""
     key = bh.key(p)
-    want = p.lock.images.get(key) if p.lock else None
-    if want is None:    # what was built last: the promoted image, or (no Docker) buildah's own copy
-        want = ((engine.image_attrs(client, p.hash_tag) or {}).get("Id") if client is not None
-                else buildah_store.image_id(bh.cli, p.hash_tag))
-    if want is None:
-        raise BuildError(f"nothing to compare with: {p.hash_tag} is not built and the lock records no {key} image",
-                         hint=f"run `dlenv build --engine buildah {p.resolved.name}` first")
+    want = compared_with(bh, client, p, log)
     name = f"{CHECK_REPO_PREFIX}{p.resolved.name}:{p.content_hash[:TAG_CHARS]}"
     log_path = paths.state_dir() / "logs" / f"{p.resolved.name}-{p.content_hash[:TAG_CHARS]}-check.log"
     with stack_lock(BUILDAH_MUTEX, log):
@@ -205,16 +203,65 @@ def check(bh: Buildah, client, p: Plan, bundle: CABundle, *, mirror: str | None,
             got = _build(bh, client, p, bundle, name, log_path, nocache=True, mirror=mirror, log=log, on_progress=on_progress)
             if got != want:
                 raise BuildError(f"not reproduced: the no-cache build gave {got[:19]}, not {want[:19]} ({key}); "
-                                 f"differing paths: {_differences(bh, p.hash_tag, name)}", log_path=str(log_path),
+                                 f"differing: {_differences(bh, p, want, name)}", log_path=str(log_path),
                                  hint="see the build log; the report of issue #17 lists the known causes")
         finally:
             buildah.run_buildah(bh.cli, "rmi", name, check=False)
     return {"id": got, "key": key, "compared_with": want}
 
 
-def _differences(bh: Buildah, ref: str, other: str) -> str:
+def compared_with(bh: Buildah, client, p: Plan, log) -> str:
+    """The id a `--check` build must give, built where the check builds: the lock's recorded id when the
+    stack has no parent image or its parent is the image the parent's lock records (where the id was
+    recorded); else the promoted image (buildah's own copy without Docker), when it was built on the
+    parent image the Docker engine holds now. BuildError when there is nothing built so to compare with."""
+    key = bh.key(p)
+    recorded = p.lock.images.get(key) if p.lock else None
+    if recorded and (p.parent is None or client is None or _parent_is_reproducible(bh, client, p, lambda msg: None)):
+        return recorded
+    attrs = engine.image_attrs(client, p.hash_tag) if client is not None else None
+    want = attrs["Id"] if attrs else (buildah_store.image_id(bh.cli, p.hash_tag) if client is None else None)
+    if want is None:
+        raise BuildError(f"nothing to compare with: {p.hash_tag} is not built and the lock records no {key} image"
+                         + (" built on this parent" if recorded else ""),
+                         hint=f"run `dlenv build --engine buildah {p.resolved.name}` first")
+    if p.parent is not None and client is not None and not built_on(client, p.hash_tag, p.parent.hash_tag):
+        raise BuildError(f"nothing to compare with: {p.hash_tag} was built on another {p.parent.hash_tag} than the "
+                         "one the Docker engine holds now" + (f", and the lock's {key} id on the parent its lock "
+                                                              "records" if recorded else ""),
+                         hint=f"build it on this parent first: `dlenv build --engine buildah --no-cache {p.resolved.name}`")
+    if recorded:
+        log(f"note: comparing with {p.hash_tag} ({want[:19]}): the lock's {key} id was built on the "
+            f"{p.parent.hash_tag} its lock records, and the Docker engine holds another")
+    return want
+
+
+def built_on(client, ref: str, parent_ref: str) -> bool:
+    """Whether the Docker image `ref` was built on the Docker image `parent_ref` as it is now: its first
+    layers are the parent's, and its history begins with the parent's."""
+    image, parent = engine.image_attrs(client, ref), engine.image_attrs(client, parent_ref)
+    if image is None or parent is None:
+        return False
+    layers, parent_layers = (a.get("RootFS", {}).get("Layers") or [] for a in (image, parent))
+    if not parent_layers or layers[:len(parent_layers)] != parent_layers:
+        return False
+    history, parent_history = (engine.history_steps(client, r) for r in (ref, parent_ref))
+    return len(history) >= len(parent_history) and history[:len(parent_history)] == parent_history
+
+
+def _differences(bh: Buildah, p: Plan, want: str, other: str) -> str:
+    """The paths whose entries differ between the image compared with (else this machine's build of the
+    hash tag) and the check's; when none, the fields of their configs that do."""
+    ref, which = want.removeprefix("sha256:"), ""
     if buildah_store.image_id(bh.cli, ref) is None:
-        return f"unknown ({ref} is not in dlenv's buildah storage to compare with)"
+        local = buildah_store.image_id(bh.cli, p.hash_tag)
+        if local is None:
+            return f"unknown ({want[:19]} is not in dlenv's buildah storage to compare with)"
+        ref, which = p.hash_tag, f"(from this machine's {p.hash_tag}, {local[:19]}) "
     paths_ = buildah_store.differing_paths(buildah_store.layer_listing(bh.cli, ref),
                                            buildah_store.layer_listing(bh.cli, other))
-    return ", ".join(paths_) or "none in the layers (the image config differs)"
+    if paths_:
+        return which + "the paths " + ", ".join(paths_)
+    fields = buildah_store.config_differences(buildah_store.image_config(bh.cli, ref),
+                                              buildah_store.image_config(bh.cli, other))
+    return which + "no path in the layers; in the image config: " + ("; ".join(fields) or "nothing buildah shows")

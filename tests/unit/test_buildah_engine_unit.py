@@ -4,9 +4,11 @@ an interruption (only in dlenv's own storage)."""
 
 from __future__ import annotations
 
+import json
 import stat
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -165,3 +167,78 @@ def test_a_buildah_build_is_given_dlenv_s_arguments_only(monkeypatch):
     env = buildah.build_environment(args, {"PATH": "/bin", "no_proxy": "*", "ALL_PROXY": "socks5://x", "https_proxy": "y"})
     assert env == {"PATH": "/bin", **args}
 
+
+CONFIG = {"created": "2025-01-01T00:00:00Z", "architecture": "amd64", "os": "linux",
+          "config": {"Env": ["LANG=C.UTF-8"], "Labels": {"org.dlenv.stack": "x"}},
+          "rootfs": {"type": "layers", "diff_ids": ["sha256:aa", "sha256:bb"]},
+          "history": [{"created_by": "dlenv bootstrap"},
+                      {"created_by": "/bin/sh -c #(nop) ARG DLENV_CONTENT_HASH HTTP_PROXY http_proxy",
+                       "comment": "FROM 9db052ad9615", "empty_layer": True},
+                      {"created_by": "/bin/sh -c #(nop) USER 1000:1000", "comment": "FROM b32bda026b3a",
+                       "empty_layer": True},
+                      {"created_by": "/bin/sh -c #(nop) CMD [\"bash\"]", "comment": "FROM c5c4a0b6ca65",
+                       "empty_layer": True}]}
+
+
+def test_config_differences_name_the_first_history_entry_that_differs():
+    """As measured (issue #24): a host's no_proxy in the ARG step's history, and every later step's
+    comment naming the image before it."""
+    now = json.loads(json.dumps(CONFIG))
+    now["history"][1]["created_by"] += " no_proxy"
+    now["history"][2]["comment"], now["history"][3]["comment"] = "FROM 509e8bbc88eb", "FROM f66996559713"
+    assert buildah_store.config_differences(CONFIG, now) == [
+        "history entry 1 created_by: '/bin/sh -c #(nop) ARG DLENV_CONTENT_HASH HTTP_PROXY http_proxy' -> "
+        "'/bin/sh -c #(nop) ARG DLENV_CONTENT_HASH HTTP_PROXY http_proxy no_proxy'",
+        "2 later history entries"]
+    now = json.loads(json.dumps(CONFIG))
+    now["rootfs"]["diff_ids"][1] = "sha256:cc"
+    now["config"]["Labels"]["org.dlenv.stack"] = "y"
+    now["created"] = "2026-12-07T00:00:00Z"
+    assert buildah_store.config_differences(CONFIG, now) == [
+        "the digest of layer 1", "config Labels org.dlenv.stack: 'x' -> 'y'",
+        "created: '2025-01-01T00:00:00Z' -> '2026-12-07T00:00:00Z'"]
+    assert buildah_store.config_differences(CONFIG, CONFIG) == []
+
+
+def _plan(recorded: str | None, parent: bool = True):
+    lock = SimpleNamespace(images={"buildah-1.28/linux-amd64": recorded} if recorded else {}, platform={"arch": "amd64"})
+    return SimpleNamespace(lock=lock, hash_tag="dlenv/child:c0ffee", resolved=SimpleNamespace(name="child"),
+                           parent=SimpleNamespace(hash_tag="dlenv/parent:beef", resolved=SimpleNamespace(name="parent"))
+                           if parent else None)
+
+
+@pytest.mark.parametrize("parent_reproducible, promoted_on_parent, want", [
+    (True, False, "sha256:recorded"),        # where the id was recorded: the lock's id
+    (False, True, "sha256:promoted"),        # another parent (an sdk build of it): the image built on it
+    (False, False, None),                    # nothing built on this parent: one line saying so
+])
+def test_check_compares_like_with_like(monkeypatch, parent_reproducible, promoted_on_parent, want):
+    monkeypatch.setattr(buildah_build, "_parent_is_reproducible", lambda bh, client, p, log: parent_reproducible)
+    monkeypatch.setattr(buildah_build.engine, "image_attrs", lambda client, ref: {"Id": "sha256:promoted"})
+    monkeypatch.setattr(buildah_build, "built_on", lambda client, ref, parent: promoted_on_parent)
+    bh, notes = buildah_build.Buildah("buildah", "1.28.2"), []
+    if want is None:
+        with pytest.raises(BuildError) as err:
+            buildah_build.compared_with(bh, object(), _plan("sha256:recorded"), notes.append)
+        assert "was built on another dlenv/parent:beef" in err.value.one_line() and "--no-cache" in err.value.hint
+        return
+    assert buildah_build.compared_with(bh, object(), _plan("sha256:recorded"), notes.append) == want
+    assert bool(notes) == (want == "sha256:promoted")
+    # Without a parent image, or without a recorded id: the recorded one, else the promoted one.
+    assert buildah_build.compared_with(bh, object(), _plan("sha256:recorded", parent=False), notes.append) == \
+        "sha256:recorded"
+    if promoted_on_parent:
+        assert buildah_build.compared_with(bh, object(), _plan(None), notes.append) == "sha256:promoted"
+
+
+def test_built_on_compares_the_parent_s_layers_and_history(monkeypatch):
+    layers = {"dlenv/parent:beef": ["sha256:a"], "dlenv/child:c0ffee": ["sha256:a", "sha256:b"],
+              "dlenv/other:1": ["sha256:z", "sha256:b"]}
+    history = {"dlenv/parent:beef": [(1, "boot", "")], "dlenv/child:c0ffee": [(1, "boot", ""), (1, "USER 0:0", "FROM p")],
+               "dlenv/other:1": [(1, "boot", "x"), (1, "USER 0:0", "FROM p")]}
+    monkeypatch.setattr(buildah_build.engine, "image_attrs", lambda client, ref: {"RootFS": {"Layers": layers[ref]}})
+    monkeypatch.setattr(buildah_build.engine, "history_steps", lambda client, ref: history[ref])
+    assert buildah_build.built_on(None, "dlenv/child:c0ffee", "dlenv/parent:beef")
+    assert not buildah_build.built_on(None, "dlenv/other:1", "dlenv/parent:beef")
+    layers["dlenv/other:1"][0] = "sha256:a"                  # same layers, another history: another parent
+    assert not buildah_build.built_on(None, "dlenv/other:1", "dlenv/parent:beef")
