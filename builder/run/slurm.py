@@ -22,7 +22,7 @@ from pathlib import Path
 import docker.errors
 
 from builder.engine import sdk
-from builder.engine.containers import ContainerOptions, start_container
+from builder.engine.containers import ContainerOptions, interrupts_deferred, start_container
 from builder.engine.dockerapi import image_attrs, image_labels
 from builder.errors import EngineError, SlurmError
 from builder.fileio import write_text_atomic
@@ -34,6 +34,7 @@ from builder.outputs.slurm import (check_cluster_id, container_name, memory_mib,
 
 STATE_FILE = "slurm-cluster.json"
 READY_SECONDS = 90
+REMOVAL_SECONDS = 30      # for a container's removal that another began
 SHM_SIZE = "1g"
 
 
@@ -174,8 +175,9 @@ def up(client, image: str, nodes: int, workspace: Path | None, state_dir: Path, 
         if keep_state:
             _save_state(path, state)
         _write_secrets(state, conf)
-        client.networks.create(state.network, driver="bridge",
-                               labels={ROLE_LABEL: SLURM_NETWORK_ROLE, SLURM_CLUSTER_LABEL: cluster_id})
+        with interrupts_deferred():     # made whole before an interrupt's down() looks for it
+            client.networks.create(state.network, driver="bridge",
+                                   labels={ROLE_LABEL: SLURM_NETWORK_ROLE, SLURM_CLUSTER_LABEL: cluster_id})
         start_container(client, image, _options(state, SLURM_CONTROLLER_HOST, on_warning), SLURM_ROLES[0],
                         command=[SLURM_START, "controller"], name=state.controller)
         for host in node_hosts(nodes):
@@ -251,15 +253,7 @@ def down(client, state: ClusterState | None, path: Path | None = None, cluster_i
     cluster_id None with no state: every dlenv Slurm cluster. Returns the number of containers removed."""
     label = SLURM_CLUSTER_LABEL if state is None and cluster_id is None \
         else f"{SLURM_CLUSTER_LABEL}={state.cluster_id if state else check_cluster_id(cluster_id)}"
-    removed = 0
-    for c in client.containers.list(all=True, filters={"label": label}):
-        try:
-            c.remove(force=True)
-            removed += 1
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            raise EngineError(f"cannot remove {c.name}: {exc.explanation}") from None
+    removed = _remove_containers(client, label)
     for net in client.networks.list(filters={"label": label}):
         try:
             net.remove()
@@ -269,6 +263,33 @@ def down(client, state: ClusterState | None, path: Path | None = None, cluster_i
         shutil.rmtree(state.secrets, ignore_errors=True)
     if path is not None:
         Path(path).unlink(missing_ok=True)
+    return removed
+
+
+def _remove_containers(client, label: str) -> int:
+    """Remove the containers with `label`; the number removed. Listed without inspecting each (one may go
+    meanwhile), and a removal already under way (the engine's own, another `down`) is waited for, not an
+    error: the network can go only after it. Seen when SIGHUP stopped an `up` that was creating a node."""
+    removed, going = 0, []
+    for row in client.api.containers(all=True, filters={"label": label}):
+        name = (row.get("Names") or [row["Id"][:12]])[0].lstrip("/")
+        try:
+            client.api.remove_container(row["Id"], force=True)
+            removed += 1
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409 or "already in progress" not in str(exc.explanation):
+                raise EngineError(f"cannot remove {name}: {exc.explanation}") from None
+            going.append(row["Id"])
+    deadline = time.monotonic() + REMOVAL_SECONDS
+    for container_id in going:
+        while time.monotonic() < deadline:
+            try:
+                client.api.inspect_container(container_id)
+            except docker.errors.NotFound:
+                break
+            time.sleep(0.2)
     return removed
 
 

@@ -1,7 +1,7 @@
 """The local Slurm cluster's pure parts (no engine): the node image's Dockerfile and hash, slurm.conf and
 node lines, the readings of sinfo and scontrol, the exit code a submit gives, the native sbatch export
-(run for real against a stub srun), the srun options of `verify --slurm`, the cluster state file and the
-CLI's `slurm` group."""
+(run for real against a stub srun), the srun options of `verify --slurm`, the cluster state file, teardown
+when the engine removes a container itself, and the CLI's `slurm` group."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import json
 import subprocess
 from pathlib import Path
 
+import docker.errors
 import pytest
+import requests
 
 from builder.cli import verify as verify_cli
 from builder.errors import ExportError, SlurmError
@@ -18,7 +20,7 @@ from builder.outputs.exports.slurm import slurm_script
 from builder.outputs.slurm import (check_job_id, job_exit_code, memory_mib, node_hosts, node_image, node_range,
                                    parse_job, sinfo_nodes, slurm_conf, unusable_nodes, version_label_dockerfile)
 from builder.plan.plan import plan
-from builder.run.slurm import ClusterState, load_state, state_path
+from builder.run.slurm import ClusterState, down, load_state, state_path
 from builder.run.slurm_jobs import script_in_workspace
 from builder.spec.stack import Check
 from builder.verify.checks import CheckResult, PlannedCheck, Report
@@ -157,6 +159,48 @@ def test_state_file(tmp_path):
     state_path(tmp_path).write_text('{"cluster_id": "$(id)"}')
     with pytest.raises(SlurmError, match="damaged"):
         load_state(state_path(tmp_path))
+
+
+class _EngineRemovingOne:
+    """The engine while another removal of the controller is under way (as SIGHUP to a `slurm up` that was
+    creating a node left it): down() waits for it before it removes the network."""
+
+    def __init__(self):
+        self.api, self.networks = self, self
+        self.rows = [{"Id": "a" * 64, "Names": ["/dlenv-slurm-0badcafe-ctl"]},
+                     {"Id": "b" * 64, "Names": ["/dlenv-slurm-0badcafe-node1"]}]
+        self.removed, self.inspected, self.network_removed = [], 0, False
+
+    def containers(self, all, filters):
+        return list(self.rows)
+
+    def remove_container(self, container_id, force):
+        if container_id.startswith("a"):
+            response = requests.Response()
+            response.status_code = 409
+            raise docker.errors.APIError("409 Conflict", response=response,
+                                         explanation=f"removal of container {container_id} is already in progress")
+        self.removed.append(container_id)
+
+    def inspect_container(self, container_id):
+        self.inspected += 1
+        if self.inspected > 2:
+            raise docker.errors.NotFound("gone")
+        return {}
+
+    def list(self, filters):
+        return [self]
+
+    def remove(self):
+        assert self.inspected > 2, "the network went before the container the engine was removing"
+        self.network_removed = True
+
+
+def test_down_waits_for_a_removal_the_engine_began(tmp_path):
+    engine = _EngineRemovingOne()
+    state = ClusterState("0badcafe", "dlenv/x-slurm:1", 1, None, str(tmp_path / "slurm-0badcafe"))
+    assert down(engine, state) == 1
+    assert engine.removed == ["b" * 64] and engine.network_removed
 
 
 # ------------------------------------------------------------------------------------ verify --slurm
