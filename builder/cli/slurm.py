@@ -13,6 +13,7 @@ from builder import paths
 from builder.cli.common import Ctx, bundle_and_mirror, image_for_use, step_printer, warn_once
 from builder.cli.signals import exit_code, stopped_by
 from builder.engine import dockerapi as engine
+from builder.engine.containers import interrupts_deferred
 from builder.errors import SlurmError
 from builder.names import TAG_CHARS
 from builder.outputs.slurm import MAX_NODES, job_exit_code, job_summary
@@ -102,15 +103,20 @@ def submit(ctx: Ctx, script, wait, timeout, env):
     state = cluster_mod.load_state(cluster_mod.state_path(paths.state_dir()))
     if state is None or not cluster_mod.running(client, state):
         raise SlurmError("no Slurm cluster is up", hint="run `dlenv slurm up STACK` in the job's folder")
-    job_id = jobs.submit(client, state, jobs.script_in_workspace(state, Path(script)), env=variables)
-    if not wait:
-        click.echo(job_id)
-        return
-    ctx.info(f"submitted job {job_id}; waiting (Ctrl-C cancels it)")
-    deadline = time.monotonic() + timeout if timeout else None
+    script_path = jobs.script_in_workspace(state, Path(script))
+    job_id = None
     try:
+        with interrupts_deferred():     # not cut off inside sbatch: a job it queued is known, and cancelled below
+            job_id = jobs.submit(client, state, script_path, env=variables)
+        if not wait:
+            click.echo(job_id)
+            return
+        ctx.info(f"submitted job {job_id}; waiting (Ctrl-C cancels it)")
+        deadline = time.monotonic() + timeout if timeout else None
         fields = jobs.wait(client, state, job_id, deadline)
     except KeyboardInterrupt as exc:
+        if job_id is None:
+            raise
         ctx.err.print(f"[red]dlenv: {stopped_by(exc)}; cancelling job {job_id}[/red]")
         jobs.cancel(client, state, job_id)
         fields = jobs.wait(client, state, job_id, time.monotonic() + CANCEL_WAIT_SECONDS)
