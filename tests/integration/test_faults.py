@@ -1,19 +1,23 @@
-"""Faults with the real engine: SIGINT during a build, two builds of one stack at once, and a
-registry base image that cannot be pulled. Each leaves earlier tags, containers and files alone."""
+"""Faults with the real engine: SIGINT, SIGTERM and SIGHUP during a build, a verify (also across two
+containers) and a lock; two builds of one stack at once, and a registry base image that cannot be pulled.
+Each leaves earlier tags, containers and files alone."""
 
 from __future__ import annotations
 
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from processes import processes_with
+from processes import (TERMINATIONS, assert_stopped, container_commands, dlenv_objects, image_tags, new_containers,
+                       objects_left, processes_with, temporaries, wait_for)
 
 
 def write_stack(folder: Path, body: str) -> Path:
@@ -48,7 +52,7 @@ def test_a_signal_during_build_exits_and_moves_nothing(docker_client, dlenv_path
         python_packages: ["six==1.17.0"]
         run: ["echo {token} && sleep 300"]
     """)
-    containers_before = {c.id for c in docker_client.containers.list(all=True)}
+    containers_before = {c["Id"] for c in docker_client.api.containers(all=True)}
     env = dict(os.environ, DLENV_STATE_DIR=str(state), NO_COLOR="1")
     proc = subprocess.Popen([dlenv_path, "build", str(stack)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
@@ -73,10 +77,10 @@ def test_a_signal_during_build_exits_and_moves_nothing(docker_client, dlenv_path
         assert not [p for p in state.iterdir() if p.name.startswith(("context-", "packages-"))], \
             "temporary build context or package repository left"
         for _ in range(30):  # the daemon cancels the step when the client goes away
-            if {c.id for c in docker_client.containers.list(all=True)} <= containers_before:
+            if {c["Id"] for c in docker_client.api.containers(all=True)} <= containers_before:
                 break
             time.sleep(1)
-        assert {c.id for c in docker_client.containers.list(all=True)} <= containers_before
+        assert {c["Id"] for c in docker_client.api.containers(all=True)} <= containers_before
     finally:
         remove_repo(docker_client, repo)
 
@@ -135,20 +139,127 @@ def test_sigint_during_verify_removes_its_containers(docker_client, dlenv_path, 
             command: sleep 120
             timeout: 300
     """)
+    proc = None
     try:
         assert run_dlenv("build", str(stack), "--no-verify").returncode == 0
         env = dict(os.environ, DLENV_STATE_DIR=str(tmp_path / "state"), NO_COLOR="1")
         proc = subprocess.Popen([dlenv_path, "verify", str(stack)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=env)
-        label = {"label": "org.dlenv.role=verify"}
+        mine = {"label": "org.dlenv.role=verify", "ancestor": repo}    # not another verify on this engine
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not docker_client.containers.list(filters=label):
+        while time.monotonic() < deadline and not docker_client.api.containers(filters=mine):
             time.sleep(0.2)
-        assert docker_client.containers.list(filters=label), "verify never started its container"
+        assert docker_client.api.containers(filters=mine), "verify never started its container"
         time.sleep(2)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
-        assert not docker_client.containers.list(all=True, filters=label)
+        assert not docker_client.api.containers(all=True, filters=mine)
     finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
         remove_repo(docker_client, repo)
+
+
+@pytest.mark.parametrize("sig,code", TERMINATIONS)
+def test_a_signal_during_verify_across_two_containers_removes_them(docker_client, chainermn_image, dlenv_path,
+                                                                   tmp_path, sig, code):
+    """`verify --nodes 2` (chainermn: the one catalog stack with sshd and MPI): SIGTERM or SIGHUP once both
+    containers run sshd removes both and their network, exits 143 or 129 and moves no tag."""
+    before, tags = dlenv_objects(docker_client), image_tags(docker_client, chainermn_image.split(":")[0])
+    state = tmp_path / "state"
+    env = dict(os.environ, DLENV_STATE_DIR=str(state), NO_COLOR="1")
+    proc = subprocess.Popen([dlenv_path, "verify", "chainermn", "--nodes", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+
+    def both_serve_ssh() -> bool:
+        mine = new_containers(docker_client, "org.dlenv.role=verify", before)
+        return len(mine) == 2 and all(any("sshd" in cmd for cmd in container_commands(docker_client, c)) for c in mine)
+
+    try:
+        wait_for(both_serve_ssh, proc, 180, "both verify containers ran sshd")
+        time.sleep(1)
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert_stopped(proc, err, sig, code)
+    assert not objects_left(docker_client, before, image=chainermn_image)
+    assert image_tags(docker_client, chainermn_image.split(":")[0]) == tags
+    assert not temporaries(state)
+
+
+class HangingIndex:
+    """A package index on the engine's bridge that takes connections and never answers: pip in a lock
+    container waits on it, so a test can signal `dlenv lock` while the container surely works."""
+
+    def __init__(self, client):
+        self.host = client.networks.get("bridge").attrs["IPAM"]["Config"][0].get("Gateway") or "172.17.0.1"
+        self.server = socket.create_server(("0.0.0.0", 0))
+        self.asked = threading.Event()
+        self.held: list = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.server.getsockname()[1]}/simple"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+            self.asked.set()
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.mark.parametrize("moment", ["starting", "resolving"])
+@pytest.mark.parametrize("sig,code", TERMINATIONS)
+def test_a_signal_during_lock_keeps_the_lock_and_removes_its_container(docker_client, dlenv_path, run_dlenv,
+                                                                         tmp_path, sig, code, moment):
+    """`dlenv lock` signalled as soon as its container is created (dlenv still waits for the start), or while
+    pip in it resolves: the lock container goes, the lock file stays what it was byte for byte (no
+    half-written file beside it), no tag moves, nothing temporary stays."""
+    repo = "dlenv/dlenv-itest-lock-signal"
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "dlenv.yaml").write_text('schema: 1\nname: dlenv-itest-lock-signal\nextends: python\n'
+                                        'python_packages: ["six==1.17.0"]\n')
+    assert run_dlenv("lock", cwd=project).returncode == 0   # a lock to keep (also builds the python parent if needed)
+    lock_file = project / "dlenv.lock"
+    locked = lock_file.read_bytes()
+    before, tags = dlenv_objects(docker_client), image_tags(docker_client, repo)
+    state = tmp_path / "state"
+    index = HangingIndex(docker_client)
+    env = dict(os.environ, DLENV_STATE_DIR=str(state), NO_COLOR="1", PIP_INDEX_URL=index.url,
+               PIP_TRUSTED_HOST=index.host)
+    env.pop("PIP_EXTRA_INDEX_URL", None)
+    proc = subprocess.Popen([dlenv_path, "lock"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
+
+    try:
+        if moment == "starting":
+            wait_for(lambda: new_containers(docker_client, "org.dlenv.role=lock", before, created=True), proc, 120,
+                     "the lock container was created", every=0.02)
+        else:
+            wait_for(lambda: index.asked.is_set() and new_containers(docker_client, "org.dlenv.role=lock", before),
+                     proc, 120, "pip in the lock container asked the index")
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        index.close()
+    assert_stopped(proc, err, sig, code)
+    assert lock_file.read_bytes() == locked
+    assert sorted(p.name for p in project.iterdir()) == ["dlenv.lock", "dlenv.yaml"], "a half-written lock is left"
+    assert not objects_left(docker_client, before)
+    assert image_tags(docker_client, repo) == tags == {}
+    assert not temporaries(state)

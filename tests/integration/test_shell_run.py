@@ -1,6 +1,7 @@
 """`dlenv shell` and `dlenv run` against the real engine: the interactive shell driven through
 tmux, one-shot commands and their exit status, the host user's identity, refused mounts, and
-Ctrl-C removing every container. MPI runs across containers are in tests/e2e."""
+Ctrl-C, SIGTERM and SIGHUP removing every container (also of an MPI run, in the chainermn image
+tests/e2e builds). MPI results across containers are in tests/e2e."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import pytest
 from builder.engine import dockerapi as engine
 from builder.engine.containers import ContainerOptions, container_kwargs
 from builder.run.session import host_identity, show_rank_line, shell
+from processes import (TERMINATIONS, assert_stopped, container_commands, dlenv_objects, image_tags, new_containers,
+                       objects_left, running_with, temporaries, wait_for)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,8 @@ def workspace(tmp_path):
 
 
 def shell_containers(client):
-    return client.containers.list(all=True, filters={"label": "org.dlenv.role=shell"})
+    # The engine's own list: docker-py's containers.list inspects each one, and fails when one goes meanwhile.
+    return client.api.containers(all=True, filters={"label": "org.dlenv.role=shell"})
 
 
 def test_shell_command_runs_in_workspace_and_returns_its_status(docker_client, python_image, run_dlenv, workspace):
@@ -132,16 +136,20 @@ def test_a_signal_during_shell_removes_every_container(docker_client, python_ima
     env = dict(os.environ, NO_COLOR="1")
     proc = subprocess.Popen([dlenv_path, "shell", "python", "--", "sleep", "300"], cwd=workspace, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not shell_containers(docker_client):
-        time.sleep(0.2)
-    assert shell_containers(docker_client)
-    time.sleep(1)
-    if sig == signal.SIGINT:
-        os.killpg(proc.pid, sig)
-    else:
-        proc.send_signal(sig)
-    _out, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not shell_containers(docker_client):
+            time.sleep(0.2)
+        assert shell_containers(docker_client)
+        time.sleep(1)
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == code, err
     said = "interrupted" if sig == signal.SIGINT else f"stopped by {signal.Signals(sig).name}"
     assert said.encode() in err and b"Traceback" not in err
@@ -149,6 +157,59 @@ def test_a_signal_during_shell_removes_every_container(docker_client, python_ima
     while time.monotonic() < deadline and shell_containers(docker_client):
         time.sleep(0.3)
     assert not shell_containers(docker_client)
+
+
+@pytest.mark.parametrize("sig,code", TERMINATIONS)
+def test_a_signal_while_the_container_starts_removes_it(docker_client, python_image, dlenv_path, workspace, tmp_path,
+                                                        sig, code):
+    """The signal as soon as the engine lists the shell's container, while dlenv still waits for its start (the
+    container is created, dlenv does not hold it yet): it is removed all the same."""
+    before = dlenv_objects(docker_client)
+    env = dict(os.environ, NO_COLOR="1", DLENV_STATE_DIR=str(tmp_path / "state"))
+    proc = subprocess.Popen([dlenv_path, "shell", "python", "--", "sleep", "300"], cwd=workspace, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: new_containers(docker_client, "org.dlenv.role=shell", before, created=True), proc, 60,
+                 "the container was created", every=0.02)
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert_stopped(proc, err, sig, code)
+    assert not objects_left(docker_client, before, image=python_image)
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+@pytest.mark.parametrize("sig,code", TERMINATIONS)
+def test_a_signal_during_an_mpi_run_removes_every_container(docker_client, chainermn_image, dlenv_path, workspace,
+                                                            tmp_path, sig, code, nodes):
+    """`dlenv run -n 2` (chainermn: the one catalog stack with MPI) in one container or across two on a
+    private network: SIGTERM or SIGHUP once both ranks run removes the containers and the network, exits
+    143 or 129, moves no tag and leaves nothing in the state folder."""
+    before, tags = dlenv_objects(docker_client), image_tags(docker_client, chainermn_image.split(":")[0])
+    state = tmp_path / "state"
+    env = dict(os.environ, NO_COLOR="1", DLENV_STATE_DIR=str(state))
+    proc = subprocess.Popen([dlenv_path, "run", "chainermn", "-n", "2", "--nodes", str(nodes), "--", "sleep", "300"],
+                            cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+    def ranks() -> int:
+        mine = [c for c in running_with(docker_client, "org.dlenv.role=run")
+                if any(m.get("Source") == str(workspace.resolve()) for m in c.get("Mounts") or [])]
+        return sum(cmd == "sleep 300" for c in mine for cmd in container_commands(docker_client, c))
+
+    try:
+        wait_for(lambda: ranks() == 2, proc, 120, "both ranks ran")
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert_stopped(proc, err, sig, code)
+    assert not objects_left(docker_client, before, image=chainermn_image)
+    assert image_tags(docker_client, chainermn_image.split(":")[0]) == tags
+    assert not temporaries(state)
 
 
 def test_shell_without_an_image_refuses_or_builds(docker_client, run_dlenv, tmp_path, workspace):

@@ -1,8 +1,9 @@
 """A real Slurm (Debian's 22.05 slurmctld/slurmd, munge, PMIx) in containers of the chainermn node image:
 `dlenv slurm up` with 2 nodes; the sbatch script of `dlenv export slurm --runtime native` submitted with the
 real sbatch runs the ChainerMN smoke on 2 ranks on 2 nodes over the ucx PML; a failing job gives its exit
-code; Ctrl-C cancels a job and interrupts an `up` without leaving anything; an unwritable folder is refused;
-`dlenv verify chainermn --slurm` passes. Afterwards no container or network of a cluster is left.
+code; Ctrl-C, SIGTERM and SIGHUP cancel a job (the cluster stays up) and interrupt an `up` or a `verify --slurm`
+without leaving anything; an unwritable folder is refused; `dlenv verify chainermn --slurm` passes. Afterwards
+no container or network of a cluster is left.
 
 Needs the promoted chainermn image: in CI the e2e tier (tests/e2e, collected first) builds it, and the
 `dlenv build chainermn --locked` below is a no-op; alone on a cold machine it builds it (about 10 minutes).
@@ -24,6 +25,8 @@ from pathlib import Path
 import pytest
 
 from builder.names import SLURM_CLUSTER_LABEL, SLURM_VERSION_LABEL
+from processes import (TERMINATIONS, assert_stopped, container_commands, dlenv_objects, image_tags, name_of,
+                       new_containers, objects_left, running_with, temporaries, wait_for)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ROOT / "stacks" / "checks"
@@ -39,8 +42,9 @@ def dlenv(*args, state: Path, cwd: Path | None = None, timeout: int = 600) -> su
 
 
 def leftovers(client) -> list:
-    containers = [c.name for c in client.containers.list(all=True, filters={"label": SLURM_CLUSTER_LABEL})]
-    networks = [n.name for n in client.networks.list(filters={"label": SLURM_CLUSTER_LABEL})]
+    # The engine's own list: docker-py's containers.list inspects each one, and fails when one goes meanwhile.
+    containers = sorted(name_of(c) for c in client.api.containers(all=True, filters={"label": SLURM_CLUSTER_LABEL}))
+    networks = sorted(n["Name"] for n in client.api.networks(filters={"label": SLURM_CLUSTER_LABEL}))
     return containers + networks
 
 
@@ -160,6 +164,64 @@ def test_ctrl_c_cancels_the_job(cluster):
     assert queue and all(q.strip() == b"" for q in queue)
 
 
+@pytest.mark.parametrize("sig,code", TERMINATIONS)
+def test_a_signal_cancels_the_job_and_leaves_the_cluster_up(cluster, sig, code):
+    """SIGTERM or SIGHUP to `dlenv slurm submit` while the job runs: the job is cancelled (its output and
+    state printed), the command exits 143 or 129, and the cluster is as `slurm up` left it."""
+    client, folder = cluster["client"], cluster["folder"]
+    script = folder / f"sleep-{sig.name}.sbatch"
+    script.write_text("#!/bin/bash\n#SBATCH --nodes=2\n#SBATCH --time=00:02:00\necho started\nsrun sleep 100\n")
+    before, outputs = dlenv_objects(client, cluster["node_tag"]), set(folder.glob("slurm-*.out"))
+    env = dict(os.environ, NO_COLOR="1", DLENV_STATE_DIR=str(cluster["state"]))
+    proc = subprocess.Popen([DLENV, "slurm", "submit", str(script)], cwd=folder, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    nodes = [c for c in running_with(client, "org.dlenv.role=slurm-node") if ("container", name_of(c)) in before]
+
+    def task_on_every_node() -> bool:     # each node runs the step's task, `sleep 100` (besides srun on one)
+        return all(any(cmd.rsplit("/", 1)[-1] == "sleep 100" for cmd in container_commands(client, c)) for c in nodes)
+
+    try:
+        wait_for(lambda: any("started" in out.read_text() for out in set(folder.glob("slurm-*.out")) - outputs)
+                 and task_on_every_node(), proc, 90, "the job ran `srun sleep 100` on both nodes")
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    said = assert_stopped(proc, err, sig, code)
+    assert "cancelling job" in said and "CANCELLED" in err and "started" in out
+    ctl = [client.containers.get(name_of(c)) for c in running_with(client, "org.dlenv.role=slurm-controller")
+           if ("container", name_of(c)) in before]
+    assert ctl and all(c.exec_run(["squeue", "-h"]).output.strip() == b"" for c in ctl)
+    assert dlenv_objects(client, cluster["node_tag"]) == before, "the cluster is not as `slurm up` left it"
+    assert {name_of(c) for c in running_with(client, "org.dlenv.role=slurm-node")} >= {name_of(c) for c in nodes}
+
+
+@pytest.mark.parametrize("sig,code", TERMINATIONS)
+def test_a_signal_during_up_leaves_nothing(cluster, tmp_path, sig, code):
+    """SIGTERM or SIGHUP while `dlenv slurm up` starts its containers: they, the network, the munge key and the
+    state file go; exit 143 or 129."""
+    client = cluster["client"]
+    before, tags = dlenv_objects(client), image_tags(client, cluster["node_tag"].split(":")[0])
+    state = tmp_path / "state"
+    env = dict(os.environ, NO_COLOR="1", DLENV_STATE_DIR=str(state))
+    proc = subprocess.Popen([DLENV, "slurm", "up", "chainermn", "--nodes", "2"], cwd=job_folder(tmp_path), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: {kind for kind, _ in dlenv_objects(client) - before} == {"container", "network"}, proc, 120,
+                 "the cluster's network and a container existed")
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    said = assert_stopped(proc, err, sig, code)
+    assert "the cluster's containers, network and key were removed" in said
+    assert not objects_left(client, before, image=cluster["node_tag"])
+    assert image_tags(client, cluster["node_tag"].split(":")[0]) == tags
+    assert not temporaries(state)
+
+
 def test_up_refuses_a_folder_the_image_user_cannot_write(cluster, tmp_path):
     if os.geteuid() == 1000:
         pytest.skip("the test user is the image user")
@@ -202,3 +264,32 @@ def test_verify_slurm(cluster, tmp_path):
     assert '"pml": ["ucx", "ucx"]' in pml["output"] and "--nodes=2" in pml["command"]
     print(f"verify --slurm: {report['counts']} in {report['seconds']}s")
     assert leftovers(cluster["client"]) == before
+
+
+@pytest.mark.parametrize("sig,code", TERMINATIONS)
+def test_a_signal_during_verify_slurm_leaves_nothing(cluster, tmp_path, sig, code):
+    """SIGTERM or SIGHUP while `dlenv verify chainermn --slurm` runs a check under srun: its temporary cluster
+    (containers, network, munge key) goes; exit 143 or 129; no tag moves."""
+    client = cluster["client"]
+    repos = ("dlenv/chainermn", cluster["node_tag"].split(":")[0])
+    before, tags = dlenv_objects(client), [image_tags(client, repo) for repo in repos]
+    state = tmp_path / "state"
+    env = dict(os.environ, NO_COLOR="1", DLENV_STATE_DIR=str(state))
+    proc = subprocess.Popen([DLENV, "verify", "chainermn", "--slurm"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def srun_runs() -> bool:
+        return any(" srun " in f" {cmd} " for c in new_containers(client, "org.dlenv.role=slurm-controller", before)
+                   for cmd in container_commands(client, c))
+
+    try:
+        wait_for(srun_runs, proc, 180, "a check ran under srun in the temporary cluster")
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert_stopped(proc, err, sig, code)
+    assert not objects_left(client, before, image=cluster["node_tag"])
+    assert [image_tags(client, repo) for repo in repos] == tags
+    assert not temporaries(state)
