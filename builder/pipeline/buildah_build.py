@@ -27,7 +27,6 @@ from builder.plan import buildah_variant
 from builder.plan.lockfile import dump
 from builder.plan.lockfile import load as load_lock
 from builder.plan.lockimages import check_recorded, image_key
-from builder.plan.pins import base_recipe
 from builder.plan.plan import Plan
 from builder.engine.debrepo import build_args
 from builder.pipeline import diskcheck
