@@ -21,15 +21,16 @@ import socket
 import subprocess
 import tempfile
 import time
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builder.engine.containers import interrupts_deferred
 from builder.errors import SlurmError
 from builder.fileio import write_text_atomic
 from builder.outputs.hostslurm import (IMAGES_DIR, JOBS_DIR, LOG_DIR, MUNGE_KEY_DIR, MUNGE_RUN_DIR,
                                        HostSlurmLayout, host_layout, host_slurm_conf, job_user_name)
-from builder.outputs.slurm import (check_job_id, job_exit_code, job_finished, parse_job, sinfo_nodes,
+from builder.outputs.slurm import (check_job_id, job_exit_code, job_finished, memory_mib, parse_job, sinfo_nodes,
                                    unusable_nodes)
 
 READY_SECONDS = 60
@@ -83,11 +84,11 @@ def _free_ports(count: int) -> list:
 
 
 def _memory_mib() -> int:
-    """RealMemory as `slurmd -C` computes it: MemTotal in MiB."""
+    """RealMemory as `slurmd -C` computes it from this host's MemTotal."""
     with open("/proc/meminfo") as f:
         for line in f:
             if line.startswith("MemTotal:"):
-                return int(line.split()[1]) // 1024
+                return memory_mib(int(line.split()[1]) * 1024)
     return 1
 
 
@@ -337,8 +338,8 @@ def _remove_user_leftovers(uid: int) -> None:
 
 
 def down(cluster: HostSlurm) -> None:
-    """Stop and remove everything `up` made. Ctrl-C during teardown is held off until it is done."""
-    with _no_interrupts():
+    """Stop and remove everything `up` made. Ctrl-C or SIGTERM during teardown waits until it is done."""
+    with interrupts_deferred():
         sessions = {p.pid for p in cluster.processes.values()}
         for proc in cluster.processes.values():
             if proc.poll() is None:
@@ -352,26 +353,6 @@ def down(cluster: HostSlurm) -> None:
                 proc.wait()
         _teardown(cluster.layout.folder, cluster.layout.job_user, sessions, cluster.uid)
         Path(cluster.record).unlink(missing_ok=True)
-
-
-@contextmanager
-def _no_interrupts():
-    """SIGINT/SIGTERM/SIGHUP are remembered, not raised, while the block runs; the first one is raised
-    after it (the cleanup itself must not be cut short)."""
-    got = []
-    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    try:
-        previous = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in handled}
-    except ValueError:          # not the main thread: signals go to the main thread anyway
-        yield
-        return
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if got:
-            os.kill(os.getpid(), got[0])
 
 
 def sweep(state_dir: Path) -> int:
@@ -392,7 +373,7 @@ def sweep(state_dir: Path) -> int:
             uid = pwd.getpwnam(user).pw_uid
         except KeyError:
             uid = -1
-        with _no_interrupts():
+        with interrupts_deferred():
             _teardown(folder, user, sessions, uid)
             record.unlink(missing_ok=True)
         removed += 1

@@ -24,8 +24,8 @@ from builder.plan.plan import Plan
 from builder.run import hostslurm
 from builder.spec.stack import Check
 from builder.verify.checks import CheckResult, JobsReport, PlannedCheck, Report
-from builder.verify.runner import Outcome, judge_output
-from builder.verify.slurm import mpi_checks
+from builder.verify.runner import CommandOutput, Outcome, judge_output
+from builder.verify.slurm import mpi_checks, ranks_layout, timeout_minutes
 
 HOST_RUNTIMES = ("charliecloud", "podman")
 START_TIMEOUT = 120
@@ -39,26 +39,14 @@ ONE_HOST_ENV = {"OMPI_MCA_btl_tcp_if_include": "lo"}
 PODMAN_STORAGE_CONF = '[storage]\ndriver = "overlay"\n'
 
 
-class _Out:
-    """The shape runner.judge_output reads (testinfra's CommandResult)."""
-
-    def __init__(self, rc: int, text: str):
-        self.rc, self.stdout, self.stderr = rc, text, ""
-
-
-def _ranks_layout(ranks: int, nodes: int) -> tuple[int, int]:
-    used = max(1, min(int(nodes), int(ranks)))
-    return used, -(-int(ranks) // used)
-
-
 def _time_limit(seconds: int) -> str:
-    minutes = max(1, -(-int(seconds) // 60))
+    minutes = timeout_minutes(seconds)
     return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
 
 
 def _run_check(cluster, p: Plan, runtime: str, image_file: str, planned: PlannedCheck, name: str,
                command: list, files: dict, nodes: int, ranks: int, timeout: int) -> tuple[CheckResult, int]:
-    used, per_node = _ranks_layout(ranks, nodes)
+    used, per_node = ranks_layout(ranks, nodes)
     folder = hostslurm.job_folder(cluster, name)
     for file_name, data in files.items():
         (folder / file_name).write_bytes(data)
@@ -70,7 +58,7 @@ def _run_check(cluster, p: Plan, runtime: str, image_file: str, planned: Planned
     hostslurm.give_to_job_user(cluster, script)
     outcome = Outcome(planned)
     job = hostslurm.submit_and_wait(cluster, script, timeout + START_TIMEOUT, extra_env=ONE_HOST_ENV)
-    out = _Out(job.exit_code, job.output)
+    out = CommandOutput(job.exit_code, job.output)
     res = judge_output(planned, f"sbatch {script.name} (job {job.job_id}, {job.state})", out, outcome)
     res.name = f"{res.name} ({runtime} under a host Slurm, {used} nodes)"
     return res, job.exit_code

@@ -118,6 +118,14 @@ def _command(planned: PlannedCheck, hosts, env_names) -> str:
     return _shell(target, chk.login, chk.timeout)
 
 
+class CommandOutput:
+    """A finished command as judge_output reads it (the shape of testinfra's CommandResult), for checks
+    that run outside testinfra: srun in a cluster, sbatch jobs."""
+
+    def __init__(self, rc: int, text: str):
+        self.rc, self.stdout, self.stderr = rc, text, ""
+
+
 def judge_output(planned: PlannedCheck, command: str, out, result: Outcome) -> CheckResult:
     """Exit status (a killed check timed out), then `contains` and `matches` on the output."""
     chk = planned.check

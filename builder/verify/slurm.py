@@ -20,18 +20,11 @@ from builder.run.cluster import put_file
 from builder.run.slurm_jobs import srun
 from builder.spec.stack import Check
 from builder.verify.checks import CheckResult, JobsReport, PlannedCheck, Report
-from builder.verify.runner import Outcome, judge_output
+from builder.verify.runner import CommandOutput, Outcome, judge_output
 
 PMIX_CHECK = "Slurm's PMIx plugin starts a task (srun -n1 --mpi=pmix true)"
 PMIX_TIMEOUT = 60
 _EXIT_STATUS = "exit status "
-
-
-class _Out:
-    """The shape runner.judge_output reads (testinfra's CommandResult)."""
-
-    def __init__(self, rc: int, text: str):
-        self.rc, self.stdout, self.stderr = rc, text, ""
 
 
 def mpi_checks(planned: list) -> list:
@@ -39,12 +32,22 @@ def mpi_checks(planned: list) -> list:
     return [p for p in planned if p.check.kind == "script" and p.check.ranks and not p.check.device]
 
 
+def ranks_layout(ranks: int, nodes: int) -> tuple[int, int]:
+    """(nodes used, ranks per node) for `ranks` ranks spread evenly over at most `nodes` nodes."""
+    used = max(1, min(int(nodes), int(ranks)))
+    return used, -(-int(ranks) // used)
+
+
+def timeout_minutes(seconds: int) -> int:
+    """A check's timeout as whole minutes, rounded up (Slurm's time limits have minutes at least)."""
+    return max(1, -(-int(seconds) // 60))
+
+
 def srun_args(ranks: int, nodes: int, timeout: int) -> list:
     """srun's options for `ranks` ranks spread evenly over at most `nodes` nodes."""
-    used = max(1, min(int(nodes), int(ranks)))
-    minutes = max(1, -(-int(timeout) // 60))
-    return ["--mpi=pmix", f"--nodes={used}", f"--ntasks={int(ranks)}",
-            f"--ntasks-per-node={-(-int(ranks) // used)}", f"--time={minutes}"]
+    used, per_node = ranks_layout(ranks, nodes)
+    return ["--mpi=pmix", f"--nodes={used}", f"--ntasks={int(ranks)}", f"--ntasks-per-node={per_node}",
+            f"--time={timeout_minutes(timeout)}"]
 
 
 def _pmix_planned() -> PlannedCheck:
@@ -61,7 +64,7 @@ def _run(client, state, planned: PlannedCheck, argv: list, timeout: int) -> tupl
     finally:
         kill.cancel()
     command = "srun " + " ".join(argv)
-    return judge_output(planned, command, _Out(rc, text), result), rc
+    return judge_output(planned, command, CommandOutput(rc, text), result), rc
 
 
 def _kill(client, state) -> None:

@@ -17,7 +17,8 @@ from builder.names import CHARLIECLOUD_RECORD
 from builder.outputs.hostslurm import host_layout, host_slurm_conf, job_user_name
 from builder.plan.plan import plan
 from builder.run import hostslurm
-from builder.verify.hostslurm import _ranks_layout, _time_limit
+from builder.verify.hostslurm import _time_limit
+from builder.verify.slurm import ranks_layout
 
 CLUSTER = "0a1b2c3d"
 
@@ -86,7 +87,7 @@ def test_host_slurm_needs_root(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("ranks, nodes, expected", [(2, 2, (2, 1)), (4, 2, (2, 2)), (3, 2, (2, 2)), (1, 2, (1, 1))])
 def test_ranks_spread_over_the_nodes(ranks, nodes, expected):
-    assert _ranks_layout(ranks, nodes) == expected
+    assert ranks_layout(ranks, nodes) == expected
 
 
 @pytest.mark.parametrize("seconds, limit", [(60, "00:01:00"), (61, "00:02:00"), (180, "00:03:00"), (3700, "01:02:00")])
