@@ -47,6 +47,20 @@ def wait_for(condition, proc, seconds: float, what: str, every: float = 0.3):
     raise AssertionError(f"{what} did not happen within {seconds:.0f}s")
 
 
+def signal_when(proc, condition, sig, seconds: float, what: str, *, every: float = 0.3, settle: float = 0.0,
+                timeout: float = 60) -> tuple[str, str]:
+    """Wait until `condition` holds (see wait_for), `settle` seconds more, send `sig` to dlenv and return its
+    (stdout, stderr); a dlenv still running after that, or after a failed wait, is killed."""
+    try:
+        wait_for(condition, proc, seconds, what, every=every)
+        time.sleep(settle)
+        proc.send_signal(sig)
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def running_with(client, label: str, created: bool = False) -> list[dict]:
     """The running (or, with `created`, also the just created) containers with `label` ("key=value"), as the
     engine lists them: Id, Names, Mounts. (docker-py's containers.list inspects each one it lists, and fails

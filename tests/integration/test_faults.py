@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from processes import (TERMINATIONS, assert_stopped, container_commands, dlenv_objects, image_tags, new_containers,
-                       objects_left, processes_with, temporaries, wait_for)
+                       objects_left, processes_with, signal_when, temporaries, wait_for)
 
 
 def write_stack(folder: Path, body: str) -> Path:
@@ -176,14 +176,7 @@ def test_a_signal_during_verify_across_two_containers_removes_them(docker_client
         mine = new_containers(docker_client, "org.dlenv.role=verify", before)
         return len(mine) == 2 and all(any("sshd" in cmd for cmd in container_commands(docker_client, c)) for c in mine)
 
-    try:
-        wait_for(both_serve_ssh, proc, 180, "both verify containers ran sshd")
-        time.sleep(1)
-        proc.send_signal(sig)
-        _out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _out, err = signal_when(proc, both_serve_ssh, sig, 180, "both verify containers ran sshd", settle=1)
     assert_stopped(proc, err, sig, code)
     assert not objects_left(docker_client, before, image=chainermn_image)
     assert image_tags(docker_client, chainermn_image.split(":")[0]) == tags

@@ -17,7 +17,7 @@ from builder.engine import dockerapi as engine
 from builder.engine.containers import ContainerOptions, container_kwargs
 from builder.run.session import host_identity, show_rank_line, shell
 from processes import (TERMINATIONS, assert_stopped, container_commands, dlenv_objects, image_tags, new_containers,
-                       objects_left, running_with, temporaries, wait_for)
+                       objects_left, running_with, signal_when, temporaries)
 
 
 @pytest.fixture(scope="module")
@@ -168,14 +168,8 @@ def test_a_signal_while_the_container_starts_removes_it(docker_client, python_im
     env = dict(os.environ, NO_COLOR="1", DLENV_STATE_DIR=str(tmp_path / "state"))
     proc = subprocess.Popen([dlenv_path, "shell", "python", "--", "sleep", "300"], cwd=workspace, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        wait_for(lambda: new_containers(docker_client, "org.dlenv.role=shell", before, created=True), proc, 60,
-                 "the container was created", every=0.02)
-        proc.send_signal(sig)
-        _out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _out, err = signal_when(proc, lambda: new_containers(docker_client, "org.dlenv.role=shell", before, created=True),
+                            sig, 60, "the container was created", every=0.02)
     assert_stopped(proc, err, sig, code)
     assert not objects_left(docker_client, before, image=python_image)
 
@@ -199,13 +193,7 @@ def test_a_signal_during_an_mpi_run_removes_every_container(docker_client, chain
                 if any(m.get("Source") == str(workspace.resolve()) for m in c.get("Mounts") or [])]
         return sum(cmd == "sleep 300" for c in mine for cmd in container_commands(docker_client, c))
 
-    try:
-        wait_for(lambda: ranks() == 2, proc, 120, "both ranks ran")
-        proc.send_signal(sig)
-        _out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _out, err = signal_when(proc, lambda: ranks() == 2, sig, 120, "both ranks ran")
     assert_stopped(proc, err, sig, code)
     assert not objects_left(docker_client, before, image=chainermn_image)
     assert image_tags(docker_client, chainermn_image.split(":")[0]) == tags

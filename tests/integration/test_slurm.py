@@ -26,7 +26,7 @@ import pytest
 
 from builder.names import SLURM_CLUSTER_LABEL, SLURM_VERSION_LABEL
 from processes import (TERMINATIONS, assert_stopped, container_commands, dlenv_objects, image_tags, name_of,
-                       new_containers, objects_left, running_with, temporaries, wait_for)
+                       new_containers, objects_left, running_with, signal_when, temporaries)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ROOT / "stacks" / "checks"
@@ -180,14 +180,9 @@ def test_a_signal_cancels_the_job_and_leaves_the_cluster_up(cluster, sig, code):
     def task_on_every_node() -> bool:     # each node runs the step's task, `sleep 100` (besides srun on one)
         return all(any(cmd.rsplit("/", 1)[-1] == "sleep 100" for cmd in container_commands(client, c)) for c in nodes)
 
-    try:
-        wait_for(lambda: any("started" in out.read_text() for out in set(folder.glob("slurm-*.out")) - outputs)
-                 and task_on_every_node(), proc, 90, "the job ran `srun sleep 100` on both nodes")
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out, err = signal_when(proc, lambda: any("started" in out.read_text()
+                                             for out in set(folder.glob("slurm-*.out")) - outputs)
+                           and task_on_every_node(), sig, 90, "the job ran `srun sleep 100` on both nodes", timeout=120)
     said = assert_stopped(proc, err, sig, code)
     assert "cancelling job" in said and "CANCELLED" in err and "started" in out
     ctl = [client.containers.get(name_of(c)) for c in running_with(client, "org.dlenv.role=slurm-controller")
@@ -207,14 +202,8 @@ def test_a_signal_during_up_leaves_nothing(cluster, tmp_path, sig, code):
     env = dict(os.environ, NO_COLOR="1", DLENV_STATE_DIR=str(state))
     proc = subprocess.Popen([DLENV, "slurm", "up", "chainermn", "--nodes", "2"], cwd=job_folder(tmp_path), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        wait_for(lambda: {kind for kind, _ in dlenv_objects(client) - before} == {"container", "network"}, proc, 120,
-                 "the cluster's network and a container existed")
-        proc.send_signal(sig)
-        _out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _out, err = signal_when(proc, lambda: {kind for kind, _ in dlenv_objects(client) - before} == {"container", "network"},
+                            sig, 120, "the cluster's network and a container existed")
     said = assert_stopped(proc, err, sig, code)
     assert "the cluster's containers, network and key were removed" in said
     assert not objects_left(client, before, image=cluster["node_tag"])
@@ -282,13 +271,7 @@ def test_a_signal_during_verify_slurm_leaves_nothing(cluster, tmp_path, sig, cod
         return any(" srun " in f" {cmd} " for c in new_containers(client, "org.dlenv.role=slurm-controller", before)
                    for cmd in container_commands(client, c))
 
-    try:
-        wait_for(srun_runs, proc, 180, "a check ran under srun in the temporary cluster")
-        proc.send_signal(sig)
-        _out, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _out, err = signal_when(proc, srun_runs, sig, 180, "a check ran under srun in the temporary cluster", timeout=90)
     assert_stopped(proc, err, sig, code)
     assert not objects_left(client, before, image=cluster["node_tag"])
     assert [image_tags(client, repo) for repo in repos] == tags
