@@ -1,7 +1,9 @@
 """`dlenv gc` decides from image listings: candidate tags and old hash tags go, latest and the
 newest hash tags stay, other repositories are never touched, build cache only below a dlenv base."""
 
-from builder.engine.gc import plan_buildah_gc, plan_gc
+import docker.errors
+
+from builder.engine.gc import GcPlan, apply_gc, plan_buildah_gc, plan_gc
 
 
 def img(id_, tags=(), parent="", created="2026-01-01T00:00:00Z", size=100):
@@ -62,3 +64,28 @@ def test_hash_tags_ordered_by_when_they_were_tagged_here():
     sdk["Metadata"] = {"LastTagTime": "0001-01-01T00:00:00Z"}
     plan = plan_gc([older, sdk, newer], keep=1)
     assert sorted(plan.untag) == ["dlenv/chainer:aaaaaaaaaaaaaaaa", "dlenv/chainer:cccccccccccccccc"]
+
+
+class _Images:
+    """docker-py's client.images, where a stopped container holds one cache image and one tag's image."""
+    def __init__(self, held):
+        self.held, self.removed = held, []
+
+    def remove(self, ref, noprune=False):
+        if ref in self.held:
+            raise docker.errors.APIError("conflict", explanation=f"image is being used by stopped container of {ref}")
+        self.removed.append(ref)
+
+
+class _Client:
+    def __init__(self, held):
+        self.images = _Images(held)
+
+
+def test_what_could_not_be_removed_is_counted_apart_for_tags_and_cache():
+    client = _Client({"dlenv/python:old", "sha256:held-cache"})
+    plan = GcPlan(untag=["dlenv/python:old", "dlenv/python:older"], cache=["sha256:held-cache", "sha256:free-cache"])
+    failed_tags, failed_cache = apply_gc(client, plan)
+    assert [line.split(": ", 1)[0] for line in failed_tags] == ["dlenv/python:old"]
+    assert [line.split(": ", 1)[0] for line in failed_cache] == ["sha256:held-cache"]
+    assert client.images.removed == ["dlenv/python:older", "sha256:free-cache"]

@@ -66,14 +66,14 @@ def _gc(ctx: Ctx, client, keep: int, build_cache: bool, dry_run: bool) -> None:
         ctx.info(f"{verb} {ref}")
     if plan.cache:
         ctx.info(f"{verb} {len(plan.cache)} cached build layer chain(s), {plan.reclaim_bytes / 1e9:.2f} GB or more")
-    failed = [] if dry_run else apply_gc(client, plan)
-    for line in failed:
+    failed_tags, failed_cache = ([], []) if dry_run else apply_gc(client, plan)
+    for line in failed_tags + failed_cache:
         ctx.err.print(f"[yellow]dlenv: warning: could not remove {line}[/yellow]")
     done = "would remove" if dry_run else "removed"
-    click.echo(f"{done} {len(plan.untag) - len(failed)} tag(s) and {len(plan.cache)} build cache chain(s); "
-               f"kept {len(plan.keep)} tag(s)")
+    click.echo(f"{done} {len(plan.untag) - len(failed_tags)} tag(s) and {len(plan.cache) - len(failed_cache)} "
+               f"build cache chain(s); kept {len(plan.keep)} tag(s)")
     # What Docker could not untag it still holds: keep buildah's copy too.
-    _gc_buildah(ctx, plan.keep + [line.split(": ", 1)[0] for line in failed], build_cache, dry_run)
+    _gc_buildah(ctx, plan.keep + [line.split(": ", 1)[0] for line in failed_tags], build_cache, dry_run)
 
 
 def _gc_store(ctx: Ctx, dry_run: bool) -> None:

@@ -161,22 +161,23 @@ def list_images(client) -> list:
     return [img.attrs for img in client.images.list(all=True)]
 
 
-def apply_gc(client, plan: GcPlan) -> list:
-    """Remove what the plan says; returns what could not be removed (with the engine's reason)."""
-    failed = []
+def apply_gc(client, plan: GcPlan) -> tuple[list, list]:
+    """Remove what the plan says; returns what could not be removed (with the engine's reason): the
+    tags, then the cache chains (an image a stopped container still uses, say)."""
+    failed_tags, failed_cache = [], []
     for ref in plan.untag:
         try:
             client.images.remove(ref, noprune=False)
         except docker.errors.APIError as exc:
-            failed.append(f"{ref}: {exc.explanation}")
+            failed_tags.append(f"{ref}: {exc.explanation}")
     for image_id in plan.cache:
         try:
             client.images.remove(image_id, noprune=False)
         except docker.errors.ImageNotFound:
             pass  # removed with its child already
         except docker.errors.APIError as exc:
-            failed.append(f"{image_id[:19]}: {exc.explanation}")
-    return failed
+            failed_cache.append(f"{image_id[:19]}: {exc.explanation}")
+    return failed_tags, failed_cache
 
 
 # --- the package store ------------------------------------------------------------------------------
