@@ -150,8 +150,10 @@ def slurm(ctx, stack, nodes, gpus_per_node, ntasks_per_node, time_limit, partiti
 @click.option("--format", "fmt", type=click.Choice(list(CHARLIECLOUD_FORMATS)), default="dir", show_default=True,
               help="dir: a directory ch-run runs as it is; squashfs: one file, mounted by ch-run with squashfuse.")
 @click.option("--force", is_flag=True, help="Replace an existing image at PATH.")
+@click.option("--skip-disk-check", is_flag=True,
+              help="Convert even when PATH's filesystem has less free space than the conversion needs (2 x the image).")
 @click.pass_obj
-def charliecloud(ctx, stack, output, fmt, force):
+def charliecloud(ctx, stack, output, fmt, force, skip_disk_check):
     """STACK's verified image as a Charliecloud image (converted by Charliecloud's ch-convert).
 
     It carries the image's environment in /ch/environment (`ch-run --set-env`) and, in /ch/dlenv.json, the
@@ -161,7 +163,7 @@ def charliecloud(ctx, stack, output, fmt, force):
     target = output or artifact_name(p, ".sqfs" if fmt == "squashfs" else "")
     client = engine.connect()
     ctx.info(f"converting {p.hash_tag} with ch-convert ({fmt}); a chainermn-sized image takes minutes")
-    result = export_charliecloud(client, p, target, fmt, force=force,
+    result = export_charliecloud(client, p, target, fmt, force=force, disk_check=not skip_disk_check,
                                  log_path=paths.state_dir() / "logs" / f"{p.resolved.name}-charliecloud.log")
     click.echo(f"wrote {result.path} ({fmt}, {_size(result.bytes)}, from {result.image}) in {result.seconds:.1f}s; "
                f"run it with `ch-run --set-env {result.path} -- COMMAND`")

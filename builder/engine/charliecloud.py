@@ -20,9 +20,11 @@ from pathlib import Path
 import docker.errors
 
 from builder import __version__
+from builder.engine.disk import check_runtime_image
 from builder.engine.images import require_promoted
 from builder.errors import ExportError
 from builder.names import CHARLIECLOUD_RECORD, HASH_LABEL, LOCK_LABEL, STACK_LABEL
+from builder.plan import disk as plan_disk
 from builder.plan.plan import Plan
 
 FORMATS = ("dir", "squashfs")
@@ -68,9 +70,10 @@ def record_for(p: Plan, attrs: dict) -> dict:
 
 
 def export_charliecloud(client, p: Plan, output: str, fmt: str = "dir", *, force: bool = False,
-                        log_path: Path | None = None) -> CharliecloudExport:
+                        log_path: Path | None = None, disk_check: bool = True) -> CharliecloudExport:
     """Convert the promoted image of `p` into a Charliecloud image at `output` (a directory, or a
-    SquashFS file with fmt='squashfs')."""
+    SquashFS file with fmt='squashfs'); refused first (DiskError) when the folder of `output` has too
+    little free space for the conversion, unless not `disk_check`."""
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     target = Path(output)
@@ -90,6 +93,10 @@ def export_charliecloud(client, p: Plan, output: str, fmt: str = "dir", *, force
         _tool("mksquashfs", "squashfs-tools")
     attrs = require_promoted(client, p)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if disk_check:
+        needs = plan_disk.runtime_needs("charliecloud", int(attrs.get("Size") or 0), image_path=str(target.parent))
+        check_runtime_image(p.resolved.name, client, needs, f"the {fmt} export",
+                            "or export with --skip-disk-check")
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_bytes(b"")

@@ -1,6 +1,7 @@
 """The disks a build writes to (issue #24): their free space, where Docker keeps its data when that is on
 this machine, and what `dlenv gc` would free on each (its dry-run figures, measured without removing
-anything). The estimate and the messages are builder.plan.disk's; builder.pipeline.diskcheck uses both.
+anything). The estimate and the messages are builder.plan.disk's; builder.pipeline.diskcheck uses both
+for builds, `check_runtime_image` for an image handed to an HPC runtime.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from pathlib import Path
 import docker.errors
 import requests.exceptions
 
-from builder.engine import buildah_store
+from builder.engine import buildah, buildah_store
 from builder.engine.gc import (buildah_freed_bytes, docker_freed_bytes, list_images, plan_buildah_gc, plan_gc,
                                plan_store_gc, store_keep, store_locks)
 from builder.engine.store import PackageStore
-from builder.errors import DlenvError
+from builder.errors import DiskError, DlenvError
+from builder.plan import disk as plan_disk
 
 _LOCAL_DOCKER = ("", "unix:///var/run/docker.sock", "unix:///run/docker.sock")
 _ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError, ValueError,
@@ -106,3 +108,16 @@ def gc_freed(dev: int, client, *, docker_root_dir: str | None, buildah_root: Pat
         out.update({"dlenv gc": tags, "dlenv gc --build-cache": cache})
     out.update({"dlenv gc --store": tags + store, "dlenv gc --build-cache --store": cache + store})
     return out
+
+
+def check_runtime_image(stack: str, client, need_list: list, doing: str, override: str) -> None:
+    """Refuse (DiskError, one line) when a filesystem in `need_list` (builder.plan.disk.runtime_needs)
+    has less free space than `doing` needs there; the hint names the `dlenv gc` that frees enough, then
+    `override`."""
+    short = plan_disk.estimate(need_list, filesystem).shortages
+    if not short:
+        return
+    fs = short[0]
+    freed = gc_freed(fs.dev, client, docker_root_dir=docker_root(client), buildah_root=buildah.storage_root(),
+                     store_root=PackageStore().root, cwd=Path.cwd())
+    raise DiskError(plan_disk.refusal(stack, fs, doing), hint=plan_disk.gc_advice(fs.short, freed, override))

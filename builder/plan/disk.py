@@ -24,6 +24,12 @@ downloads above, held twice while Docker loads it: IMAGE_FACTOR); the package st
 it lacks; the state folder holds the base's rootfs tarball (and buildah's image archive of it) while
 a missing base is bootstrapped (164-170 MB for 39 MB of .debs: ROOTFS_FACTOR, twice). Storages on one
 filesystem add up.
+
+An image handed to an HPC runtime (`dlenv export charliecloud`, `dlenv verify --slurm --runtime`) needs
+multiples of the image's own size (Docker's `Size`), measured here with Charliecloud 0.31 and podman 4.3:
+ch-convert unpacks the image beside its gzip or SquashFS (peak 1.33 x for python, 1.61 x for chainermn's
+SquashFS: CHARLIECLOUD_FACTOR); `docker save` writes 1.0 x; podman's load holds every layer in a temporary
+file under /tmp while it writes the same bytes into its storage (peak 2.0 x for python: PODMAN_LOAD_FACTOR).
 """
 
 from __future__ import annotations
@@ -37,6 +43,11 @@ BUILD_FACTOR = 6                    # bytes on disk per byte downloaded, both st
 BUILD_HEADROOM = 600 * 1000 ** 2    # a small stack's apt step held twice while committed (525 MB), logs
 IMAGE_FACTOR = 5                    # the runtime image handed to another storage: 2.2 x at most, twice while loaded
 ROOTFS_FACTOR = 9                   # the base's rootfs tarball (4.3 x its .debs), and buildah's archive of it
+CHARLIECLOUD_FACTOR = 2             # ch-convert's peak per byte of image: 1.33-1.61 x measured (above)
+ARCHIVE_FACTOR = 1                  # `docker save`: 3.70 GB for chainermn's 3.68 GB
+PODMAN_LOAD_FACTOR = 1              # each of podman's two copies while it loads: the temporary one, its storage
+# Where podman 4.3 keeps a loading image's layers (measured: /tmp/storageNNN; the job has no TMPDIR).
+PODMAN_LOAD_TMP = "/tmp"
 
 # What engines, dpkg, apt, pip and Python say when a write fails with ENOSPC.
 _ENOSPC = re.compile(r"no space left on device|\[errno 28\]|write error - write \(28", re.I)
@@ -46,6 +57,10 @@ STORAGE_BUILDAH = "dlenv's buildah storage"
 STORAGE_HOST = "the host's containers-storage"
 STORAGE_STORE = "the package store"
 STORAGE_STATE = "the state folder"
+STORAGE_CHARLIECLOUD = "the Charliecloud image"
+STORAGE_ARCHIVE = "the image archive"
+STORAGE_PODMAN = "the job user's podman storage"
+STORAGE_PODMAN_TMP = "podman's copy while it loads"
 
 
 @dataclass(frozen=True)
@@ -135,6 +150,22 @@ def needs(d: Downloads, *, build: tuple | None, image: tuple | None, store_root:
     return [n for n in out if n.bytes > 0]
 
 
+def runtime_needs(runtime: str, image_bytes: int, *, image_path: str | None, podman_storage: str = "",
+                  podman_tmp: str = PODMAN_LOAD_TMP) -> list:
+    """Where handing an image of `image_bytes` to an HPC runtime writes, and how much: `image_path` is
+    where dlenv writes the Charliecloud image or the `docker save` archive (None: the user gave one);
+    podman then loads the archive into `podman_storage` through `podman_tmp`."""
+    out = []
+    if runtime == "charliecloud" and image_path:
+        out.append(Need(STORAGE_CHARLIECLOUD, image_path, CHARLIECLOUD_FACTOR * image_bytes))
+    if runtime == "podman":
+        if image_path:
+            out.append(Need(STORAGE_ARCHIVE, image_path, ARCHIVE_FACTOR * image_bytes))
+        out.append(Need(STORAGE_PODMAN, podman_storage, PODMAN_LOAD_FACTOR * image_bytes))
+        out.append(Need(STORAGE_PODMAN_TMP, podman_tmp, PODMAN_LOAD_FACTOR * image_bytes))
+    return [n for n in out if n.bytes > 0]
+
+
 def estimate(need_list: list, filesystem_of, unknown: int = 0) -> Estimate:
     """Group `need_list` by filesystem: `filesystem_of(path)` -> (device id, free bytes)."""
     groups: dict = {}
@@ -160,21 +191,20 @@ def _parts(fs: Filesystem) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def refusal(stack: str, fs: Filesystem) -> str:
+def refusal(stack: str, fs: Filesystem, doing: str = "the build") -> str:
     """`not enough disk for chainermn: /var/lib/docker has 3.2 GB free, the build needs about 14 GB there
-    for Docker's storage`."""
-    return (f"not enough disk for {stack}: {fs.path} has {size_text(fs.free)} free, the build needs about "
+    for Docker's storage`; `doing` names what needs it, when that is not the build."""
+    return (f"not enough disk for {stack}: {fs.path} has {size_text(fs.free)} free, {doing} needs about "
             f"{size_text(fs.need)} there for {_parts(fs)}")
 
 
 GC_COMMANDS = ("dlenv gc", "dlenv gc --build-cache", "dlenv gc --store", "dlenv gc --build-cache --store")
 
 
-def gc_advice(short: int, freed: dict) -> str:
+def gc_advice(short: int, freed: dict, override: str = "or build with --skip-disk-check") -> str:
     """The hint of a refusal: the first `dlenv gc` command (GC_COMMANDS order) whose measured `freed`
     bytes on that filesystem cover `short`, else the one that frees most; and the override. `freed`
     holds the commands that could be measured (none: `dlenv gc --dry-run` says)."""
-    override = "or build with --skip-disk-check"
     if not freed:
         return f"free {size_text(short)} there (`dlenv gc --dry-run` shows what dlenv can remove), {override}"
     known = [(cmd, freed[cmd]) for cmd in GC_COMMANDS if freed.get(cmd)]

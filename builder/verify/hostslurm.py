@@ -15,11 +15,14 @@ from pathlib import Path
 
 from builder.engine.archive import save_tagged
 from builder.engine.charliecloud import export_charliecloud, read_record
+from builder.engine.disk import check_runtime_image
+from builder.engine.images import require_promoted
 from builder.errors import VerifyError
 from builder.names import VENV_PYTHON
 from builder.outputs.exports.common import artifact_name
 from builder.outputs.exports.slurm import slurm_script
 from builder.outputs.hostslurm import IMAGES_DIR
+from builder.plan import disk as plan_disk
 from builder.plan.plan import Plan
 from builder.run import hostslurm
 from builder.spec.stack import Check
@@ -75,8 +78,21 @@ def _charliecloud_image(client, p: Plan, cluster, image_file: str | None, log_di
                               hint=f"export it again: dlenv export charliecloud {p.resolved.name} -o {image_file} --force")
         return str(Path(image_file).resolve())
     target = cluster.folder / IMAGES_DIR / artifact_name(p, "")
-    export_charliecloud(client, p, str(target), "dir", log_path=log_dir / f"{p.resolved.name}-charliecloud.log")
+    # checked with the podman case before the cluster's first job (_check_disk)
+    export_charliecloud(client, p, str(target), "dir", log_path=log_dir / f"{p.resolved.name}-charliecloud.log",
+                        disk_check=False)
     return str(target)
+
+
+def _check_disk(client, p: Plan, cluster, runtime: str, image_file: str | None) -> None:
+    """Refuse in one line, before anything is written, when the image dlenv makes for the runtime (the
+    Charliecloud directory, or podman's archive) and podman's two copies while it loads do not fit."""
+    size = int(require_promoted(client, p).get("Size") or 0)
+    needs = plan_disk.runtime_needs(runtime, size, image_path=None if image_file else str(cluster.folder / IMAGES_DIR),
+                                    podman_storage=cluster.home)
+    check_runtime_image(p.resolved.name, client, needs, f"verify --slurm --runtime {runtime}",
+                        "or pass --image-file with an image made before" if runtime == "charliecloud" and not image_file
+                        else "then verify again")
 
 
 def _podman_image(client, p: Plan, cluster, image_file: str | None) -> str:
@@ -117,6 +133,7 @@ def verify_host_slurm(client, p: Plan, planned: list, runtime: str, state_dir: P
     start = time.monotonic()
     cluster = hostslurm.up(nodes, state_dir)
     try:
+        _check_disk(client, p, cluster, runtime, image_file)
         if runtime == "charliecloud":
             image = _charliecloud_image(client, p, cluster, image_file, Path(state_dir) / "logs")
         else:

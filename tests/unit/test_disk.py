@@ -253,3 +253,39 @@ def test_an_old_log_is_not_read(small_disk):
 def test_build_has_the_override_flag(cli):
     result = cli("build", "--help")
     assert result.exit_code == 0 and "--skip-disk-check" in result.output
+
+
+# --- an image handed to an HPC runtime --------------------------------------------------------------
+
+CHAINERMN_SIZE = 3_681_127_231      # Docker's Size of the chainermn image
+
+
+def test_runtime_needs_count_what_dlenv_writes_and_podmans_two_copies():
+    ch = D.runtime_needs("charliecloud", CHAINERMN_SIZE, image_path="/tmp/slurm/images")
+    assert ch == [D.Need(D.STORAGE_CHARLIECLOUD, "/tmp/slurm/images", 2 * CHAINERMN_SIZE)]
+    assert D.runtime_needs("charliecloud", CHAINERMN_SIZE, image_path=None) == []     # --image-file: made before
+    podman = D.runtime_needs("podman", CHAINERMN_SIZE, image_path="/tmp/slurm/images", podman_storage="/home/u")
+    assert [(n.what, n.path, n.bytes) for n in podman] == [
+        (D.STORAGE_ARCHIVE, "/tmp/slurm/images", CHAINERMN_SIZE), (D.STORAGE_PODMAN, "/home/u", CHAINERMN_SIZE),
+        (D.STORAGE_PODMAN_TMP, D.PODMAN_LOAD_TMP, CHAINERMN_SIZE)]
+    # one filesystem, as on this project's machines: the three add up to 11 GB
+    fs, = D.estimate(podman, lambda path: (1, 8 * GB)).shortages
+    assert D.refusal("chainermn", fs, "verify --slurm --runtime podman") == (
+        "not enough disk for chainermn: /tmp/slurm/images has 8.0 GB free, verify --slurm --runtime podman needs "
+        "about 11 GB there for the image archive 3.7 GB, the job user's podman storage 3.7 GB and podman's copy "
+        "while it loads 3.7 GB")
+
+
+def test_check_runtime_image_refuses_in_one_line_with_the_gc_that_frees_enough(monkeypatch):
+    monkeypatch.setattr(engine_disk, "filesystem", lambda path: (7, 5 * GB))
+    monkeypatch.setattr(engine_disk, "gc_freed", lambda dev, client, **kw: {"dlenv gc": 1 * GB,
+                                                                           "dlenv gc --build-cache": 9 * GB})
+    needs = D.runtime_needs("charliecloud", CHAINERMN_SIZE, image_path="/srv/images")
+    with pytest.raises(DiskError) as info:
+        engine_disk.check_runtime_image("chainermn", None, needs, "the dir export", "or export with --skip-disk-check")
+    assert info.value.one_line() == (
+        "not enough disk for chainermn: /srv/images has 5.0 GB free, the dir export needs about 7.4 GB there for "
+        "the Charliecloud image (`dlenv gc --build-cache` would free about 9.0 GB there, or export with "
+        "--skip-disk-check)")
+    monkeypatch.setattr(engine_disk, "filesystem", lambda path: (7, 8 * GB))
+    engine_disk.check_runtime_image("chainermn", None, needs, "the dir export", "")      # room: nothing said
