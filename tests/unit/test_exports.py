@@ -875,14 +875,14 @@ def test_slurm_charliecloud_refuses_a_registry(mn):
         slurm_script(mn, COMMAND, nodes=1, gpus_per_node=0, runtime="charliecloud", registry=REGISTRY)
 
 
-def test_slurm_podman_loads_the_archive_on_every_node_then_runs_each_rank_as_the_user(mn, tmp_path):
+def test_slurm_podman_puts_the_archive_on_every_node_then_runs_each_rank_as_the_user(mn, tmp_path):
     archive = f"dlenv-chainermn-{mn.content_hash[:16]}.tar"
     text = slurm_script(mn, HOSTILE, nodes=2, gpus_per_node=0, runtime="podman")
     assert f"docker save {mn.hash_tag} -o ./{archive}" in text
     proc = run_through(tmp_path, text, files=[archive])
     assert proc.returncode == 0, proc.stderr
     calls = [json.loads(line) for line in proc.stdout.splitlines()]
-    # the provisioning step: `podman image exists` answers 0 (the stub), so nothing is loaded
+    # the provisioning step: `podman image exists` answers 0 (the stub), so nothing is fetched
     assert [c["argv"][:2] for c in calls[:2]] == [["podman", "image"], ["podman", "image"]]
     runs = calls[2:]
     work = str(tmp_path / "submit dir")
@@ -896,9 +896,57 @@ def test_slurm_podman_loads_the_archive_on_every_node_then_runs_each_rank_as_the
     assert not list((tmp_path / "submit dir").glob("pwned*"))
 
 
+# srun whose tasks run at the same time (two nodes sharing one podman storage, as two slurmd on one host or a
+# shared home), and a podman whose storage is a folder: `pull` takes half a second to put the image there.
+PARALLEL_SRUN = """#!/bin/bash
+while [ "${1#--}" != "$1" ]; do shift; done
+SLURMD_NODENAME=n1 SLURM_PROCID=0 "$@" & first=$!
+SLURMD_NODENAME=n2 SLURM_PROCID=1 "$@" & second=$!
+wait "$first" && wait "$second"
+"""
+FOLDER_PODMAN = """#!/bin/bash
+case "$1 $2" in
+  "image exists") [ -e "$FAKE_STORE/image" ] ;;
+  "info --format") echo "$FAKE_STORE" ;;
+  "pull --quiet") echo "$3 on $SLURMD_NODENAME" >> "$FAKE_STORE/pulls"; sleep 0.5; touch "$FAKE_STORE/image" ;;
+  "run --rm") exit 0 ;;
+  *) exit 125 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("registry", [None, REGISTRY])
+def test_slurm_podman_nodes_sharing_a_storage_fetch_the_image_once(mn, tmp_path, registry):
+    archive = f"dlenv-chainermn-{mn.content_hash[:16]}.tar"
+    bin_dir, store, work = tmp_path / "bin", tmp_path / "storage", tmp_path / "submit"
+    for folder in (bin_dir, store, work):
+        folder.mkdir()
+    (bin_dir / "srun").write_text(PARALLEL_SRUN)
+    (bin_dir / "podman").write_text(FOLDER_PODMAN)
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    (work / archive).write_text("")
+    (tmp_path / "job.sbatch").write_text(slurm_script(mn, ["true"], nodes=2, gpus_per_node=0, runtime="podman",
+                                                      registry=registry))
+    proc = subprocess.run(["bash", str(tmp_path / "job.sbatch")], cwd=work, capture_output=True, text=True, timeout=30,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "SLURM_JOB_NUM_NODES": "2",
+                               "SLURM_JOB_ID": "7", "FAKE_STORE": str(store)})
+    assert proc.returncode == 0, proc.stderr
+    pulls = (store / "pulls").read_text().splitlines()
+    source = f"{REGISTRY}/dlenv/chainermn:{mn.content_hash[:16]}" if registry else f"docker-archive:./{archive}"
+    assert len(pulls) == 1 and pulls[0].startswith(source + " on n"), pulls    # the other node waited, then found it
+    assert proc.stdout.count("is now in the podman storage of ") == 1, proc.stdout
+    assert (store / "dlenv-provision.lock").exists()
+
+
+def test_slurm_podman_refuses_an_archive_path_with_a_colon(mn):
+    with pytest.raises(ExportError, match="where a ':' would end the path"):
+        slurm_script(mn, COMMAND, nodes=2, gpus_per_node=0, runtime="podman", image_file="/data/img:v1.tar")
+
+
 def test_slurm_podman_from_a_registry_pulls_and_passes_the_gpus(mn):
     text = slurm_script(mn, COMMAND, nodes=2, gpus_per_node=4, runtime="podman", registry=REGISTRY)
-    assert 'podman pull --quiet "$IMAGE"' in text and "ARCHIVE" not in text
+    assert 'podman pull --quiet "$IMAGE"' in text and "ARCHIVE" not in text and "docker-archive" not in text
     assert f"export IMAGE=registry.example.org:5000/team/dlenv/chainermn:{mn.content_hash[:16]}" in text
     assert "--device nvidia.com/gpu=all" in text
     assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0

@@ -225,13 +225,16 @@ def _slurm_image(plan: Plan, runtime: str, registry: str | None, image_file: str
             return _Image("IMAGE", (f"export IMAGE={shlex.quote(ref)}",), (
                 f"podman pulls {ref} once per node (below); push it there first: dlenv push {stack} "
                 f"--registry {registry}",), False,
-                _provision('podman image exists "$IMAGE" || podman pull --quiet "$IMAGE"'))
+                _provision('podman pull --quiet "$IMAGE"'))
         archive = image_file or f"./{artifact_name(plan, '.tar')}"
+        if ":" in archive:
+            raise ExportError(f"--image-file {image_file!r}: podman reads the archive as docker-archive:PATH, "
+                              "where a ':' would end the path", hint="rename or link the archive to a path without ':'")
         return _Image("ARCHIVE", (f"export IMAGE={shlex.quote(local)}", f"export ARCHIVE={shlex.quote(archive)}"), (
             "Make the image archive once, on a filesystem every node sees (not inside this job):",
             f"{where}docker save {local} -o {archive}",
             "  or push it to a registry and export with --registry (podman then pulls it on each node)"), True,
-            _provision('podman image exists "$IMAGE" || podman load --quiet --input "$ARCHIVE"'))
+            _provision('podman pull --quiet "docker-archive:$ARCHIVE"'))
     if image_file is None and registry:
         return _Image("IMAGE", (f"IMAGE={shlex.quote(enroot_ref(plan, registry))}",), (
             f"pyxis pulls {registry_ref(plan, registry)} on each node (enroot's HOST#PATH:TAG form);",
@@ -245,7 +248,19 @@ def _slurm_image(plan: Plan, runtime: str, registry: str | None, image_file: str
         "  or pass --registry to `dlenv export slurm` and let pyxis pull it"), True)
 
 
-def _provision(command: str) -> tuple:
-    """A step of one task per node that puts the image into that node's podman storage."""
+def _provision(fetch: str) -> tuple:
+    """A step of one task per node that puts the image into that node's podman storage with `fetch`, where
+    it is not yet. Nodes that share a storage (a shared home, several slurmd on one host) take turns on a
+    lock in it, so the image is fetched once there and no node sees another's half-written layers."""
+    script = "\n".join([
+        "",
+        "set -eu",
+        'podman image exists "$IMAGE" && exit 0',
+        'exec 9>>"$(podman info --format "{{.Store.GraphRoot}}")/dlenv-provision.lock"',
+        "flock 9",
+        'podman image exists "$IMAGE" && exit 0',
+        f"{fetch} >/dev/null",
+        'echo "dlenv: $IMAGE is now in the podman storage of $(id -un) on $SLURMD_NODENAME"',
+        ""])
     return (" ".join([*SRUN, '--nodes="$SLURM_JOB_NUM_NODES"', '--ntasks="$SLURM_JOB_NUM_NODES"',
-                      "--ntasks-per-node=1", "bash", "-c", shlex.quote(command)]),)
+                      "--ntasks-per-node=1", "bash", "-c", shlex.quote(script)]),)
