@@ -5,7 +5,9 @@ started through real unprivileged runtimes, Charliecloud 0.31 (ch-convert, ch-ru
 - chainermn exported with `dlenv export charliecloud`, and the script of `dlenv export slurm --runtime
   charliecloud` submitted with sbatch, runs the ChainerMN smoke on 2 ranks on 2 Slurm nodes;
 - `dlenv verify chainermn --slurm --runtime charliecloud|podman` passes (podman: the image from a `docker
-  save` archive into the job user's rootless storage, by the script's own provisioning step);
+  save` archive into the job user's rootless storage, by the script's own provisioning step, once for the
+  two nodes that share it; it runs first, while the disk holds no Charliecloud copy of chainermn);
+- an export that does not fit its filesystem (a small tmpfs) is refused in one line before converting;
 - a rank that exits 3 fails the job with exit status 3, through both runtimes (on the small python image);
 - SIGTERM to a `dlenv verify --slurm --runtime charliecloud` exits 143 and leaves nothing;
 - afterwards no daemon, job user, folder or /dev/shm segment is left.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import signal
 import subprocess
 import sys
@@ -149,6 +152,29 @@ def smoke_passed(output: str) -> dict:
     return result
 
 
+# First in this module: it runs before the Charliecloud copy of chainermn (chainermn_ch, 3.7 GB) is made, so
+# the disk holds one copy of the image fewer while podman's copies (the archive, podman's temporary copy
+# and its storage: 3 x 3.7 GB) are written.
+def test_verify_through_podman_under_a_host_slurm(host):
+    verify_through(host, "podman")
+
+
+def test_an_export_that_does_not_fit_is_refused_in_one_line_before_converting(host, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(small)], check=True)
+    try:
+        proc = dlenv("export", "charliecloud", "python", "-o", str(small / "py"), state=host["state"])
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("dlenv: error: ")]
+        assert len(errors) == 1 and re.search(rf"not enough disk for python: {small} has 3\d\d MB free, the dir "
+                                              r"export needs about \d+ MB there for the Charliecloud image \(.*"
+                                              r"or export with --skip-disk-check\)$", errors[0]), proc.stderr
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
 def test_charliecloud_export_carries_the_environment_and_names_its_lock(host, chainermn_ch):
     env = dict(line.split("=", 1) for line in (chainermn_ch / "ch" / "environment").read_text().splitlines()
                if "=" in line)
@@ -197,19 +223,22 @@ def test_a_failing_rank_fails_the_job_with_its_exit_status(host):
     (config / "storage.conf").write_text(PODMAN_STORAGE_CONF)
     subprocess.run(["chown", "-R", f"{host['cluster'].uid}:{host['cluster'].gid}", str(config.parent)], check=True)
     job = submit(host, "podman-fail", export_slurm(host, "python", "podman", str(archive), *FAIL_RANK_1))
-    assert "Loaded image" in job.output        # the script's own step put the image on the nodes
+    # the script's own step put the image into the storage the two nodes share, once
+    assert job.output.count(f"is now in the podman storage of {host['cluster'].layout.job_user}") == 1, job.output
     assert job.exit_code == 3 and job.state == "FAILED", job.output[-2000:]
     assert not list(Path("/dev/shm").glob("dlenv-*"))
 
 
-@pytest.mark.parametrize("runtime", ["charliecloud", "podman"])
-def test_verify_through_the_runtime_under_a_host_slurm(host, chainermn_ch, runtime):
-    args = ["--image-file", str(chainermn_ch)] if runtime == "charliecloud" else []
+def verify_through(host, runtime: str, *args: str) -> None:
     proc = dlenv("verify", "chainermn", "--slurm", "--runtime", runtime, *args, state=host["state"])
     print(proc.stdout[-3000:], proc.stderr[-3000:])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"through {runtime} under a host Slurm (2 nodes): 3 passed, 0 failed" in proc.stdout
     assert job_users() == [host["cluster"].layout.job_user]     # its own user is gone; the fixture's stays
+
+
+def test_verify_through_charliecloud_under_a_host_slurm(host, chainermn_ch):
+    verify_through(host, "charliecloud", "--image-file", str(chainermn_ch))
 
 
 def test_sigterm_during_verify_leaves_nothing(host, chainermn_ch):
