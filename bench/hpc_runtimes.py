@@ -1,7 +1,8 @@
 """Figures for the image under a host Slurm (issue #23): `dlenv export charliecloud` time and size
 (directory and SquashFS) for a stack, and per runtime the time a 2-node job takes to start the image
 (`true`) and to run the ChainerMN smoke, under a Slurm started on this host (slurmd as root, jobs as a
-temporary unprivileged user), through Charliecloud and rootless podman.
+temporary unprivileged user), through Charliecloud and rootless podman; and the disk each step holds at
+its peak (free space sampled every 0.2 s: other writers on the machine count too, so upper bounds).
 
 Needs root, the stack's promoted image (`dlenv build STACK`) and the tools scripts/setup-host.sh installs.
 The Slurm, its user and every file the bench writes are removed at the end. Prints a table; figures,
@@ -19,7 +20,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +49,25 @@ def size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+@contextmanager
+def peak_use(path: Path):
+    """Yields a dict whose "bytes" is, afterwards, the most disk the block took on `path`'s filesystem."""
+    out, done = {"bytes": 0}, threading.Event()
+    before = shutil.disk_usage(path).free
+
+    def sample():
+        while not done.is_set():
+            out["bytes"] = max(out["bytes"], before - shutil.disk_usage(path).free)
+            time.sleep(0.2)
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield out
+    finally:
+        done.set()
+        thread.join()
 
 
 def job(cluster, name: str, script: str, files=()) -> hostslurm.JobResult:
@@ -76,12 +98,18 @@ def main() -> None:
     cluster = hostslurm.up(2, state)
     try:
         images = cluster.folder / "images"
-        seconds, _ = dlenv("export", "charliecloud", args.stack, "-o", str(images / "dir"), env=env)
-        rows.append(("export charliecloud --format dir", f"{seconds:.1f} s", f"{size(images / 'dir') / 1e9:.2f} GB"))
-        seconds, _ = dlenv("export", "charliecloud", args.stack, "--format", "squashfs", "-o",
-                           str(images / "img.sqfs"), env=env)
+        image_bytes = dockerapi.connect().images.get(show["image"]).attrs["Size"]
+        rows.append(("the image (Docker's Size)", "", f"{image_bytes / 1e9:.2f} GB"))
+        with peak_use(images) as peak:
+            seconds, _ = dlenv("export", "charliecloud", args.stack, "-o", str(images / "dir"), env=env)
+        rows.append(("export charliecloud --format dir", f"{seconds:.1f} s", f"{size(images / 'dir') / 1e9:.2f} GB, "
+                     f"peak {peak['bytes'] / 1e9:.2f} GB ({peak['bytes'] / image_bytes:.2f} x)"))
+        with peak_use(images) as peak:
+            seconds, _ = dlenv("export", "charliecloud", args.stack, "--format", "squashfs", "-o",
+                               str(images / "img.sqfs"), env=env)
         rows.append(("export charliecloud --format squashfs", f"{seconds:.1f} s",
-                     f"{size(images / 'img.sqfs') / 1e9:.2f} GB"))
+                     f"{size(images / 'img.sqfs') / 1e9:.2f} GB, peak {peak['bytes'] / 1e9:.2f} GB "
+                     f"({peak['bytes'] / image_bytes:.2f} x)"))
         (images / "img.sqfs").unlink()
         start = time.perf_counter()
         save_tagged(dockerapi.connect(), show["image"], images / "img.tar")
@@ -99,9 +127,13 @@ def main() -> None:
                                "--time", "00:20:00", "--image-file", str(image), "--", *command, env=env)[1]
                 times = []
                 for i in range(args.repeat + 1):
-                    result = job(cluster, f"{runtime}-{what.split()[0]}-{i}", script, files)
+                    with peak_use(Path(cluster.home)) as peak:
+                        result = job(cluster, f"{runtime}-{what.split()[0]}-{i}", script, files)
                     times.append(result.seconds)
-                first = f"first {times[0]:.1f} s" + (" (loads the image on both nodes)" if runtime == "podman"
+                    if i == 0 and runtime == "podman" and what.startswith("start"):
+                        rows.append(("podman: the first job's disk at its peak (2 nodes, one storage)", "",
+                                     f"{peak['bytes'] / 1e9:.2f} GB ({peak['bytes'] / image_bytes:.2f} x the image)"))
+                first = f"first {times[0]:.1f} s" + (" (puts the image into the nodes' storage)" if runtime == "podman"
                                                        and what.startswith("start") else "")
                 rest = sorted(times[1:])
                 rows.append((f"{runtime}: {what}", first, f"then median {rest[len(rest) // 2]:.1f} s" if rest else ""))
