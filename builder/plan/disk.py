@@ -27,10 +27,11 @@ filesystem add up.
 
 An image handed to an HPC runtime (`dlenv export charliecloud`, `dlenv verify --slurm --runtime`) needs
 multiples of the image's own size (Docker's `Size`), measured here with Charliecloud 0.31 and podman 4.3:
-ch-convert unpacks the image beside its gzip or SquashFS (peak 1.33 x for python, 1.61 x for chainermn's
-SquashFS: CHARLIECLOUD_FACTOR); `docker save` writes 1.0 x; podman's load holds every layer in a temporary
-file under /tmp while it writes the same bytes into its storage (peak 2.0 x for python: PODMAN_LOAD_FACTOR;
-`dlenv verify chainermn --slurm --runtime podman`, archive included, peaked at 3.03 x: PODMAN_HEADROOM).
+ch-convert unpacks the image beside its gzip or SquashFS (peak 1.33 x for python's SquashFS, 1.62 x and
+1.63 x for chainermn's directory and SquashFS: CHARLIECLOUD_FACTOR); `docker save` writes 1.0 x; podman's
+load holds every layer in a temporary file under /tmp while it writes the same bytes into its storage (peak
+2.0 x for python, 2.03 x for chainermn: PODMAN_LOAD_FACTOR; `dlenv verify chainermn --slurm --runtime
+podman`, archive included, peaked at 3.03 x: PODMAN_HEADROOM). Figures: bench/hpc_runtimes.py.
 """
 
 from __future__ import annotations
@@ -44,10 +45,10 @@ BUILD_FACTOR = 6                    # bytes on disk per byte downloaded, both st
 BUILD_HEADROOM = 600 * 1000 ** 2    # a small stack's apt step held twice while committed (525 MB), logs
 IMAGE_FACTOR = 5                    # the runtime image handed to another storage: 2.2 x at most, twice while loaded
 ROOTFS_FACTOR = 9                   # the base's rootfs tarball (4.3 x its .debs), and buildah's archive of it
-CHARLIECLOUD_FACTOR = 2             # ch-convert's peak per byte of image: 1.33-1.61 x measured (above)
+CHARLIECLOUD_FACTOR = 2             # ch-convert's peak per byte of image: 1.33-1.63 x measured (above)
 ARCHIVE_FACTOR = 1                  # `docker save`: 3.70 GB for chainermn's 3.68 GB
 PODMAN_LOAD_FACTOR = 1              # each of podman's two copies while it loads: the temporary one, its storage
-PODMAN_HEADROOM = 300 * 1000 ** 2   # podman's verify of chainermn peaked at 3.03 x, not 3.0 x (its metadata, logs)
+PODMAN_HEADROOM = 300 * 1000 ** 2   # chainermn's load peaked at 2.03 x, its verify at 3.03 x, not 2.0 and 3.0 x
 # Where podman 4.3 keeps a loading image's layers (measured: /tmp/storageNNN; the job has no TMPDIR).
 PODMAN_LOAD_TMP = "/tmp"
 
