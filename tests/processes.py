@@ -1,10 +1,14 @@
 """Processes of this machine, for tests that wait until a build step really runs before they signal it,
 and what the real-signal tests share: the signals that must stop a command like Ctrl-C (SIGTERM, SIGHUP,
-with their exit statuses), waiting for a state of the engine, and what a stopped command must not leave."""
+with their exit statuses), waiting for a state of the engine, what a stopped command must not leave, and
+the venv's dlenv run with a state folder of its own (timed, for the test's output)."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +22,16 @@ TERMINATIONS = [pytest.param(signal.SIGTERM, 143, id="SIGTERM"), pytest.param(si
 # What a state folder holds after a command that was stopped: nothing temporary (build contexts, package
 # repositories, Slurm secrets and state, half-written files), only these.
 STATE_KEPT = {"locks", "logs", "store"}
+DLENV = str(Path(sys.executable).parent / "dlenv")
+
+
+def dlenv_in_state(*args, state: Path, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`dlenv ARGS` with DLENV_STATE_DIR=`state`, its exit status and time printed."""
+    env = dict(os.environ, NO_COLOR="1", COLUMNS="200", DLENV_STATE_DIR=str(state))
+    start = time.monotonic()
+    proc = subprocess.run([DLENV, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    print(f"dlenv {' '.join(args)}: rc {proc.returncode} in {time.monotonic() - start:.1f}s")
+    return proc
 
 
 def processes_with(text: str) -> list[int]:

@@ -19,13 +19,13 @@ as the job user) and the tools scripts/setup-host.sh installs.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pwd
 import re
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,20 +35,16 @@ import pytest
 from builder.engine.archive import save_tagged
 from builder.run import hostslurm
 from builder.verify.hostslurm import ONE_HOST_ENV, PODMAN_STORAGE_CONF
+from processes import DLENV, dlenv_in_state
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ROOT / "stacks" / "checks"
-DLENV = str(Path(sys.executable).parent / "dlenv")
 TMP_PREFIX = f"{tempfile.gettempdir()}/dlenv-slurm-"
 TOOLS = ("ch-run", "ch-convert", "podman", "newuidmap", *hostslurm.TOOLS)
 
 
-def dlenv(*args, state: Path, cwd: Path | None = None, timeout: int = 1800) -> subprocess.CompletedProcess:
-    env = dict(os.environ, NO_COLOR="1", COLUMNS="200", DLENV_STATE_DIR=str(state))
-    start = time.monotonic()
-    proc = subprocess.run([DLENV, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
-    print(f"dlenv {' '.join(args)}: rc {proc.returncode} in {time.monotonic() - start:.1f}s")
-    return proc
+# chainermn's builds and its Charliecloud conversion take longer than dlenv_in_state's default allows
+dlenv = functools.partial(dlenv_in_state, timeout=1800)
 
 
 def job_users() -> list:

@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,20 +24,14 @@ from pathlib import Path
 import pytest
 
 from builder.names import SLURM_CLUSTER_LABEL, SLURM_VERSION_LABEL
+from processes import DLENV
+from processes import dlenv_in_state as dlenv
 from processes import (TERMINATIONS, assert_stopped, container_commands, dlenv_objects, image_tags, name_of,
                        new_containers, objects_left, running_with, signal_when, temporaries)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ROOT / "stacks" / "checks"
-DLENV = str(Path(sys.executable).parent / "dlenv")
 
-
-def dlenv(*args, state: Path, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, NO_COLOR="1", COLUMNS="200", DLENV_STATE_DIR=str(state))
-    start = time.monotonic()
-    proc = subprocess.run([DLENV, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
-    print(f"dlenv {' '.join(args)}: rc {proc.returncode} in {time.monotonic() - start:.1f}s")
-    return proc
 
 
 def leftovers(client) -> list:
