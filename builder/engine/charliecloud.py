@@ -20,7 +20,7 @@ from pathlib import Path
 import docker.errors
 
 from builder import __version__
-from builder.engine.disk import check_runtime_image
+from builder.engine.disk import check_needs
 from builder.engine.images import require_promoted
 from builder.errors import ExportError
 from builder.names import CHARLIECLOUD_RECORD, HASH_LABEL, LOCK_LABEL, STACK_LABEL
@@ -95,8 +95,8 @@ def export_charliecloud(client, p: Plan, output: str, fmt: str = "dir", *, force
     target.parent.mkdir(parents=True, exist_ok=True)
     if disk_check:
         needs = plan_disk.runtime_needs("charliecloud", int(attrs.get("Size") or 0), image_path=str(target.parent))
-        check_runtime_image(p.resolved.name, client, needs, f"the {fmt} export",
-                            "or export with --skip-disk-check")
+        check_needs(p.resolved.name, client, needs, doing=f"the {fmt} export",
+                    override="or export with --skip-disk-check")
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_bytes(b"")

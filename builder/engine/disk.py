@@ -1,7 +1,7 @@
 """The disks a build writes to (issue #24): their free space, where Docker keeps its data when that is on
 this machine, and what `dlenv gc` would free on each (its dry-run figures, measured without removing
 anything). The estimate and the messages are builder.plan.disk's; builder.pipeline.diskcheck uses both
-for builds, `check_runtime_image` for an image handed to an HPC runtime.
+for builds, and `check_needs` refuses for both builds and an image handed to an HPC runtime.
 """
 
 from __future__ import annotations
@@ -110,14 +110,17 @@ def gc_freed(dev: int, client, *, docker_root_dir: str | None, buildah_root: Pat
     return out
 
 
-def check_runtime_image(stack: str, client, need_list: list, doing: str, override: str) -> None:
-    """Refuse (DiskError, one line) when a filesystem in `need_list` (builder.plan.disk.runtime_needs)
-    has less free space than `doing` needs there; the hint names the `dlenv gc` that frees enough, then
-    `override`."""
-    short = plan_disk.estimate(need_list, filesystem).shortages
-    if not short:
-        return
-    fs = short[0]
-    freed = gc_freed(fs.dev, client, docker_root_dir=docker_root(client), buildah_root=buildah.storage_root(),
-                     store_root=PackageStore().root, cwd=Path.cwd())
-    raise DiskError(plan_disk.refusal(stack, fs, doing), hint=plan_disk.gc_advice(fs.short, freed, override))
+def check_needs(stack: str, client, need_list: list, *, unknown: int = 0, doing: str = "the build",
+                override: str = "or build with --skip-disk-check", cwd: Path | None = None,
+                environ=os.environ) -> plan_disk.Estimate:
+    """Refuse (DiskError, one line) when a filesystem in `need_list` (builder.plan.disk's needs or
+    runtime_needs) has less free space than `doing` needs there, with the `dlenv gc` that frees enough,
+    then `override`, as the hint; the estimate otherwise (`unknown`: files of unknown size not counted)."""
+    estimate = plan_disk.estimate(need_list, filesystem, unknown=unknown)
+    short = estimate.shortages
+    if short:
+        fs = short[0]
+        freed = gc_freed(fs.dev, client, docker_root_dir=docker_root(client, environ),
+                         buildah_root=buildah.storage_root(), store_root=PackageStore().root, cwd=cwd or Path.cwd())
+        raise DiskError(plan_disk.refusal(stack, fs, doing), hint=plan_disk.gc_advice(fs.short, freed, override))
+    return estimate

@@ -18,7 +18,7 @@ from builder import paths
 from builder.engine import buildah, buildah_store, disk
 from builder.engine import dockerapi as engine
 from builder.engine.store import PackageStore
-from builder.errors import BuildError, DiskError, DiskFullError, EngineError
+from builder.errors import BuildError, DiskFullError, EngineError
 from builder.plan import disk as plan_disk
 from builder.plan.plan import Plan
 
@@ -59,16 +59,8 @@ def check(p: Plan, client, engine_name: str, *, buildah_cli: str | None = None, 
     if p.lock is None:
         return plan_disk.Estimate()
     d = plan_disk.downloads(p.lock, _stored_size(PackageStore()))
-    estimate = plan_disk.estimate(_needs(p, client, engine_name, d, buildah_cli, environ), disk.filesystem,
-                                  unknown=d.unknown)
-    short = estimate.shortages
-    if short:
-        fs = short[0]
-        freed = disk.gc_freed(fs.dev, client, docker_root_dir=disk.docker_root(client, environ),
-                              buildah_root=buildah.storage_root(), store_root=PackageStore().root,
-                              cwd=cwd or Path.cwd())
-        raise DiskError(plan_disk.refusal(p.resolved.name, fs), hint=plan_disk.gc_advice(fs.short, freed))
-    return estimate
+    return disk.check_needs(p.resolved.name, client, _needs(p, client, engine_name, d, buildah_cli, environ),
+                            unknown=d.unknown, cwd=cwd, environ=environ)
 
 
 def _failure_text(exc: BaseException, log_path: Path, since: float) -> str:

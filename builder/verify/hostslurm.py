@@ -15,7 +15,7 @@ from pathlib import Path
 
 from builder.engine.archive import save_tagged
 from builder.engine.charliecloud import export_charliecloud, read_record
-from builder.engine.disk import check_runtime_image
+from builder.engine.disk import check_needs
 from builder.engine.images import require_promoted
 from builder.errors import VerifyError
 from builder.names import VENV_PYTHON
@@ -90,9 +90,9 @@ def _check_disk(client, p: Plan, cluster, runtime: str, image_file: str | None) 
     size = int(require_promoted(client, p).get("Size") or 0)
     needs = plan_disk.runtime_needs(runtime, size, image_path=None if image_file else str(cluster.folder / IMAGES_DIR),
                                     podman_storage=cluster.home)
-    check_runtime_image(p.resolved.name, client, needs, f"verify --slurm --runtime {runtime}",
-                        "or pass --image-file with an image made before" if runtime == "charliecloud" and not image_file
-                        else "then verify again")
+    check_needs(p.resolved.name, client, needs, doing=f"verify --slurm --runtime {runtime}",
+                override="or pass --image-file with an image made before" if runtime == "charliecloud" and not image_file
+                else "then verify again")
 
 
 def _podman_image(client, p: Plan, cluster, image_file: str | None) -> str:

@@ -278,16 +278,17 @@ def test_runtime_needs_count_what_dlenv_writes_and_podmans_two_copies():
         "while it loads 3.7 GB")
 
 
-def test_check_runtime_image_refuses_in_one_line_with_the_gc_that_frees_enough(monkeypatch):
+def test_check_needs_refuses_in_one_line_with_the_gc_that_frees_enough(monkeypatch):
     monkeypatch.setattr(engine_disk, "filesystem", lambda path: (7, 5 * GB))
     monkeypatch.setattr(engine_disk, "gc_freed", lambda dev, client, **kw: {"dlenv gc": 1 * GB,
                                                                            "dlenv gc --build-cache": 9 * GB})
     needs = D.runtime_needs("charliecloud", CHAINERMN_SIZE, image_path="/srv/images")
     with pytest.raises(DiskError) as info:
-        engine_disk.check_runtime_image("chainermn", None, needs, "the dir export", "or export with --skip-disk-check")
+        engine_disk.check_needs("chainermn", None, needs, doing="the dir export",
+                                override="or export with --skip-disk-check")
     assert info.value.one_line() == (
         "not enough disk for chainermn: /srv/images has 5.0 GB free, the dir export needs about 7.4 GB there for "
         "the Charliecloud image (`dlenv gc --build-cache` would free about 9.0 GB there, or export with "
         "--skip-disk-check)")
     monkeypatch.setattr(engine_disk, "filesystem", lambda path: (7, 8 * GB))
-    engine_disk.check_runtime_image("chainermn", None, needs, "the dir export", "")      # room: nothing said
+    engine_disk.check_needs("chainermn", None, needs, doing="the dir export")      # room: nothing said
